@@ -1,0 +1,1 @@
+"""Training of the bundled emoji model (data set, tokenizer, generator, evaluation)."""

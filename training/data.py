@@ -1,0 +1,331 @@
+"""Emoji data set for the bundled default model.
+
+Glyphs come from the Noto Color Emoji font (Debian ``fonts-noto-color-emoji``),
+rendered by Pillow at the font's native bitmap size (109 px, a 136x128 canvas)
+with ``embedded_color=True``, composited on white and resized to 64x64 RGB.
+Names and groups come from Unicode's ``emoji-test.txt`` (Debian ``unicode-data``),
+falling back to the PyPI ``emoji`` package; both are needed at build time only.
+
+One class per fully-qualified emoji that is not a skin-tone variant, named by its
+CLDR short name ("red heart", "flag: Japan"). Skin-tone variants are folded into
+their base class ("waving hand: dark skin tone" -> "waving hand") and serve as
+extra samples of it.
+
+Split (``split`` array): 0 = train; held out, never used to train the
+tokenizer, are 1 = every rendering of every ``HELDOUT_CLASS_EVERY``-th class
+(class id % 25 == 24, so the tokenizer is scored on emoji it never saw) and
+2 = every variant whose only qualifier is "dark skin tone". The generator needs every class, so it trains
+on the canonical and skin-tone renderings of all classes except case (b).
+
+Augmentation: each train image also gets ``n_aug`` renderings with a random
+scale in [0.8, 1.0] and a random shift of up to 4 px (``kind`` = 2).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FONT_CANDIDATES = (
+    "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",
+    "/usr/share/fonts/noto/NotoColorEmoji.ttf",
+    "/usr/share/fonts/google-noto-emoji/NotoColorEmoji.ttf",
+)
+EMOJI_TEST_CANDIDATES = (
+    "/usr/share/unicode/emoji/emoji-test.txt",
+    "/usr/share/unicode-data/emoji/emoji-test.txt",
+)
+NATIVE_SIZE = 109  # the only size at which the CBDT bitmaps load
+IMAGE_SIZE = 64
+HELDOUT_CLASS_EVERY = 25
+DEFAULT_CACHE = Path(__file__).resolve().parent / ".cache"
+DATA_VERSION = 1
+
+KIND_CANONICAL, KIND_SKIN, KIND_AUG = 0, 1, 2
+SPLIT_TRAIN, SPLIT_HELDOUT_CLASS, SPLIT_HELDOUT_DARK = 0, 1, 2
+
+_LINE = re.compile(r"^([0-9A-F ]+?)\s*;\s*fully-qualified\s*#\s*\S+\s+E\d+\.\d+\s+(.+)$")
+
+
+@dataclass(frozen=True)
+class EmojiEntry:
+    """One fully-qualified emoji from emoji-test.txt."""
+
+    emoji: str
+    name: str
+    group: str
+    base_name: str  # name with skin-tone qualifiers removed
+    skin: tuple[str, ...]  # skin-tone qualifiers ("dark skin tone", ...)
+
+
+def find_font() -> Path | None:
+    """Path of NotoColorEmoji.ttf, or None when the font is not installed."""
+    for cand in FONT_CANDIDATES:
+        if Path(cand).is_file():
+            return Path(cand)
+    hits = sorted(Path("/usr/share/fonts").rglob("NotoColorEmoji*.ttf")) if Path("/usr/share/fonts").is_dir() else []
+    return hits[0] if hits else None
+
+
+def find_emoji_test() -> Path | None:
+    """Path of Unicode's emoji-test.txt, or None."""
+    for cand in EMOJI_TEST_CANDIDATES:
+        if Path(cand).is_file():
+            return Path(cand)
+    return None
+
+
+def split_skin(name: str) -> tuple[str, tuple[str, ...]]:
+    """'man: medium skin tone, red hair' -> ('man: red hair', ('medium skin tone',))."""
+    if ": " not in name:
+        return name, ()
+    head, quals = name.split(": ", 1)
+    parts = [q.strip() for q in quals.split(", ")]
+    skin = tuple(q for q in parts if q.endswith("skin tone"))
+    rest = [q for q in parts if not q.endswith("skin tone")]
+    if not skin:
+        return name, ()
+    return (f"{head}: {', '.join(rest)}" if rest else head), skin
+
+
+def _entries_from_emoji_test(path: Path) -> list[EmojiEntry]:
+    out: list[EmojiEntry] = []
+    group = ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# group:"):
+            group = line.split(":", 1)[1].strip()
+            continue
+        m = _LINE.match(line.strip())
+        if not m or group == "Component":
+            continue
+        text = "".join(chr(int(cp, 16)) for cp in m.group(1).split())
+        name = m.group(2).strip()
+        base, skin = split_skin(name)
+        out.append(EmojiEntry(text, name, group, base, skin))
+    return out
+
+
+def _entries_from_pypi() -> list[EmojiEntry]:  # pragma: no cover - fallback only
+    import emoji as emoji_pkg  # build-time only dependency
+
+    out: list[EmojiEntry] = []
+    for text, info in emoji_pkg.EMOJI_DATA.items():
+        if info.get("status") != emoji_pkg.STATUS["fully_qualified"]:
+            continue
+        name = info["en"].strip(":").replace("_", " ")
+        base, skin = split_skin(name)
+        out.append(EmojiEntry(text, name, "Unknown", base, skin))
+    return out
+
+
+def load_entries() -> list[EmojiEntry]:
+    """All fully-qualified emoji (Component group excluded), in emoji-test order."""
+    path = find_emoji_test()
+    if path is not None:
+        return _entries_from_emoji_test(path)
+    try:
+        return _entries_from_pypi()
+    except ImportError as exc:
+        raise RuntimeError(
+            "emoji names not found: install Debian 'unicode-data' "
+            "(/usr/share/unicode/emoji/emoji-test.txt) or 'pip install emoji'"
+        ) from exc
+
+
+def select_classes(entries: list[EmojiEntry], max_classes: int | None = None) -> list[EmojiEntry]:
+    """Base (non skin-tone) entries; if ``max_classes`` is set, an even, group-stratified subset."""
+    bases = [e for e in entries if not e.skin]
+    if max_classes is None or max_classes >= len(bases):
+        return bases
+    groups: dict[str, list[EmojiEntry]] = {}
+    for e in bases:
+        groups.setdefault(e.group, []).append(e)
+    # proportional quota per group (largest remainder), picked evenly spaced inside the group
+    quotas = {g: max_classes * len(v) / len(bases) for g, v in groups.items()}
+    take = {g: int(q) for g, q in quotas.items()}
+    for g in sorted(quotas, key=lambda g: quotas[g] - take[g], reverse=True)[: max_classes - sum(take.values())]:
+        take[g] += 1
+    keep: set[str] = set()
+    for g, v in groups.items():
+        idx = np.linspace(0, len(v) - 1, num=take[g]).round().astype(int) if take[g] else []
+        keep.update(v[i].emoji for i in idx)
+    return [e for e in bases if e.emoji in keep]
+
+
+class GlyphRenderer:
+    """Renders emoji strings to 64x64 RGB uint8 arrays on white."""
+
+    def __init__(self, font_path: Path | None = None, size: int = IMAGE_SIZE) -> None:
+        from PIL import ImageFont
+
+        path = font_path or find_font()
+        if path is None:
+            raise FileNotFoundError("NotoColorEmoji.ttf not found: apt-get install fonts-noto-color-emoji")
+        self.font = ImageFont.truetype(str(path), NATIVE_SIZE)
+        self.size = size
+        self._cell = self.font.getbbox("\U0001F600")  # one glyph cell (136x128)
+
+    def glyph(self, text: str):
+        """The glyph on its native RGBA canvas, or None when it is not a single glyph."""
+        from PIL import Image, ImageDraw
+
+        bbox = self.font.getbbox(text)
+        if bbox[2] - bbox[0] > self._cell[2] - self._cell[0]:
+            return None  # not ligated into one glyph (missing in this font version)
+        canvas = Image.new("RGBA", (self._cell[2], self._cell[3]), (255, 255, 255, 0))
+        ImageDraw.Draw(canvas).text((0, 0), text, font=self.font, embedded_color=True)
+        if canvas.getbbox() is None:
+            return None
+        return canvas
+
+    def place(self, glyph, scale: float = 1.0, shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+        """Composite a native glyph on white, fit its cell into ``size`` (x scale), shift, return uint8 HWC."""
+        from PIL import Image
+
+        big = 4 * self.size  # work at 4x then downsample once (good antialiasing)
+        w, h = glyph.size
+        fit = (big - 2 * 4) / max(w, h) * scale  # a 1 px margin at the final size
+        gw, gh = max(1, round(w * fit)), max(1, round(h * fit))
+        g = glyph.resize((gw, gh), Image.LANCZOS)
+        bg = Image.new("RGBA", (big, big), (255, 255, 255, 255))
+        x = round((big - gw) / 2 + 4 * shift[0])
+        y = round((big - gh) / 2 + 4 * shift[1])
+        bg.paste(g, (x, y), g)  # alpha-blends colour; alpha is dropped below
+        out = bg.convert("RGB").resize((self.size, self.size), Image.LANCZOS)
+        return np.asarray(out, dtype=np.uint8)
+
+
+@dataclass
+class EmojiData:
+    """The cached data set: images [N,64,64,3] uint8 and per-image metadata."""
+
+    images: np.ndarray
+    labels: np.ndarray  # class id per image
+    kind: np.ndarray  # KIND_CANONICAL / KIND_SKIN / KIND_AUG
+    split: np.ndarray  # SPLIT_TRAIN / SPLIT_HELDOUT_CLASS / SPLIT_HELDOUT_DARK
+    classes: list[dict]  # {"name", "emoji", "group"} in class-id order
+
+    def select(self, mask: np.ndarray) -> np.ndarray:
+        return np.nonzero(mask)[0]
+
+    def tokenizer_train(self) -> np.ndarray:
+        """Indices for tokenizer training (all train-split renderings)."""
+        return self.select(self.split == SPLIT_TRAIN)
+
+    def tokenizer_heldout(self) -> np.ndarray:
+        """Indices of held-out images (tokenizer evaluation)."""
+        return self.select(self.split != SPLIT_TRAIN)
+
+    def generator_train(self) -> np.ndarray:
+        """Canonical + skin-tone renderings of every class, minus the dark-skin-tone variants."""
+        return self.select((self.kind != KIND_AUG) & (self.split != SPLIT_HELDOUT_DARK))
+
+    def reference_set(self) -> np.ndarray:
+        """Indices used as 'training images' by the nearest-neighbour evaluation."""
+        return self.generator_train()
+
+
+def build_dataset(max_classes: int | None = None, n_aug: int = 2, seed: int = 0,
+                  font_path: Path | None = None, log=None) -> EmojiData:
+    """Render the data set from the font (a few seconds per thousand glyphs)."""
+    renderer = GlyphRenderer(font_path)
+    entries = load_entries()
+    classes: list[dict] = []
+    glyphs: dict[str, object] = {}
+    for e in select_classes(entries, max_classes):
+        g = renderer.glyph(e.emoji)
+        if g is None:
+            continue
+        glyphs[e.emoji] = g
+        classes.append({"name": e.base_name, "emoji": e.emoji, "group": e.group})
+    cid = {c["name"]: i for i, c in enumerate(classes)}
+    rng = np.random.default_rng(seed)
+    imgs: list[np.ndarray] = []
+    labels: list[int] = []
+    kinds: list[int] = []
+    splits: list[int] = []
+
+    def add(img: np.ndarray, label: int, kind: int, split: int) -> None:
+        imgs.append(img)
+        labels.append(label)
+        kinds.append(kind)
+        splits.append(split)
+
+    variants: list[tuple[int, EmojiEntry | None]] = [(cid[c["name"]], None) for c in classes]
+    variants += [(cid[e.base_name], e) for e in entries if e.skin and e.base_name in cid]
+    for n, (label, e) in enumerate(variants):
+        text = classes[label]["emoji"] if e is None else e.emoji
+        g = glyphs.get(text) if e is None else renderer.glyph(text)
+        if g is None:
+            continue
+        split = SPLIT_TRAIN
+        if e is not None and e.skin == ("dark skin tone",):
+            split = SPLIT_HELDOUT_DARK
+        if label % HELDOUT_CLASS_EVERY == HELDOUT_CLASS_EVERY - 1:
+            split = SPLIT_HELDOUT_CLASS
+        add(renderer.place(g), label, KIND_CANONICAL if e is None else KIND_SKIN, split)
+        for _ in range(n_aug):
+            scale = float(rng.uniform(0.8, 1.0))
+            shift = (float(rng.uniform(-4, 4)), float(rng.uniform(-4, 4)))
+            add(renderer.place(g, scale, shift), label, KIND_AUG, split)
+        if log is not None and n % 500 == 0:
+            log(f"rendered {n}/{len(variants)}")
+    return EmojiData(np.stack(imgs), np.array(labels, np.int64), np.array(kinds, np.int8),
+                     np.array(splits, np.int8), classes)
+
+
+def cache_path(cache_dir: Path, max_classes: int | None, n_aug: int, seed: int) -> Path:
+    font = find_font()
+    key = json.dumps([DATA_VERSION, max_classes, n_aug, seed, str(font), font.stat().st_size if font else 0])
+    return Path(cache_dir) / f"emoji_{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
+
+
+def load_dataset(cache_dir: Path | str = DEFAULT_CACHE, max_classes: int | None = None, n_aug: int = 2,
+                 seed: int = 0, log=None) -> EmojiData:
+    """Load the data set from ``cache_dir`` (a .npz), building and caching it on first use."""
+    path = cache_path(Path(cache_dir), max_classes, n_aug, seed)
+    if path.is_file():
+        z = np.load(path, allow_pickle=False)
+        return EmojiData(z["images"], z["labels"], z["kind"], z["split"], json.loads(str(z["classes"])))
+    data = build_dataset(max_classes, n_aug, seed, log=log)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, images=data.images, labels=data.labels, kind=data.kind, split=data.split,
+                        classes=np.array(json.dumps(data.classes, ensure_ascii=False)))
+    tmp.replace(path)
+    return data
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: build the cache and print a summary (``python -m arnodes.training.data``)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE))
+    p.add_argument("--max-classes", type=int, default=None)
+    p.add_argument("--n-aug", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preview", default=None, help="write a PNG grid of the first images")
+    a = p.parse_args(argv)
+    d = load_dataset(a.cache_dir, a.max_classes, a.n_aug, a.seed, log=lambda s: print(s, file=sys.stderr))
+    groups: dict[str, int] = {}
+    for c in d.classes:
+        groups[c["group"]] = groups.get(c["group"], 0) + 1
+    print(f"{len(d.classes)} classes, {len(d.images)} images "
+          f"(tokenizer train {len(d.tokenizer_train())}, held out {len(d.tokenizer_heldout())}, "
+          f"generator {len(d.generator_train())}); groups {groups}")
+    if a.preview:
+        from PIL import Image
+
+        idx = np.linspace(0, len(d.images) - 1, 64).astype(int)
+        grid = d.images[idx].reshape(8, 8, 64, 64, 3).transpose(0, 2, 1, 3, 4).reshape(512, 512, 3)
+        Image.fromarray(grid).save(a.preview)
+
+
+if __name__ == "__main__":
+    main()
