@@ -1,0 +1,151 @@
+"""Raster next-token generation (LlamaGen) over a TokenCanvas, in gpt-fast's four verbs.
+
+``prefill`` runs the class token, ``decode_one_token`` one cached step, ``decode_n_tokens``
+the loop, ``generate_tokens`` the setup. Classifier-free guidance runs as ONE doubled
+batch ``[cond; uncond]`` (cond first, as the reference), and the sampled token is fed to
+both halves. Known canvas positions are teacher-forced: the token is still drawn (so a
+seed gives the same random stream with or without a mask) but the known one is kept.
+
+The loop reads no value back to the host: positions are views of one preallocated
+tensor, the fed token is written into a preallocated buffer, and the chosen tokens go
+straight into the output grid.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch
+
+from ..conditioning import Conditioning
+from ..errors import InvalidInputError
+from ..guidance import cfg_combine, llamagen_guided_step
+from ..sampling import SamplingParams, sample
+from .canvas import TokenCanvas
+
+FAMILY = "llamagen"
+Progress = Callable[[int, int], None]
+
+
+@dataclasses.dataclass
+class _Step:
+    """Per-call constants of one generation (what the verbs below share)."""
+
+    batch: int  # B: images
+    guided: bool  # the model runs a doubled batch [cond; uncond]
+    cfg: float
+    cfg_interval: int
+    params: SamplingParams
+    generator: torch.Generator | None
+    trace: dict | None
+
+
+def _choose(logits: torch.Tensor, t: int, s: _Step, tokens_BL: torch.Tensor, known_BL: torch.Tensor) -> torch.Tensor:
+    """Raw logits (B or 2B, V) of token t -> the token kept at t (B,), written into ``tokens_BL``."""
+    if s.guided:
+        cond, uncond = logits[: s.batch], logits[s.batch:]  # (B, V) each
+        guided = cfg_combine(cond, uncond, s.cfg) if llamagen_guided_step(t, s.cfg_interval) else cond
+    else:
+        guided = logits
+    if s.trace is not None:
+        s.trace.setdefault("raw_logits", []).append(logits.detach().clone())
+        s.trace.setdefault("guided_logits", []).append(guided.detach().clone())
+    drawn = sample(guided, s.params, s.generator)  # (B,)
+    chosen = torch.where(known_BL[:, t], tokens_BL[:, t], drawn)  # (B,)
+    tokens_BL[:, t] = chosen
+    return chosen
+
+
+def prefill(model, labels: torch.Tensor, positions: torch.Tensor, s: _Step, tokens_BL: torch.Tensor,
+            known_BL: torch.Tensor) -> torch.Tensor:
+    """Class token(s) -> token 0 (B,)."""
+    cls = model.config.cls_token_num
+    return _choose(model.prefill(labels, positions[:cls]), 0, s, tokens_BL, known_BL)
+
+
+def decode_one_token(model, feed: torch.Tensor, t: int, positions: torch.Tensor, s: _Step,
+                     tokens_BL: torch.Tensor, known_BL: torch.Tensor) -> torch.Tensor:
+    """Feed token t-1 (in ``feed``, (B or 2B, 1)) at its position -> token t (B,)."""
+    pos = model.config.cls_token_num + t - 1
+    logits = model.decode_step(feed, positions[pos:pos + 1])  # (B or 2B, V)
+    return _choose(logits, t, s, tokens_BL, known_BL)
+
+
+def decode_n_tokens(model, first: torch.Tensor, start: int, n: int, positions: torch.Tensor, s: _Step,
+                    tokens_BL: torch.Tensor, known_BL: torch.Tensor, progress: Progress | None) -> None:
+    """Tokens start .. start+n-1, each fed back in place through one preallocated buffer."""
+    copies = 2 if s.guided else 1
+    feed = torch.empty(copies * s.batch, 1, dtype=torch.long, device=first.device)  # (B or 2B, 1)
+    feed.view(copies, s.batch).copy_(first.expand(copies, s.batch))
+    total = start + n
+    for t in range(start, total):
+        chosen = decode_one_token(model, feed, t, positions, s, tokens_BL, known_BL)
+        feed.view(copies, s.batch).copy_(chosen.expand(copies, s.batch))
+        if progress is not None:
+            progress(t + 1, total)
+
+
+def _labels(model, cond: Conditioning, device: torch.device) -> tuple[torch.Tensor, bool]:
+    """(B,) or (2B,) labels ([cond; uncond] when guided) and whether guidance runs."""
+    labels = torch.tensor(cond.class_ids, dtype=torch.long)
+    model.check_labels(labels)
+    guided = cond.cfg > 1.0
+    if guided:
+        if cond.negative_class_ids is None:
+            neg = torch.full_like(labels, model.num_classes)  # the null class row
+            if model.config.class_rows <= model.num_classes:
+                raise InvalidInputError("this model has no null class (class_dropout_prob=0): use cfg <= 1 or "
+                                        "give negative class ids")
+        else:
+            neg = torch.tensor(cond.negative_class_ids, dtype=torch.long)
+            model.check_labels(neg, allow_null=True)
+        labels = torch.cat([labels, neg])
+    return labels.to(device), guided
+
+
+def _canvas_tensors(model, canvas: TokenCanvas | None, batch: int, device: torch.device,
+                    tokenizer_id: str) -> tuple[torch.Tensor, torch.Tensor, str]:
+    g = model.grid_size
+    if canvas is None:
+        canvas = TokenCanvas.empty(FAMILY, tokenizer_id, [(g, g)], batch, device)
+    if canvas.family != FAMILY:
+        raise InvalidInputError(f"these tokens come from a {canvas.family!r} model; a {FAMILY} model needs its own")
+    if canvas.shapes != [(g, g)]:
+        raise InvalidInputError(f"token grids {canvas.shapes} do not match the model's {g}x{g} grid")
+    canvas = canvas.expand_batch(batch) if canvas.batch == 1 else canvas
+    if canvas.batch != batch:
+        raise InvalidInputError(f"canvas batch {canvas.batch} does not match {batch} class ids")
+    tokens_BL = canvas.grids[0].reshape(batch, g * g).to(device, copy=True)  # (B, L), written in place
+    known_BL = canvas.known[0].reshape(batch, g * g).to(device)  # (B, L)
+    vocab = model.config.vocab_size
+    if known_BL.any() and (int(tokens_BL[known_BL].min()) < 0 or int(tokens_BL[known_BL].max()) >= vocab):
+        raise InvalidInputError(f"known tokens must be in [0, {vocab})")
+    return tokens_BL, known_BL, canvas.tokenizer_id
+
+
+@torch.no_grad()
+def generate_tokens(model, cond: Conditioning, canvas: TokenCanvas | None, params: SamplingParams,
+                    generator: torch.Generator | None, progress: Progress | None = None,
+                    trace: dict | None = None, *, tokenizer_id: str = FAMILY) -> TokenCanvas:
+    """Generate (or complete) a raster token grid; returns a fully known canvas (B, g, g).
+
+    ``params.top_p_style`` is forced to LlamaGen's rule. ``progress(step, total)`` runs once per
+    token and may raise CancelledError to stop. ``trace`` (a dict) receives per step the raw
+    logits (B or 2B, V) under "raw_logits" and the guided ones (B, V) under "guided_logits".
+    """
+    device = model.output.weight.device
+    labels, guided = _labels(model, cond, device)
+    B = cond.batch
+    tokens_BL, known_BL, tok_id = _canvas_tensors(model, canvas, B, device, tokenizer_id)
+    if params.top_p_style != "llamagen":
+        params = dataclasses.replace(params, top_p_style="llamagen")
+    L, cls = model.config.block_size, model.config.cls_token_num
+    model.setup_caches(labels.shape[0], cls + L)
+    positions = torch.arange(cls + L, device=device)  # (cls + L,) sliced into views per step
+    s = _Step(B, guided, float(cond.cfg), int(cond.cfg_interval), params, generator, trace)
+    first = prefill(model, labels, positions, s, tokens_BL, known_BL)
+    if progress is not None:
+        progress(1, L)
+    decode_n_tokens(model, first, 1, L - 1, positions, s, tokens_BL, known_BL, progress)
+    g = model.grid_size
+    return TokenCanvas.from_codes(FAMILY, tok_id, [tokens_BL.view(B, g, g).clone()])

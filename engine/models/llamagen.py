@@ -1,0 +1,305 @@
+"""LlamaGen class-to-image GPT: a Llama-style raster next-token transformer with 2D RoPE.
+
+Parameter names follow the official ``autoregressive/models/gpt.py`` so released
+checkpoints load strictly. Three entry points share the blocks:
+
+- ``forward(labels, tokens)``: teacher-forced logits, no cache (parity, tests);
+- ``prefill(labels, input_pos)`` / ``decode_step(tokens, input_pos)``: the cached
+  path used by :mod:`..generate.next_token`. The caches are static buffers written in
+  place (``setup_caches``), the attention always spans the whole padded cache under a
+  boolean causal mask, so every decode step has identical shapes (CUDA-graph friendly).
+
+Conventions: B = batch (doubled for CFG by the caller), S = query length, T = cache
+length, D = dim, H / Hkv = query / key-value heads, hd = head_dim, V = vocab.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InvalidInputError, UnsupportedError
+from ..kv_cache import KVCache
+from ..layers import RMSNorm, find_multiple
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LlamaGenConfig:
+    """The official ``ModelArgs`` fields that shape inference (training-only fields are dropped)."""
+
+    dim: int = 4096
+    n_layer: int = 32
+    n_head: int = 32
+    n_kv_head: int | None = None
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    num_classes: int = 1000
+    class_dropout_prob: float = 0.1
+    vocab_size: int = 16384
+    cls_token_num: int = 1
+    block_size: int = 256
+    model_type: str = "c2i"
+
+    def __post_init__(self) -> None:
+        if self.model_type != "c2i":
+            raise UnsupportedError(f"LlamaGen model_type {self.model_type!r} is not supported; only 'c2i'")
+        if self.cls_token_num != 1:
+            raise UnsupportedError(f"c2i LlamaGen uses one class token; cls_token_num={self.cls_token_num}")
+        if self.dim % self.n_head or self.n_head % self.kv_heads:
+            raise InvalidInputError(f"dim {self.dim} must divide into n_head {self.n_head} heads, and n_head "
+                                    f"into n_kv_head {self.kv_heads} groups")
+        if self.head_dim % 4:
+            raise InvalidInputError(f"2D RoPE needs head_dim divisible by 4, got {self.head_dim}")
+        if math.isqrt(self.block_size) ** 2 != self.block_size:
+            raise InvalidInputError(f"block_size {self.block_size} must be a square (g*g tokens)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head if self.n_kv_head is not None else self.n_head
+
+    @property
+    def grid_size(self) -> int:
+        return math.isqrt(self.block_size)
+
+    @property
+    def ffn_hidden(self) -> int:
+        hidden = int(2 * (4 * self.dim) / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return find_multiple(hidden, self.multiple_of)
+
+    @property
+    def class_rows(self) -> int:
+        """The class table has an extra null row (index ``num_classes``) when trained with label dropout."""
+        return self.num_classes + int(self.class_dropout_prob > 0)
+
+    @classmethod
+    def from_official(cls, model_args: dict[str, Any]) -> "LlamaGenConfig":
+        """From the official ``ModelArgs`` dict; the training-only fields (dropouts, init, caption) are ignored."""
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in model_args.items() if k in names})
+
+
+def _preset(dim: int, n_layer: int, n_head: int) -> LlamaGenConfig:
+    return LlamaGenConfig(dim=dim, n_layer=n_layer, n_head=n_head, num_classes=1000, vocab_size=16384,
+                          block_size=256)
+
+
+PRESETS: dict[str, LlamaGenConfig] = {
+    "GPT-B": _preset(768, 12, 12),
+    "GPT-L": _preset(1024, 24, 16),
+    "GPT-XL": _preset(1280, 36, 20),
+    "GPT-XXL": _preset(1536, 48, 24),
+    "GPT-3B": _preset(3200, 24, 32),
+}
+
+
+# ---- 2D rotary position embedding -------------------------------------------------------------
+def rope_2d_table(grid: int, head_dim: int, base: float, prefix_rows: int) -> torch.Tensor:
+    """(prefix + g*g, hd/2, 2) [cos, sin] table; row r*g+c rotates by (r*freqs, c*freqs).
+
+    The first hd/4 pairs carry the row angle, the rest the column angle. The class-token
+    rows are all zero (not the identity), as in the reference: those q/k vectors vanish.
+    """
+    half = head_dim // 2
+    freqs = 1.0 / (base ** (torch.arange(0, half, 2, dtype=torch.float32)[: half // 2] / half))  # (hd/4,)
+    pos = torch.arange(grid, dtype=torch.float32)
+    ang = torch.outer(pos, freqs)  # (g, hd/4)
+    ang_grid = torch.cat([ang[:, None, :].expand(grid, grid, -1), ang[None, :, :].expand(grid, grid, -1)], dim=-1)
+    table = torch.stack([ang_grid.cos(), ang_grid.sin()], dim=-1).reshape(grid * grid, half, 2)  # (L, hd/2, 2)
+    return torch.cat([torch.zeros(prefix_rows, half, 2), table], dim=0)  # (prefix + L, hd/2, 2)
+
+
+def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2j], x[2j+1]) in float32. x (B, S, H, hd), table (S, hd/2, 2)."""
+    B, S, H, hd = x.shape
+    pairs = x.float().reshape(B, S, H, hd // 2, 2)  # (B, S, H, hd/2, 2)
+    cos = table[None, :, None, :, 0]  # (1, S, 1, hd/2)
+    sin = table[None, :, None, :, 1]
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    out = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1)  # (B, S, H, hd/2, 2)
+    return out.reshape(B, S, H, hd).type_as(x)
+
+
+# ---- blocks -----------------------------------------------------------------------------------
+class LabelEmbedder(nn.Module):
+    """Class id -> one embedding token; the null (unconditional) class is row ``num_classes``."""
+
+    def __init__(self, rows: int, dim: int) -> None:
+        super().__init__()
+        self.embedding_table = nn.Embedding(rows, dim)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.embedding_table(labels).unsqueeze(1)  # (B, 1, D)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LlamaGenConfig) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        self.q_dim, self.kv_dim = cfg.dim, cfg.kv_heads * cfg.head_dim
+        self.wqkv = nn.Linear(cfg.dim, self.q_dim + 2 * self.kv_dim, bias=False)  # rows [q; k; v]
+        self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, input_pos: torch.Tensor | None,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        """x (B, S, D); with ``input_pos`` the keys/values go through the static cache."""
+        B, S, _ = x.shape
+        q, k, v = self.wqkv(x).split([self.q_dim, self.kv_dim, self.kv_dim], dim=-1)
+        q = apply_rope(q.view(B, S, self.n_head, self.head_dim), rope).transpose(1, 2)  # (B, H, S, hd)
+        k = apply_rope(k.view(B, S, self.n_kv_head, self.head_dim), rope).transpose(1, 2)  # (B, Hkv, S, hd)
+        v = v.view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, S, hd)
+        if input_pos is not None:
+            assert self.kv_cache is not None, "setup_caches() must run before cached attention"
+            k_all, v_all = self.kv_cache.k_cache[:B], self.kv_cache.v_cache[:B]  # views (B, Hkv, T, hd)
+            k_all[:, :, input_pos] = k.to(k_all.dtype)  # in place: no per-step allocation
+            v_all[:, :, input_pos] = v.to(v_all.dtype)
+            k, v = k_all, v_all
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           enable_gqa=self.n_kv_head != self.n_head)  # (B, H, S, hd)
+        return self.wo(y.transpose(1, 2).reshape(B, S, self.q_dim))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, cfg: LlamaGenConfig) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
+        self.w3 = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
+        self.w2 = nn.Linear(cfg.ffn_hidden, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: LlamaGenConfig) -> None:
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.feed_forward = FeedForward(cfg)
+        self.attention_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, input_pos: torch.Tensor | None,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), rope, input_pos, mask)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class LlamaGen(nn.Module):
+    """Sequence = [class token] + token embeddings; token t sits at position ``cls_token_num + t``."""
+
+    def __init__(self, config: LlamaGenConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.cls_embedding = LabelEmbedder(config.class_rows, config.dim)
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layer))
+        self.norm = RMSNorm(config.dim, eps=config.norm_eps)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        # float32 RoPE table kept outside the state_dict and out of .to(dtype): a plain attribute
+        self.freqs_cis = self._rope_table()
+        self.causal_mask: torch.Tensor | None = None  # (T, T) bool, made by setup_caches
+        self.max_batch_size, self.max_seq_length = 0, 0
+
+    # ---- loading ------------------------------------------------------------------------------
+    @classmethod
+    def remap_state_dict(cls, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Drop what the reference sometimes saves but recomputes: ``freqs_cis`` and KV-cache buffers."""
+        return {k: v for k, v in sd.items()
+                if k != "freqs_cis" and ".kv_cache." not in k and k not in ("causal_mask",)}
+
+    def post_load(self) -> None:
+        """Recompute the RoPE table (a meta-device build leaves it empty)."""
+        self.freqs_cis = self._rope_table()
+
+    def _rope_table(self) -> torch.Tensor:
+        c = self.config
+        device = self.output.weight.device
+        if device.type == "meta":
+            device = torch.device("cpu")
+        with torch.device(device):
+            return rope_2d_table(c.grid_size, c.head_dim, c.rope_base, c.cls_token_num)
+
+    def _rope_on(self, device: torch.device) -> torch.Tensor:
+        if self.freqs_cis.device != device:
+            self.freqs_cis = self.freqs_cis.to(device)
+        return self.freqs_cis
+
+    @property
+    def grid_size(self) -> int:
+        return self.config.grid_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def check_labels(self, labels: torch.Tensor, allow_null: bool = False) -> None:
+        """Class ids must index the class table (the null row only where allowed)."""
+        hi = self.config.class_rows if allow_null else self.config.num_classes
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= hi):
+            kind = "class ids (incl. the null class)" if allow_null else "class ids"
+            raise InvalidInputError(f"{kind} must be in [0, {hi}); got {labels.tolist()}")
+
+    # ---- teacher-forced forward (no cache) --------------------------------------------------
+    def forward(self, labels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """labels (B,), tokens (B, T) with T <= L -> logits (B, T, V) float32; [:, t] predicts token t."""
+        B, T = tokens.shape
+        if labels.shape != (B,) or not 1 <= T <= self.config.block_size:
+            raise InvalidInputError(f"forward: labels {tuple(labels.shape)} / tokens {tuple(tokens.shape)}: need "
+                                    f"labels (B,) and tokens (B, T) with 1 <= T <= {self.config.block_size}")
+        h = torch.cat([self.cls_embedding(labels), self.tok_embeddings(tokens[:, :-1])], dim=1)  # (B, T, D)
+        rope = self._rope_on(h.device)[:T]  # (T, hd/2, 2)
+        for layer in self.layers:
+            h = layer(h, rope, None, None)
+        return self.output(self.norm(h)).float()  # (B, T, V)
+
+    # ---- cached inference ---------------------------------------------------------------------
+    def setup_caches(self, max_batch_size: int, max_seq_length: int, dtype: torch.dtype | None = None) -> None:
+        """Allocate the static KV caches; a no-op when the existing ones are big enough."""
+        dtype = dtype or self.output.weight.dtype
+        device = self.output.weight.device
+        T = find_multiple(max_seq_length, 8)
+        cache = self.layers[0].attention.kv_cache
+        if (cache is not None and self.max_batch_size >= max_batch_size and self.max_seq_length >= T
+                and cache.k_cache.dtype == dtype and cache.k_cache.device == device):
+            return
+        c = self.config
+        for layer in self.layers:
+            layer.attention.kv_cache = KVCache(max_batch_size, c.kv_heads, T, c.head_dim, dtype, device)
+        self.causal_mask = torch.ones(T, T, dtype=torch.bool, device=device).tril_()  # (T, T)
+        self.max_batch_size, self.max_seq_length = max_batch_size, T
+        self._rope_on(device)
+        logger.debug("LlamaGen KV cache: batch %d, length %d, %s", max_batch_size, T, dtype)
+
+    def _run_cached(self, h: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """h (B, S, D) at positions input_pos (S,) -> logits of the last position (B, V) float32."""
+        assert self.causal_mask is not None, "setup_caches() must run before prefill/decode_step"
+        mask = self.causal_mask[input_pos][None, None]  # (1, 1, S, T)
+        rope = self.freqs_cis[input_pos]  # (S, hd/2, 2)
+        for layer in self.layers:
+            h = layer(h, rope, input_pos, mask)
+        return self.output(self.norm(h[:, -1])).float()  # (B, V)
+
+    def prefill(self, labels: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """Class tokens (B,) at positions [0, cls) -> logits (B, V) for token 0."""
+        return self._run_cached(self.cls_embedding(labels), input_pos)
+
+    def decode_step(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """tokens (B, 1) at position input_pos (1,) -> logits (B, V) for the next token."""
+        return self._run_cached(self.tok_embeddings(tokens), input_pos)
