@@ -1,0 +1,46 @@
+"""Class conditioning and classifier-free-guidance settings (the AR_COND graph type)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+CfgSchedule = Literal["linear", "constant"]
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What to generate: one class id per image, and how strongly to guide towards it.
+
+    ``cfg`` follows each family's own convention (VAR: ``(1+t)cond - t*uncond`` with
+    ``t`` ramped by ``schedule``; LlamaGen: ``uncond + s*(cond-uncond)``, guidance
+    only when ``cfg > 1``). ``cfg_interval`` is LlamaGen's: -1 = guide every token.
+    ``control`` optionally carries control tokens (a TokenCanvas) for control nodes.
+    """
+
+    class_ids: tuple[int, ...]
+    cfg: float = 1.5
+    schedule: CfgSchedule = "linear"
+    cfg_interval: int = -1
+    negative_class_ids: tuple[int, ...] | None = None  # None = the null class
+    class_names: tuple[str, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.class_ids:
+            raise ValueError("Conditioning needs at least one class id")
+        if self.cfg < 0:
+            raise ValueError(f"cfg must be >= 0, got {self.cfg!r}")
+        if self.schedule not in ("linear", "constant"):
+            raise ValueError(f"unknown cfg schedule {self.schedule!r}; expected 'linear' or 'constant'")
+        if self.negative_class_ids is not None and len(self.negative_class_ids) != len(self.class_ids):
+            raise ValueError("negative_class_ids must have one entry per class id")
+
+    @property
+    def batch(self) -> int:
+        return len(self.class_ids)
+
+    def repeat(self, n: int) -> "Conditioning":
+        """Each class repeated n times (a batch of n images per class)."""
+        ids = tuple(c for c in self.class_ids for _ in range(n))
+        neg = None if self.negative_class_ids is None else tuple(c for c in self.negative_class_ids for _ in range(n))
+        names = tuple(c for c in self.class_names for _ in range(n))
+        return Conditioning(ids, self.cfg, self.schedule, self.cfg_interval, neg, names)

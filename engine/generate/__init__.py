@@ -1,0 +1,60 @@
+"""The one engine primitive: constrained generation on a TokenCanvas (DESIGN.md section 3).
+
+``generate(bundle, cond, canvas)`` fills the canvas positions that are not known,
+for either family; every task (generate, inpaint, outpaint, edit, super-resolve,
+control, variation) is a recipe that prepares the canvas and its masks.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..conditioning import Conditioning
+from ..errors import InvalidInputError
+from ..sampling import SamplingParams
+from .canvas import TokenCanvas
+
+__all__ = ["TokenCanvas", "generate", "empty_canvas", "make_generator"]
+
+
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
+    """A seeded generator on the model's device; the same seed reproduces an image on the same device."""
+    if seed is None:
+        return None
+    if not isinstance(seed, int) or seed < 0 or seed >= 2 ** 63:
+        raise InvalidInputError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+def empty_canvas(bundle, batch: int) -> TokenCanvas:
+    shapes = bundle.tokenizer.grid_shapes_for(bundle.image_size)
+    return TokenCanvas.empty(bundle.family, bundle.tokenizer_id, shapes, batch, device=bundle.device)
+
+
+def generate(bundle, cond: Conditioning, canvas: TokenCanvas | None = None, params: SamplingParams | None = None,
+             seed: int | None = None, generator: torch.Generator | None = None,
+             progress: Callable[[int, int], None] | None = None, trace: dict | None = None) -> TokenCanvas:
+    """Generate the unknown tokens of ``canvas`` (all of them when None) under ``cond``."""
+    if canvas is None:
+        canvas = empty_canvas(bundle, cond.batch)
+    else:
+        canvas.check_compatible(bundle.family, bundle.tokenizer_id, bundle.tokenizer.grid_shapes_for(bundle.image_size))
+        canvas = canvas.expand_batch(cond.batch)
+    if canvas.batch != cond.batch:
+        raise InvalidInputError(f"{canvas.batch} token canvases but {cond.batch} class labels; give one label per "
+                                f"image or a single image")
+    if generator is None:
+        generator = make_generator(seed, bundle.device)
+    if bundle.family == "var":
+        from .next_scale import generate_scales
+        params = params or SamplingParams(top_k=bundle.defaults.get("top_k", 0), top_p=bundle.defaults.get("top_p", 1.0))
+        return generate_scales(bundle.generator, bundle.tokenizer, cond, canvas, params, generator, progress, trace)
+    if bundle.family == "llamagen":
+        from .next_token import generate_tokens
+        params = params or SamplingParams(top_k=bundle.defaults.get("top_k", 0), top_p=bundle.defaults.get("top_p", 1.0),
+                                          temperature=bundle.defaults.get("temperature", 1.0), top_p_style="llamagen")
+        return generate_tokens(bundle.generator, cond, canvas, params, generator, progress, trace)
+    raise InvalidInputError(f"unknown model family {bundle.family!r}")

@@ -1,0 +1,176 @@
+"""Build a ModelBundle (tokenizer + generator + class names) from a name or a manifest.
+
+Table-driven: a ``kind`` names a module and its model/config classes. A model class
+may define ``OPTIONAL_STATE_KEYS`` or a method ``optional_state_keys()`` (buffers a
+file may lack), a (class)method ``remap_state_dict(sd)`` (drop / rename keys of the official layout) and a method
+``post_load()`` (recompute non-persistent buffers after a meta-device build).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import build_on_meta, load_into, read_checkpoint, unwrap_state_dict
+from .classes import ClassNames, load_class_names
+from .errors import CheckpointError, InvalidInputError, MissingFileError
+from .registry import REGISTRY, bundled_manifests, get_entry
+from .resolve import resolve_file
+
+# kind -> (module relative to engine/, model class, config class); each module also has PRESETS
+KINDS: dict[str, tuple[str, str, str]] = {
+    "msvq": (".tokenizers.msvq", "MSVQTokenizer", "MSVQConfig"),
+    "var": (".models.var", "VAR", "VARConfig"),
+    "vq": (".tokenizers.vq", "VQTokenizer", "VQConfig"),
+    "llamagen": (".models.llamagen", "LlamaGen", "LlamaGenConfig"),
+}
+
+
+@dataclass
+class ModelBundle:
+    """A loaded model: what the AR_MODEL graph type carries."""
+
+    name: str
+    family: str  # "var" | "llamagen"
+    tokenizer: nn.Module
+    generator: nn.Module
+    classes: ClassNames
+    image_size: int
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokenizer_id(self) -> str:
+        return f"{self.name}:tokenizer"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.generator.parameters()).dtype
+
+    def resident_bytes(self) -> int:
+        mods = (self.tokenizer, self.generator)
+        return sum(t.numel() * t.element_size() for m in mods for t in list(m.parameters()) + list(m.buffers()))
+
+
+def _kind(kind: str) -> tuple[type, type]:
+    if kind not in KINDS:
+        raise InvalidInputError(f"unknown model kind {kind!r}; expected one of {sorted(KINDS)}")
+    mod_name, model_cls, cfg_cls = KINDS[kind]
+    mod = importlib.import_module(mod_name, package=__package__)
+    return getattr(mod, model_cls), getattr(mod, cfg_cls)
+
+
+def config_from_dict(kind: str, data: dict[str, Any]):
+    _, cfg_cls = _kind(kind)
+    names = {f.name for f in dataclasses.fields(cfg_cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise InvalidInputError(f"{kind} config has unknown fields {unknown}; known: {sorted(names)}")
+    tupled = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cfg_cls(**tupled)
+
+
+def preset_config(kind: str, preset: str):
+    model_cls, _ = _kind(kind)
+    module = importlib.import_module(model_cls.__module__)
+    presets = getattr(module, "PRESETS")
+    if preset not in presets:
+        raise InvalidInputError(f"unknown {kind} preset {preset!r}; available: {sorted(presets)}")
+    return presets[preset]
+
+
+def build_module(kind: str, config, state_dict: dict[str, torch.Tensor] | None, source: str,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Build on meta, load the state dict by assignment, move to device/dtype, eval mode."""
+    model_cls, _ = _kind(kind)
+    if state_dict is None:
+        model = model_cls(config)
+    else:
+        model = build_on_meta(lambda: model_cls(config))
+        sd = model.remap_state_dict(state_dict) if hasattr(model, "remap_state_dict") else state_dict
+        optional = (model.optional_state_keys() if hasattr(model, "optional_state_keys")
+                    else getattr(model_cls, "OPTIONAL_STATE_KEYS", ()))
+        load_into(model, sd, source, optional=optional)
+        if hasattr(model, "post_load"):
+            model.post_load()
+    model = model.to(device=device)
+    if dtype != torch.float32:
+        model = model.to(dtype=dtype)
+    return model.eval().requires_grad_(False)
+
+
+def load_module_file(kind: str, config, path: Path, device="cpu", dtype=torch.float32) -> nn.Module:
+    sd = unwrap_state_dict(read_checkpoint(path), source=str(path))
+    return build_module(kind, config, sd, str(path), device, dtype)
+
+
+def load_manifest(path: str | Path, device="cpu", dtype=torch.float32) -> ModelBundle:
+    """A bundle described by a JSON manifest (the bundled emoji model's format)."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = sorted(path.glob("*.json"))
+        manifests = [p for p in candidates if "generator" in _read_json(p)]
+        if len(manifests) != 1:
+            raise MissingFileError(f"{path}: expected exactly one model manifest (*.json with 'generator'), "
+                                   f"found {[p.name for p in manifests]}")
+        path = manifests[0]
+    data = _read_json(path)
+    try:
+        tok, gen = data["tokenizer"], data["generator"]
+        tok_cfg = config_from_dict(tok["kind"], tok["config"])
+        gen_cfg = config_from_dict(gen["kind"], gen["config"])
+        tokenizer = load_module_file(tok["kind"], tok_cfg, path.parent / tok["file"], device, torch.float32)
+        generator = load_module_file(gen["kind"], gen_cfg, path.parent / gen["file"], device, dtype)
+        classes = load_class_names(data.get("classes", "imagenet"), base_dir=path.parent)
+        return ModelBundle(name=str(data["name"]), family=str(data["family"]), tokenizer=tokenizer,
+                           generator=generator, classes=classes, image_size=int(data["image_size"]),
+                           defaults=dict(data.get("defaults", {})))
+    except KeyError as e:
+        raise CheckpointError(f"{path}: manifest lacks the field {e.args[0]!r}") from None
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise MissingFileError(f"model manifest not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: a model manifest must be a JSON object")
+    return data
+
+
+def load_bundle(name_or_path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                models_dir: str | Path | None = None, offline: bool | None = None) -> ModelBundle:
+    """Load a registry model, a bundled model, or a manifest file/directory.
+
+    The tokenizer always stays in float32 (decoding quality); ``dtype`` applies to the generator.
+    """
+    name = str(name_or_path)
+    bundled = bundled_manifests()
+    if name in bundled:
+        return load_manifest(bundled[name], device, dtype)
+    if name not in REGISTRY and (Path(name).suffix == ".json" or Path(name).is_dir()):
+        return load_manifest(Path(name), device, dtype)
+    entry = get_entry(name)
+    tok_path = resolve_file(entry.tokenizer_file, entry.hf_repo, models_dir, offline)
+    gen_path = resolve_file(entry.generator_file, entry.hf_repo, models_dir, offline)
+    tok_cfg = preset_config(entry.tokenizer_kind, entry.tokenizer_preset)
+    gen_cfg = preset_config(entry.generator_kind, entry.generator_preset)
+    if entry.family == "llamagen":  # token grid follows the checkpoint's resolution
+        gen_cfg = dataclasses.replace(gen_cfg, block_size=(entry.image_size // 16) ** 2)
+    tokenizer = load_module_file(entry.tokenizer_kind, tok_cfg, tok_path, device, torch.float32)
+    generator = load_module_file(entry.generator_kind, gen_cfg, gen_path, device, dtype)
+    return ModelBundle(name=entry.name, family=entry.family, tokenizer=tokenizer, generator=generator,
+                       classes=load_class_names(entry.classes), image_size=entry.image_size,
+                       defaults=dict(entry.defaults))

@@ -1,0 +1,88 @@
+"""Known models: name -> family, presets, checkpoint files and where to get them.
+
+Names are looked up exactly. A bundle is a tokenizer plus a generator; released
+checkpoints are resolved from a local models directory or the Hugging Face hub
+(see :mod:`.resolve`), the bundled emoji model from ``weights/``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UnknownNameError
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+WEIGHTS_DIR = PACKAGE_ROOT / "weights"
+DEFAULT_MODEL = "emoji-var"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    family: str  # "var" | "llamagen"
+    tokenizer_kind: str  # "msvq" | "vq"
+    tokenizer_preset: str
+    generator_kind: str  # "var" | "llamagen"
+    generator_preset: str
+    image_size: int
+    tokenizer_file: str
+    generator_file: str
+    hf_repo: str | None  # None: shipped with arnodes
+    classes: str = "imagenet"
+    defaults: dict = field(default_factory=dict, compare=False, hash=False)
+    description: str = ""
+
+
+def _var(depth: int, image_size: int = 256) -> ModelEntry:
+    return ModelEntry(
+        name=f"var-d{depth}", family="var", tokenizer_kind="msvq",
+        tokenizer_preset="vae_ch160v4096z32" if image_size == 256 else f"vae_ch160v4096z32-{image_size}",
+        generator_kind="var", generator_preset=f"var-d{depth}", image_size=image_size,
+        tokenizer_file="vae_ch160v4096z32.pth", generator_file=f"var_d{depth}.pth", hf_repo="FoundationVision/var",
+        defaults={"cfg": 4.0, "top_k": 900, "top_p": 0.95},
+        description=f"VAR depth {depth}, ImageNet {image_size}px class-conditional (official release)")
+
+
+def _llamagen(size: str, image_size: int) -> ModelEntry:
+    return ModelEntry(
+        name=f"llamagen-c2i-{size.lower()}-{image_size}", family="llamagen", tokenizer_kind="vq",
+        tokenizer_preset="vq_ds16_c2i", generator_kind="llamagen", generator_preset=f"GPT-{size}",
+        image_size=image_size, tokenizer_file="vq_ds16_c2i.pt", generator_file=f"c2i_{size}_{image_size}.pt",
+        hf_repo="FoundationVision/LlamaGen",
+        defaults={"cfg": 4.0 if image_size == 256 else 1.75, "top_k": 0, "top_p": 1.0, "temperature": 1.0},
+        description=f"LlamaGen GPT-{size} class-to-image {image_size}px (official release)")
+
+
+_ENTRIES = [
+    *(_var(d) for d in (16, 20, 24, 30)),
+    _var(36, image_size=512),
+    _llamagen("B", 256), _llamagen("B", 384), _llamagen("L", 256), _llamagen("L", 384),
+    _llamagen("XL", 384), _llamagen("XXL", 384), _llamagen("3B", 384),
+]
+REGISTRY: dict[str, ModelEntry] = {e.name: e for e in _ENTRIES}
+
+
+def get_entry(name: str) -> ModelEntry:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UnknownNameError(f"unknown model {name!r}; available: {sorted(REGISTRY) + bundled_model_names()}") from None
+
+
+def bundled_manifests() -> dict[str, Path]:
+    """Bundled models shipped in ``weights/``: name -> manifest path."""
+    import json
+    found: dict[str, Path] = {}
+    if WEIGHTS_DIR.is_dir():
+        for path in sorted(WEIGHTS_DIR.glob("*.json")):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and "family" in data and "name" in data and "generator" in data:
+                found[str(data["name"])] = path
+    return found
+
+
+def bundled_model_names() -> list[str]:
+    return sorted(bundled_manifests())

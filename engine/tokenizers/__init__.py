@@ -1,0 +1,1 @@
+"""Image tokenizers: multi-scale residual VQ (VAR) and single-scale VQ (LlamaGen)."""
