@@ -1,0 +1,180 @@
+"""The tasks as recipes on the one primitive: prepare a TokenCanvas, call ``generate``, decode.
+
+Every function works for both families; only how a pixel mask or a strength maps
+onto the token grids differs (scales for next-scale models, raster positions for
+next-token models). Images are engine images ``[B, 3, H, W]`` in ``[-1, 1]``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .conditioning import Conditioning
+from .errors import InvalidInputError
+from .generate import generate
+from .generate.canvas import TokenCanvas
+from .image import composite, mask_to_grid, outpaint_mask, pad_edges, resize, resize_mask
+from .sampling import SamplingParams
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Sampling settings every task shares."""
+
+    params: SamplingParams | None = None
+    seed: int | None = None
+    progress: Progress | None = None
+
+
+def model_size(bundle) -> int:
+    return int(bundle.image_size)
+
+
+def to_model_size(bundle, img: torch.Tensor) -> torch.Tensor:
+    size = model_size(bundle)
+    return resize(img, size, size)
+
+
+@torch.no_grad()
+def encode(bundle, img: torch.Tensor) -> TokenCanvas:
+    """Image -> fully known canvas (the input is resized to the model's resolution)."""
+    grids = bundle.tokenizer.encode_grids(to_model_size(bundle, img).to(bundle.device))
+    return TokenCanvas.from_codes(bundle.family, bundle.tokenizer_id, grids)
+
+
+@torch.no_grad()
+def decode(bundle, canvas: TokenCanvas, upto: int | None = None) -> torch.Tensor:
+    canvas.check_compatible(bundle.family, bundle.tokenizer_id, bundle.tokenizer.grid_shapes_for(bundle.image_size))
+    if upto is not None and not 1 <= upto <= len(canvas.grids):
+        raise InvalidInputError(f"upto must be between 1 and {len(canvas.grids)} scales, got {upto}")
+    return bundle.tokenizer.decode_grids(canvas.grids, upto)
+
+
+def known_from_mask(bundle, canvas: TokenCanvas, regen: torch.Tensor) -> TokenCanvas:
+    """Pixel mask [B, H, W] (1 = regenerate) -> per-grid known masks, the official way for VAR
+    (finest-grid keep mask, bilinear to each scale, > 0.5, tiny scales kept)."""
+    if bundle.family == "var":
+        from .generate.next_scale import scale_known_masks
+        pns = tuple(bundle.tokenizer.cfg.patch_nums)
+        keep_fine = ~mask_to_grid(regen, pns[-1], pns[-1])
+        known = scale_known_masks(keep_fine, pns)
+    else:
+        h, w = canvas.shapes[0]
+        known = [~mask_to_grid(regen, h, w)]
+    known = [k.to(canvas.device).expand(canvas.batch, -1, -1) if k.shape[0] == 1 else k for k in known]
+    return canvas.with_known(known)
+
+
+def known_prefix(canvas: TokenCanvas, fraction: float) -> TokenCanvas:
+    """Keep the coarsest ``fraction`` of the structure: the first scales (next-scale models) or the
+    first raster rows (next-token models)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise InvalidInputError(f"fraction of kept structure must be in [0, 1], got {fraction}")
+    if len(canvas.grids) > 1:
+        k = round(fraction * len(canvas.grids))
+        known = [torch.full_like(g, i < k, dtype=torch.bool) for i, g in enumerate(canvas.grids)]
+    else:
+        g = canvas.grids[0]
+        rows = round(fraction * g.shape[1])
+        known = [torch.zeros_like(g, dtype=torch.bool)]
+        known[0][:, :rows] = True
+    return canvas.with_known(known)
+
+
+def known_lattice(canvas: TokenCanvas, strength: float) -> TokenCanvas:
+    """Raster-model layout guidance: keep tokens on a regular lattice, denser for higher strength."""
+    g = canvas.grids[0]
+    known = torch.zeros_like(g, dtype=torch.bool)
+    if strength > 0:
+        stride = max(1, round(1.0 / strength ** 0.5))
+        known[:, ::stride, ::stride] = True
+    return canvas.with_known([known])
+
+
+def _run(bundle, cond: Conditioning, canvas: TokenCanvas, run: RunSettings) -> torch.Tensor:
+    out = generate(bundle, cond, canvas, params=run.params, seed=run.seed, progress=run.progress)
+    return decode(bundle, out)
+
+
+def generate_images(bundle, cond: Conditioning, run: RunSettings) -> torch.Tensor:
+    return _run(bundle, cond, None, run)
+
+
+def inpaint(bundle, cond: Conditioning, img: torch.Tensor, regen: torch.Tensor, run: RunSettings,
+            keep_unmasked: bool = True) -> torch.Tensor:
+    """Regenerate where ``regen`` is 1 (also class-conditional editing, with another class).
+    With ``keep_unmasked`` the result is composited so unmasked pixels stay exactly the input's."""
+    size = model_size(bundle)
+    src = to_model_size(bundle, img).to(bundle.device)
+    mask = resize_mask(regen.to(bundle.device), size, size)
+    if mask.shape[0] != src.shape[0] and mask.shape[0] != 1:
+        raise InvalidInputError(f"{mask.shape[0]} masks for {src.shape[0]} images")
+    canvas = known_from_mask(bundle, encode(bundle, src), mask)
+    out = _run(bundle, cond, canvas, run)
+    if keep_unmasked:
+        out = composite(src.expand_as(out), out, mask.expand(out.shape[0], -1, -1))
+    return out
+
+
+def outpaint(bundle, cond: Conditioning, img: torch.Tensor, left: int, top: int, right: int, bottom: int,
+             feather: int, run: RunSettings) -> torch.Tensor:
+    """Extend the canvas: pad, regenerate the new area plus a feathered band, blend the seam.
+    The padded image is brought to the model's resolution, so the result is model-sized."""
+    if left + top + right + bottom == 0:
+        raise InvalidInputError("outpaint needs some padding (left/top/right/bottom are all 0)")
+    B, _, H, W = img.shape
+    padded = pad_edges(img, left, top, right, bottom)
+    mask = outpaint_mask(H, W, left, top, right, bottom, feather, B, img.device)
+    return inpaint(bundle, cond, padded, mask, run, keep_unmasked=True)
+
+
+def super_resolve(bundle, cond: Conditioning, img: torch.Tensor, scale: int, run: RunSettings) -> torch.Tensor:
+    """Training-free SR: bicubic-upsample, keep what the low-res input determines, generate the rest.
+
+    Next-scale models keep the coarse scales whose resolution the input covers and generate the
+    finer ones. Next-token models keep the input's tokens and regenerate a lattice of detail
+    tokens. Outputs larger than the model's resolution are processed tile by tile.
+    """
+    if scale < 1:
+        raise InvalidInputError(f"scale must be >= 1, got {scale}")
+    B, _, H, W = img.shape
+    size = model_size(bundle)
+    up = resize(img, H * scale, W * scale)
+    if (H * scale) % size or (W * scale) % size:
+        raise InvalidInputError(f"the upscaled size {W * scale}x{H * scale} must be a multiple of the model's "
+                                f"{size}px tiles; choose an input of {size // scale}px (or a multiple) for x{scale}")
+    tile_fraction = min(1.0, min(H, W) / min(H * scale, W * scale))  # input detail per output pixel
+    out = torch.empty_like(up)
+    for y in range(0, H * scale, size):
+        for x in range(0, W * scale, size):
+            tile = up[:, :, y:y + size, x:x + size]
+            canvas = encode(bundle, tile)
+            if bundle.family == "var":
+                pns = bundle.tokenizer.cfg.patch_nums
+                kept = sum(1 for pn in pns if pn <= pns[-1] * tile_fraction)
+                canvas = canvas.with_known([torch.full_like(g, i < kept, dtype=torch.bool) for i, g in enumerate(canvas.grids)])
+            else:
+                known = torch.ones_like(canvas.grids[0], dtype=torch.bool)
+                known[:, 1::2, 1::2] = False  # regenerate a quarter of the tokens as detail
+                canvas = canvas.with_known([known])
+            out[:, :, y:y + size, x:x + size] = _run(bundle, cond, canvas, run)
+    return out
+
+
+def control(bundle, cond: Conditioning, control_img: torch.Tensor, strength: float, run: RunSettings) -> torch.Tensor:
+    """Structure from a control image: its coarse scales (or a token lattice) are kept, the class
+    decides the rest. strength 0 = ignore the control image, 1 = keep it entirely."""
+    canvas = encode(bundle, control_img)
+    canvas = known_prefix(canvas, strength) if bundle.family == "var" else known_lattice(canvas, strength)
+    return _run(bundle, cond, canvas, run)
+
+
+def variation(bundle, cond: Conditioning, img: torch.Tensor, strength: float, run: RunSettings) -> torch.Tensor:
+    """img2img: keep the first (1 - strength) of the structure and regenerate the rest."""
+    if not 0.0 <= strength <= 1.0:
+        raise InvalidInputError(f"strength must be in [0, 1], got {strength}")
+    return _run(bundle, cond, known_prefix(encode(bundle, img), 1.0 - strength), run)
