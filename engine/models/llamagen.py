@@ -124,14 +124,15 @@ def rope_2d_table(grid: int, head_dim: int, base: float, prefix_rows: int) -> to
 
 
 def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (x[2j], x[2j+1]) in float32. x (B, S, H, hd), table (S, hd/2, 2)."""
+    """Rotate interleaved pairs (x[2j], x[2j+1]) in float32. x (B, S, H, hd), table (S, hd/2, 2).
+
+    Pairs are complex numbers and the table is cos + i sin, so the rotation
+    ``(x0 cos - x1 sin, x1 cos + x0 sin)`` is a single complex multiply.
+    """
     B, S, H, hd = x.shape
-    pairs = x.float().reshape(B, S, H, hd // 2, 2)  # (B, S, H, hd/2, 2)
-    cos = table[None, :, None, :, 0]  # (1, S, 1, hd/2)
-    sin = table[None, :, None, :, 1]
-    x0, x1 = pairs[..., 0], pairs[..., 1]
-    out = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1)  # (B, S, H, hd/2, 2)
-    return out.reshape(B, S, H, hd).type_as(x)
+    pairs = torch.view_as_complex(x.float().reshape(B, S, H, hd // 2, 2))  # (B, S, H, hd/2) complex
+    rot = torch.view_as_complex(table).unsqueeze(1)  # (S, 1, hd/2) complex
+    return torch.view_as_real(pairs * rot).reshape(B, S, H, hd).type_as(x)
 
 
 # ---- blocks -----------------------------------------------------------------------------------
@@ -159,15 +160,17 @@ class Attention(nn.Module):
                 mask: torch.Tensor | None) -> torch.Tensor:
         """x (B, S, D); with ``input_pos`` the keys/values go through the static cache."""
         B, S, _ = x.shape
-        q, k, v = self.wqkv(x).split([self.q_dim, self.kv_dim, self.kv_dim], dim=-1)
-        q = apply_rope(q.view(B, S, self.n_head, self.head_dim), rope).transpose(1, 2)  # (B, H, S, hd)
-        k = apply_rope(k.view(B, S, self.n_kv_head, self.head_dim), rope).transpose(1, 2)  # (B, Hkv, S, hd)
-        v = v.view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, S, hd)
+        qkv = self.wqkv(x)  # (B, S, (H + 2 Hkv) * hd)
+        heads = self.n_head + self.n_kv_head
+        qk = apply_rope(qkv[..., : self.q_dim + self.kv_dim].view(B, S, heads, self.head_dim), rope)  # q, k rotated
+        q = qk[:, :, : self.n_head].transpose(1, 2)  # (B, H, S, hd)
+        k = qk[:, :, self.n_head:].transpose(1, 2)  # (B, Hkv, S, hd)
+        v = qkv[..., self.q_dim + self.kv_dim:].view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)
         if input_pos is not None:
             assert self.kv_cache is not None, "setup_caches() must run before cached attention"
             k_all, v_all = self.kv_cache.k_cache[:B], self.kv_cache.v_cache[:B]  # views (B, Hkv, T, hd)
-            k_all[:, :, input_pos] = k.to(k_all.dtype)  # in place: no per-step allocation
-            v_all[:, :, input_pos] = v.to(v_all.dtype)
+            k_all.index_copy_(2, input_pos, k.to(k_all.dtype))  # in place: no per-step allocation
+            v_all.index_copy_(2, input_pos, v.to(v_all.dtype))
             k, v = k_all, v_all
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                            enable_gqa=self.n_kv_head != self.n_head)  # (B, H, S, hd)
