@@ -1,0 +1,278 @@
+"""The `arnodes` command line (DESIGN.md section 8).
+
+Every command builds or loads a node graph and runs it through graph/, so the CLI,
+the web UI and ComfyUI all execute the same nodes. Bad input exits with status 2
+and one `error:` line (a traceback only with --debug); success prints the paths
+written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .engine.errors import ArnodesError, InvalidInputError
+from .engine.registry import DEFAULT_MODEL
+
+EXIT_BAD_INPUT = 2
+
+
+class Progress:
+    """Per-node and per-step progress on stderr, only on a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.node = ""
+
+    def __call__(self, event: Any) -> None:
+        if not self.enabled:
+            return
+        if event.kind == "node_start":
+            self.node = f"{event.node_id} {event.class_type}"
+            self._line(f"[{self.node}]")
+        elif event.kind == "progress" and event.total:
+            done = int(24 * event.step / event.total)
+            self._line(f"[{self.node}] {'#' * done}{'.' * (24 - done)} {event.step}/{event.total}")
+        elif event.kind in ("node_done", "node_cached"):
+            self._line(f"[{self.node or event.class_type}] {'cached' if event.kind == 'node_cached' else 'done'}\n")
+
+    def _line(self, text: str) -> None:
+        sys.stderr.write("\r\033[K" + text)
+        sys.stderr.flush()
+
+
+def _registry():
+    from .graph.registry import default_registry
+    return default_registry()
+
+
+def _run_graph(workflow: dict, args: argparse.Namespace, input_dir: Path, output_dir: Path,
+               extra_pnginfo: dict | None = None) -> list[Path]:
+    from .graph import Executor
+    output_dir.mkdir(parents=True, exist_ok=True)
+    progress = Progress(enabled=sys.stderr.isatty() and not args.quiet)
+    result = Executor(_registry()).run(workflow, input_dir=input_dir, output_dir=output_dir,
+                                       extra_pnginfo=extra_pnginfo, on_event=progress)
+    written = []
+    for ui in result.ui.values():
+        written += [output_dir / p for p in ui.get("images", [])]
+    return written
+
+
+def cmd_run(args: argparse.Namespace) -> list[Path]:
+    from .graph import apply_overrides, read_workflow
+    registry = _registry()
+    loaded = read_workflow(Path(args.workflow), registry)
+    workflow = apply_overrides(loaded.workflow, args.set or [], registry)
+    extra = {"workflow": loaded.ui} if loaded.ui is not None else None
+    return _run_graph(workflow, args, Path(args.input_dir), Path(args.output_dir), extra)
+
+
+def _common_nodes(g, args: argparse.Namespace):
+    model = g.node("ARModelLoader", model=args.model, dtype=args.dtype, quant=args.quant, device=args.device)
+    cond = g.node("ARClassCondition", model=model.out(0), classes=args.class_name, cfg=args.cfg,
+                  cfg_schedule="linear", negative="")
+    return model, cond
+
+
+def _sampler(args: argparse.Namespace) -> dict[str, Any]:
+    return {"seed": args.seed, "top_k": args.top_k, "top_p": args.top_p, "temperature": args.temperature}
+
+
+def _load_image_node(g, path: str):
+    return g.node("LoadImage", image=Path(path).name)
+
+
+def _finish(g, image_ref, args: argparse.Namespace, input_dir: Path) -> list[Path]:
+    """Save through SaveImage (so the PNG embeds the workflow), then move to --out if given."""
+    out = Path(args.out) if args.out else None
+    output_dir = out.parent if out else Path(args.output_dir)
+    prefix = f".arnodes_tmp_{os.getpid()}" if out else args.command
+    g.node("SaveImage", images=image_ref, filename_prefix=prefix)
+    written = _run_graph(g.build(), args, input_dir, output_dir)
+    if out is None:
+        return written
+    final = []
+    for i, path in enumerate(sorted(written)):
+        target = out if i == 0 else out.with_name(f"{out.stem}_{i}{out.suffix}")
+        os.replace(path, target)
+        final.append(target)
+    return final
+
+
+def cmd_generate(args: argparse.Namespace) -> list[Path]:
+    from .graph import GraphBuilder
+    g = GraphBuilder()
+    model, cond = _common_nodes(g, args)
+    tokens = g.node("ARGenerate", model=model.out(0), cond=cond.out(0), batch_size=args.batch,
+                    more_smooth=False, **_sampler(args))
+    image = g.node("ARDecode", model=model.out(0), tokens=tokens.out(0), scales=0)
+    return _finish(g, image.out(0), args, Path(args.input_dir))
+
+
+def _image_task(args: argparse.Namespace, class_type: str, **extra: Any) -> list[Path]:
+    from .graph import GraphBuilder
+    image_path = Path(args.image)
+    if not image_path.is_file():
+        raise InvalidInputError(f"--image {args.image!r}: file not found")
+    g = GraphBuilder()
+    model, cond = _common_nodes(g, args)
+    image = _load_image_node(g, args.image)
+    inputs = {"model": model.out(0), "cond": cond.out(0), "image": image.out(0), **_sampler(args), **extra}
+    if getattr(args, "mask", None):
+        mask_path = Path(args.mask)
+        if mask_path.resolve().parent != image_path.resolve().parent:
+            raise InvalidInputError("--mask must be in the same folder as --image")
+        inputs["mask"] = g.node("LoadImageMask", image=mask_path.name, channel=args.mask_channel).out(0)
+    node = g.node(class_type, **inputs)
+    return _finish(g, node.out(0), args, image_path.resolve().parent)
+
+
+def cmd_inpaint(args):
+    return _image_task(args, "ARInpaint", keep_unmasked=True)
+
+
+def cmd_edit(args):
+    return _image_task(args, "AREdit")
+
+
+def cmd_outpaint(args):
+    return _image_task(args, "AROutpaint", left=args.left, top=args.top, right=args.right, bottom=args.bottom,
+                       feathering=args.feather)
+
+
+def cmd_upscale(args):
+    return _image_task(args, "ARSuperResolve", scale=args.scale)
+
+
+def cmd_models(args: argparse.Namespace) -> list[Path]:
+    from .engine.registry import REGISTRY, bundled_manifests
+    from .engine.resolve import default_models_dir, hub_offline
+    rows = []
+    for name, path in bundled_manifests().items():
+        rows.append({"name": name, "family": json.loads(path.read_text()).get("family"), "source": "bundled",
+                     "where": str(path), "present": True})
+    models_dir = Path(args.models_dir) if args.models_dir else default_models_dir()
+    for name, entry in REGISTRY.items():
+        files = [entry.tokenizer_file, entry.generator_file]
+        present = all((models_dir / f).is_file() for f in files)
+        rows.append({"name": name, "family": entry.family, "source": entry.hf_repo,
+                     "where": str(models_dir) if present else f"{entry.hf_repo}: {', '.join(files)}",
+                     "present": present})
+    try:
+        from .engine.model_cache import default_cache
+        loaded = default_cache().info()
+    except ImportError:
+        loaded = []
+    if args.json:
+        print(json.dumps({"models": rows, "loaded": loaded, "offline": hub_offline()}, indent=2, default=str))
+    else:
+        for r in rows:
+            print(f"{r['name']:<24} {r['family']:<9} {'present' if r['present'] else 'missing':<8} {r['where']}")
+    return []
+
+
+def cmd_nodes(args: argparse.Namespace) -> list[Path]:
+    registry = _registry()
+    specs = [registry[name].SPEC.to_dict() for name in sorted(registry)]
+    if args.json:
+        print(json.dumps(specs, indent=2, default=str))
+    else:
+        for s in specs:
+            ins = ", ".join(f"{i['name']}:{i['type']}" for i in s["inputs"])
+            outs = ", ".join(o["type"] for o in s["outputs"])
+            print(f"{s['class_type']:<18} ({ins}) -> ({outs})")
+    return []
+
+
+def cmd_ui(args: argparse.Namespace) -> list[Path]:
+    try:
+        from .ui.app import launch
+    except ImportError as e:
+        raise InvalidInputError(f"the web UI needs the [ui] extra: pip install 'arnodes[ui]' ({e})") from e
+    launch(host=args.host, port=args.port, share=args.share == "true")
+    return []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="arnodes", description="Autoregressive image generation as node graphs.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def io(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--input-dir", default="input", help="folder LoadImage reads from (sandboxed)")
+        sp.add_argument("--output-dir", default="output", help="folder SaveImage writes to (sandboxed)")
+        sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    r = sub.add_parser("run", help="run a workflow JSON, or a PNG that embeds one")
+    r.add_argument("workflow")
+    r.add_argument("--set", action="append", metavar="NODE_ID.INPUT=VALUE", help="override a widget value")
+    io(r)
+    r.set_defaults(func=cmd_run)
+
+    def task(name: str, func, help_: str, image: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--model", default=DEFAULT_MODEL)
+        sp.add_argument("--quant", default="none", help="none, int8, int4-g32, int4-g64, int4-g128")
+        sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+        sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        sp.add_argument("--class", dest="class_name", required=True, help="class name(s) or id(s)")
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--cfg", type=float, default=4.0)
+        sp.add_argument("--top-k", type=int, default=0)
+        sp.add_argument("--top-p", type=float, default=1.0)
+        sp.add_argument("--temperature", type=float, default=1.0)
+        sp.add_argument("--out", help="output PNG path (default: output/<command>_NNNNN_.png)")
+        if image:
+            sp.add_argument("--image", required=True, help="input image file")
+        io(sp)
+        sp.set_defaults(func=func)
+        return sp
+
+    gen = task("generate", cmd_generate, "generate images of a class", image=False)
+    gen.add_argument("--batch", type=int, default=1, help="images per class")
+    for name, func, help_ in (("inpaint", cmd_inpaint, "regenerate the masked area"),
+                              ("edit", cmd_edit, "regenerate a region as another class")):
+        sp = task(name, func, help_)
+        sp.add_argument("--mask", required=True, help="mask image (white = regenerate)")
+        sp.add_argument("--mask-channel", default="red", choices=["alpha", "red", "green", "blue"])
+    op = task("outpaint", cmd_outpaint, "extend the image")
+    for side in ("left", "top", "right", "bottom"):
+        op.add_argument(f"--{side}", type=int, default=0, help=f"pixels to add on the {side}")
+    op.add_argument("--feather", type=int, default=4)
+    up = task("upscale", cmd_upscale, "training-free super-resolution")
+    up.add_argument("--scale", type=int, default=2)
+
+    m = sub.add_parser("models", help="known models, where each resolves, whether it is present")
+    m.add_argument("--json", action="store_true")
+    m.add_argument("--models-dir")
+    m.set_defaults(func=cmd_models)
+    n = sub.add_parser("nodes", help="every node with its inputs, outputs and defaults")
+    n.add_argument("--json", action="store_true")
+    n.set_defaults(func=cmd_nodes)
+    u = sub.add_parser("ui", help="serve the web app")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=7860)
+    u.add_argument("--share", default="false", choices=["true", "false"])
+    u.set_defaults(func=cmd_ui)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        for path in args.func(args):
+            print(path)
+        return 0
+    except (ArnodesError, FileNotFoundError) as e:
+        if args.debug:
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
