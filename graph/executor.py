@@ -17,7 +17,7 @@ from ..engine.errors import CancelledError
 from .cache import Cache, CacheEntry, LRUCache, node_key
 from .errors import NodeExecutionError, UnknownNodeError, ValidationError
 from .validate import ancestors, dependencies, topological_order, validate
-from .workflow import Workflow, _id_key, is_link, normalize_workflow
+from .workflow import Workflow, id_order_key, is_link, normalize_workflow
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class Executor:
             missing = [n for n in wanted if n not in wf]
             if missing:
                 raise UnknownNodeError(f"outputs_wanted names node(s) {', '.join(missing)} that are not in the "
-                                       f"workflow; node ids: {', '.join(sorted(wf, key=_id_key))}")
+                                       f"workflow; node ids: {', '.join(sorted(wf, key=id_order_key))}")
             return wanted
         outputs = [n for n, node in wf.items() if self.registry[node["class_type"]].SPEC.output_node]
         return outputs or list(wf)

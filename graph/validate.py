@@ -13,7 +13,7 @@ import heapq
 from typing import Any, Iterable, Mapping
 
 from .errors import CycleError, Problem
-from .workflow import Workflow, _id_key, is_link, normalize_workflow
+from .workflow import Workflow, id_order_key, is_link, normalize_workflow
 
 __all__ = ["Problem", "validate", "ancestors", "dependencies", "find_cycles", "topological_order",
            "types_compatible"]
@@ -27,7 +27,7 @@ def validate(workflow: Any, registry: Mapping) -> list[Problem]:
     problems: list[Problem] = []
     if not wf:
         problems.append(Problem("empty_workflow", "workflow has no nodes"))
-    for node_id in sorted(wf, key=_id_key):
+    for node_id in sorted(wf, key=id_order_key):
         class_type = wf[node_id]["class_type"]
         inputs = wf[node_id]["inputs"]
         cls = registry.get(class_type)
@@ -108,17 +108,17 @@ def find_cycles(deps: Mapping[str, set[str]]) -> list[list[str]]:
     """Strongly connected components that are cycles (Kosaraju), each sorted, in a stable order."""
     finish: list[str] = []
     seen: set[str] = set()
-    for start in sorted(deps, key=_id_key):
+    for start in sorted(deps, key=id_order_key):
         if start in seen:
             continue
         seen.add(start)
-        stack = [(start, iter(sorted(deps[start], key=_id_key)))]
+        stack = [(start, iter(sorted(deps[start], key=id_order_key)))]
         while stack:
             node, successors = stack[-1]
             for nxt in successors:
                 if nxt not in seen:
                     seen.add(nxt)
-                    stack.append((nxt, iter(sorted(deps[nxt], key=_id_key))))
+                    stack.append((nxt, iter(sorted(deps[nxt], key=id_order_key))))
                     break
             else:
                 stack.pop()
@@ -141,8 +141,8 @@ def find_cycles(deps: Mapping[str, set[str]]) -> list[list[str]]:
                 assigned.add(nxt)
                 todo.append(nxt)
         if len(component) > 1 or start in deps[start]:
-            cycles.append(sorted(component, key=_id_key))
-    return sorted(cycles, key=lambda c: _id_key(c[0]))
+            cycles.append(sorted(component, key=id_order_key))
+    return sorted(cycles, key=lambda c: id_order_key(c[0]))
 
 
 def topological_order(deps: Mapping[str, set[str]], nodes: Iterable[str] | None = None) -> list[str]:
@@ -153,7 +153,7 @@ def topological_order(deps: Mapping[str, set[str]], nodes: Iterable[str] | None 
     for n in todo:
         for d in deps[n] & todo:
             users[d].append(n)
-    ready = [(_id_key(n), n) for n in todo if indegree[n] == 0]
+    ready = [(id_order_key(n), n) for n in todo if indegree[n] == 0]
     heapq.heapify(ready)
     order: list[str] = []
     while ready:
@@ -162,9 +162,9 @@ def topological_order(deps: Mapping[str, set[str]], nodes: Iterable[str] | None 
         for user in users[node]:
             indegree[user] -= 1
             if indegree[user] == 0:
-                heapq.heappush(ready, (_id_key(user), user))
+                heapq.heappush(ready, (id_order_key(user), user))
     if len(order) < len(todo):
-        stuck = sorted(todo - set(order), key=_id_key)
+        stuck = sorted(todo - set(order), key=id_order_key)
         raise CycleError(f"nodes {', '.join(stuck)} depend on each other in a cycle", stuck)
     return order
 

@@ -124,7 +124,7 @@ def is_ui_workflow(data: Any) -> bool:
 # --------------------------------------------------------------------------- loading
 
 def load_workflow(source: Any, registry: Mapping | None = None) -> Workflow:
-    """The API-format workflow from a dict, a JSON/PNG path, or file bytes."""
+    """The API-format workflow from a dict, a JSON/PNG path, file bytes, or JSON text."""
     return read_workflow(source, registry).prompt
 
 
@@ -134,6 +134,8 @@ def read_workflow(source: Any, registry: Mapping | None = None) -> LoadedWorkflo
         return _from_data(source, "<dict>", registry)
     if isinstance(source, (bytes, bytearray)):
         return _from_bytes(bytes(source), "<bytes>", registry)
+    if isinstance(source, str) and source.lstrip().startswith("{"):
+        return _from_data(_parse_json(source, "<json text>"), "<json text>", registry)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
@@ -376,7 +378,7 @@ def apply_overrides(workflow: Any, overrides: Iterable[str], registry: Mapping) 
             raise WorkflowError(f"bad override {item!r}: expected NODE_ID.INPUT=VALUE, e.g. 3.seed=42")
         if node_id not in wf:
             raise UnknownNodeError(f"override {item!r}: no node {node_id!r} in the workflow; "
-                                   f"node ids: {', '.join(sorted(wf, key=_id_key))}")
+                                   f"node ids: {', '.join(sorted(wf, key=id_order_key))}")
         class_type = wf[node_id]["class_type"]
         if class_type not in registry:
             raise UnknownNodeError(f"override {item!r}: node {node_id} has unknown class_type {class_type!r}")
@@ -423,7 +425,7 @@ def _coerce(spec: Any, raw: str, where: str) -> Any:
     raise WorkflowError(f"{where} is a {t} input, which takes a link to another node, not a value")
 
 
-def _id_key(node_id: str) -> tuple[int, int | str]:
+def id_order_key(node_id: str) -> tuple[int, int | str]:
     """Natural order for node ids: "2" before "10", numeric ids before others."""
     return (0, int(node_id)) if node_id.isdigit() else (1, node_id)
 

@@ -34,6 +34,7 @@ def test_load_json_file(tmp_path):
     path.write_text(json.dumps(API))
     assert load_workflow(path) == API
     assert load_workflow(str(path)) == API
+    assert load_workflow(json.dumps(API)) == API
 
 
 @pytest.mark.parametrize("text, match", [
