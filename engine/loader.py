@@ -113,7 +113,35 @@ def load_module_file(kind: str, config, path: Path, device="cpu", dtype=torch.fl
     return build_module(kind, config, sd, str(path), device, dtype)
 
 
-def load_manifest(path: str | Path, device="cpu", dtype=torch.float32) -> ModelBundle:
+def load_generator_file(kind: str, config, path: Path, device="cpu", dtype=torch.float32,
+                        quant: str = "none") -> nn.Module:
+    """The generator, weight-quantized per ``quant`` (see :mod:`.quantize`).
+
+    A file written by ``save_quantized`` is loaded as is (no float round trip); it serves
+    its own mode, so asking for a different one is refused.
+    """
+    from .quantize import check_supported, load_quantized_into, quantize_model, read_quant_metadata
+    check_supported(quant, device)
+    meta = read_quant_metadata(path)
+    if meta is not None:
+        saved = meta.get("quant", "")
+        if quant not in ("none", saved):
+            raise InvalidInputError(f"{path} holds {saved!r}-quantized weights; {quant!r} was requested. Load the "
+                                    f"float checkpoint to quantize it differently")
+        check_supported(saved, device)
+        model_cls, _ = _kind(kind)
+        model = build_on_meta(lambda: model_cls(config))
+        load_quantized_into(model, path, expected_mode=saved)
+        model = model.to(device=device)
+        return (model.to(dtype=dtype) if dtype != torch.float32 else model).eval()
+    if quant == "none":
+        return load_module_file(kind, config, path, device, dtype)
+    model = quantize_model(load_module_file(kind, config, path, "cpu", torch.float32), quant)  # from float32
+    model = model.to(device=device)
+    return (model.to(dtype=dtype) if dtype != torch.float32 else model).eval()
+
+
+def load_manifest(path: str | Path, device="cpu", dtype=torch.float32, quant: str = "none") -> ModelBundle:
     """A bundle described by a JSON manifest (the bundled emoji model's format)."""
     path = Path(path)
     if path.is_dir():
@@ -129,7 +157,7 @@ def load_manifest(path: str | Path, device="cpu", dtype=torch.float32) -> ModelB
         tok_cfg = config_from_dict(tok["kind"], tok["config"])
         gen_cfg = config_from_dict(gen["kind"], gen["config"])
         tokenizer = load_module_file(tok["kind"], tok_cfg, path.parent / tok["file"], device, torch.float32)
-        generator = load_module_file(gen["kind"], gen_cfg, path.parent / gen["file"], device, dtype)
+        generator = load_generator_file(gen["kind"], gen_cfg, path.parent / gen["file"], device, dtype, quant)
         classes = load_class_names(data.get("classes", "imagenet"), base_dir=path.parent)
         return ModelBundle(name=str(data["name"]), family=str(data["family"]), tokenizer=tokenizer,
                            generator=generator, classes=classes, image_size=int(data["image_size"]),
@@ -151,17 +179,21 @@ def _read_json(path: Path) -> dict:
 
 
 def load_bundle(name_or_path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                models_dir: str | Path | None = None, offline: bool | None = None) -> ModelBundle:
+                models_dir: str | Path | None = None, offline: bool | None = None,
+                quant: str = "none") -> ModelBundle:
     """Load a registry model, a bundled model, or a manifest file/directory.
 
-    The tokenizer always stays in float32 (decoding quality); ``dtype`` applies to the generator.
+    The tokenizer always stays in float32 (decoding quality); ``dtype`` and ``quant``
+    (a name from ``quantize.QUANT_MODES``) apply to the generator.
     """
+    from .quantize import check_supported
+    check_supported(quant, device)  # refuse before any file is read
     name = str(name_or_path)
     bundled = bundled_manifests()
     if name in bundled:
-        return load_manifest(bundled[name], device, dtype)
+        return load_manifest(bundled[name], device, dtype, quant)
     if name not in REGISTRY and (Path(name).suffix == ".json" or Path(name).is_dir()):
-        return load_manifest(Path(name), device, dtype)
+        return load_manifest(Path(name), device, dtype, quant)
     entry = get_entry(name)
     tok_path = resolve_file(entry.tokenizer_file, entry.hf_repo, models_dir, offline)
     gen_path = resolve_file(entry.generator_file, entry.hf_repo, models_dir, offline)
@@ -170,7 +202,7 @@ def load_bundle(name_or_path: str | Path, device: torch.device | str = "cpu", dt
     if entry.family == "llamagen":  # token grid follows the checkpoint's resolution
         gen_cfg = dataclasses.replace(gen_cfg, block_size=(entry.image_size // 16) ** 2)
     tokenizer = load_module_file(entry.tokenizer_kind, tok_cfg, tok_path, device, torch.float32)
-    generator = load_module_file(entry.generator_kind, gen_cfg, gen_path, device, dtype)
+    generator = load_generator_file(entry.generator_kind, gen_cfg, gen_path, device, dtype, quant)
     return ModelBundle(name=entry.name, family=entry.family, tokenizer=tokenizer, generator=generator,
                        classes=load_class_names(entry.classes), image_size=entry.image_size,
                        defaults=dict(entry.defaults))

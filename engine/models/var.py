@@ -76,7 +76,7 @@ class SelfAttention(nn.Module):
         """``start``: position of x's first token; with a KV cache, x is appended there."""
         B, L, C = x.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv = F.linear(x, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
+        qkv = (self.mat_qkv(x) + bias).view(B, L, 3, self.num_heads, self.head_dim)  # module call: may be quantized
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, L, hs)
         if self.l2_norm:
             q = F.normalize(q, dim=-1).mul(self.scale_mul_1H11.clamp_max(MAX_SCALE_MUL).exp())
