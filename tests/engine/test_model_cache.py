@@ -1,0 +1,163 @@
+"""ModelCache: LRU eviction at the byte budget, pinning, unload, info, errors, thread safety."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from torch import nn
+
+from arnodes.engine.classes import ClassNames
+from arnodes.engine.errors import InvalidInputError, UnknownNameError, UnsupportedError
+from arnodes.engine.loader import ModelBundle
+from arnodes.engine.model_cache import ModelCache, budget_from_env, default_cache
+
+MB = 4 * 64 * 64 + 4 * 64  # float32 Linear(64, 64) with bias: 16640 bytes
+
+
+class FakeLoader:
+    """Builds tiny bundles directly (one Linear generator, an empty tokenizer) and counts loads."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls: list[tuple] = []
+        self.delay = delay
+        self.lock = threading.Lock()
+
+    def __call__(self, name, *, device, dtype, quant, models_dir):
+        with self.lock:
+            self.calls.append((name, dtype, quant, device))
+        time.sleep(self.delay)
+        return ModelBundle(name=name, family="var", tokenizer=nn.Module(), generator=nn.Linear(64, 64),
+                           classes=ClassNames(["a"]), image_size=64)
+
+
+def resident(cache: ModelCache) -> list[str]:
+    return sorted(d["name"] for d in cache.info())
+
+
+def test_bundle_bytes_are_the_weights():
+    b = FakeLoader()("m", device="cpu", dtype="float32", quant="none", models_dir=None)
+    assert b.resident_bytes() == MB
+
+
+def test_evicts_least_recently_used_at_budget():
+    loader = FakeLoader()
+    cache = ModelCache(budget_bytes=2 * MB, loader=loader)
+    a = cache.get("a")
+    cache.get("b")
+    assert cache.get("a") is a  # a hit; a is now more recent than b
+    cache.get("c")  # 3 bundles > budget of 2: b (least recently used) goes
+    assert resident(cache) == ["a", "c"]
+    assert cache.resident_bytes("cpu") == 2 * MB
+    assert [c[0] for c in loader.calls] == ["a", "b", "c"]
+    cache.get("b")  # reloaded; a is now the oldest
+    assert resident(cache) == ["b", "c"] and len(loader.calls) == 4
+
+
+def test_pinned_bundle_is_never_evicted(caplog):
+    cache = ModelCache(budget_bytes=MB, loader=FakeLoader())
+    with cache.use("a") as a:
+        cache.get("b")  # over budget: a is in use, so b loads anyway (with a warning)
+        assert resident(cache) == ["a", "b"]
+        assert [d["pinned"] for d in cache.info() if d["name"] == "a"] == [True]
+        cache.get("c")  # b is unpinned and old: evicted; a stays
+        assert resident(cache) == ["a", "c"]
+        assert cache.get("a") is a
+    assert "over budget" in caplog.text
+    cache.get("d")
+    assert resident(cache) == ["d"]
+
+
+def test_unload_and_info_and_keys():
+    cache = ModelCache(budget_bytes=None, loader=FakeLoader())
+    cache.get("a")
+    cache.get("a", dtype="bfloat16", quant="int8")
+    cache.get("b")
+    rows = cache.info()
+    assert {(r["name"], r["dtype"], r["quant"], r["device"]) for r in rows} == {
+        ("a", "float32", "none", "cpu"), ("a", "bfloat16", "int8", "cpu"), ("b", "float32", "none", "cpu")}
+    assert set(rows[0]) >= {"name", "device", "dtype", "quant", "bytes", "pinned", "last_used"}
+    assert cache.unload("a") == 2 and resident(cache) == ["b"]
+    key = ModelCache.make_key("b")
+    assert key in cache and cache.unload(key) == 1 and resident(cache) == []
+    with cache.use("c"):
+        cache.unload()  # pinned: dropped only when released
+        assert resident(cache) == ["c"]
+    assert resident(cache) == []
+
+
+def test_bad_names_are_refused():
+    cache = ModelCache(loader=FakeLoader())
+    with pytest.raises(UnknownNameError, match="bfloat16"):
+        cache.get("a", dtype="fp32")
+    with pytest.raises(UnknownNameError, match="int4-g128"):
+        cache.get("a", quant="int2")
+    with pytest.raises(UnsupportedError, match="only 'none'"):
+        cache.get("a", device="meta", quant="int8")
+    with pytest.raises(InvalidInputError):
+        ModelCache(budget_bytes=-1)
+
+
+def test_concurrent_gets_load_once():
+    loader = FakeLoader(delay=0.2)
+    cache = ModelCache(budget_bytes=None, loader=loader)
+    got: list = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get("a"))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loader.calls) == 1 and all(b is got[0] for b in got)
+
+
+def test_budget_from_env(monkeypatch):
+    monkeypatch.setenv("ARNODES_CACHE_BYTES", "12345")
+    assert budget_from_env() == 12345
+    monkeypatch.setenv("ARNODES_CACHE_BYTES", "lots")
+    with pytest.raises(InvalidInputError, match="ARNODES_CACHE_BYTES"):
+        budget_from_env()
+    monkeypatch.delenv("ARNODES_CACHE_BYTES")
+    assert budget_from_env() > 0
+    assert default_cache() is default_cache()
+
+
+def test_real_loader_with_manifests(tmp_path):
+    """Three manifests on the real load path, each generator ~= the budget/2: the oldest goes."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from parity_var import msvq_config, var_config
+    case = Path(__file__).resolve().parents[1] / "fixtures" / "reference" / "var" / "tiny_a"
+    cfg = json.loads((case / "config.json").read_text())
+    for name in ("x", "y", "z"):
+        m = {"name": name, "family": "var", "image_size": cfg["image_size"],
+             "tokenizer": {"kind": "msvq", "config": dataclasses.asdict(msvq_config(cfg)),
+                           "file": str(case / "vae.safetensors")},
+             "generator": {"kind": "var", "config": dataclasses.asdict(var_config(cfg)),
+                           "file": str(case / "var.safetensors")}}
+        (tmp_path / f"{name}.json").write_text(json.dumps(m))
+    probe = ModelCache(budget_bytes=None)
+    size = probe.get(str(tmp_path / "x.json")).resident_bytes()
+    q_size = probe.get(str(tmp_path / "x.json"), quant="int8").resident_bytes()
+    assert q_size < size
+    cache = ModelCache(budget_bytes=2 * size)
+    for name in ("x", "y", "z"):
+        cache.get(str(tmp_path / f"{name}.json"))
+    assert sorted(Path(d["name"]).stem for d in cache.info()) == ["y", "z"]
+
+
+def test_gpu_bundles_are_offloaded_then_moved_back(monkeypatch):
+    """On a GPU key, eviction moves the bundle to CPU memory (no reload from disk); tensors moves faked."""
+    moves: list[tuple[str, str]] = []
+    monkeypatch.setattr(ModelCache, "_move", staticmethod(lambda b, dev: moves.append((b.name, dev)) or b))
+    loader = FakeLoader()
+    cache = ModelCache(budget_bytes=MB, loader=loader)
+    a = cache.get("a", device="cuda:0")
+    cache.get("b", device="cuda:0")
+    assert moves == [("a", "cpu")]
+    rows = {d["name"]: d for d in cache.info()}
+    assert rows["a"]["resident_on"] == "cpu" and rows["b"]["resident_on"] == "cuda:0"
+    assert cache.resident_bytes("cuda:0") == MB and cache.resident_bytes("cpu") == MB
+    assert cache.get("a", device="cuda:0") is a  # moved back, b offloaded in turn
+    assert moves == [("a", "cpu"), ("a", "cuda:0"), ("b", "cpu")] and len(loader.calls) == 2
