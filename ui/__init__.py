@@ -1,0 +1,1 @@
+"""The Gradio web app (`arnodes ui`): layout in app.py, handlers in callbacks.py."""
