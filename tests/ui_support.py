@@ -31,7 +31,11 @@ class MockRunner:
         self._real = WorkflowRunner(workdir)  # sandboxed folders and metadata only; never runs a graph
         self.input_dir, self.output_dir = self._real.input_dir, self._real.output_dir
         self.workflows: list[dict] = []
-        self.registry = _FakeRegistry()
+
+    @property
+    def registry(self):
+        """The real node registry (no weights are read): workflow uploads validate as in the app."""
+        return self._real.registry
 
     def run(self, workflow: dict, on_event=None, cancel=None, extra_pnginfo=None):
         self.workflows.append(workflow)
@@ -64,10 +68,6 @@ class MockRunner:
 
     def unload(self, name: str | None = None) -> int:
         return 0
-
-
-class _FakeRegistry(dict):
-    """The mock never validates workflows against real nodes."""
 
 
 def write_tiny_models_dir(root: Path) -> Path:
