@@ -1,0 +1,68 @@
+"""ARClassCondition: class names or ids plus classifier-free guidance settings -> AR_COND."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..engine.conditioning import Conditioning
+from ..engine.errors import ArnodesError, InvalidInputError, UnknownNameError
+from .base import AR_COND, AR_MODEL, COMBO, FLOAT, STRING, ExecutionContext, InputSpec, Node, NodeSpec, OutputSpec
+from .types import check_model, check_range
+
+
+def _resolve(bundle: Any, text: str, name: str) -> list[int]:
+    """Ids for "red heart, 3; cat face"; errors say which input held the bad name."""
+    try:
+        ids = bundle.classes.resolve_many(text)
+    except UnknownNameError as e:
+        raise UnknownNameError(f"input {name!r}: {e}") from None
+    except ArnodesError as e:
+        raise InvalidInputError(f"input {name!r}: {e}") from None
+    if not ids:
+        raise InvalidInputError(f"input {name!r}: no class given; write names or ids separated by ',' or ';'")
+    return ids
+
+
+class ARClassCondition(Node):
+    """Several classes at once make a batch (one image per class); the names are checked against the model."""
+
+    SPEC = NodeSpec(
+        class_type="ARClassCondition", display_name="AR Class Condition", category="conditioning",
+        inputs=(
+            InputSpec("model", AR_MODEL),
+            InputSpec("classes", STRING, default="0",
+                      tooltip="Class names or ids, several separated by ',' or ';' (e.g. 'red heart; 3')."),
+            InputSpec("cfg", FLOAT, default=4.0, min=0.0, max=30.0, step=0.1,
+                      tooltip="Classifier-free guidance scale (each family's own convention)."),
+            InputSpec("cfg_schedule", COMBO, default="linear", choices=("linear", "constant"),
+                      tooltip="linear: VAR's ramp over the scales; constant: the same scale at every step."),
+            InputSpec("negative", STRING, default="", optional=True,
+                      tooltip="Class(es) to guide away from; empty = the unconditional (null) class. "
+                              "One class, or one per positive class."),
+        ),
+        outputs=(OutputSpec("cond", AR_COND),),
+        description="Class conditioning and guidance for the AR task nodes.",
+    )
+
+    @classmethod
+    def execute(cls, ctx: ExecutionContext, model: Any, classes: str, cfg: float, cfg_schedule: str,
+                negative: str | None = "") -> tuple[Conditioning]:
+        handle = check_model(model)
+        check_range("cfg", cfg, 0.0, 30.0)
+        if cfg_schedule not in ("linear", "constant"):
+            raise InvalidInputError(f"input 'cfg_schedule': {cfg_schedule!r} is not one of linear, constant")
+        if not isinstance(classes, str):
+            classes = str(classes)
+        with handle.use() as bundle:
+            ids = _resolve(bundle, classes, "classes")
+            neg = None
+            if negative is not None and str(negative).strip():
+                neg = _resolve(bundle, str(negative), "negative")
+                if len(neg) == 1:
+                    neg = neg * len(ids)
+                elif len(neg) != len(ids):
+                    raise InvalidInputError(f"input 'negative': {len(neg)} classes for {len(ids)} positive classes; "
+                                            f"give one, or one per class")
+            names = tuple(bundle.classes.name(i) for i in ids)
+        cond = Conditioning(tuple(ids), cfg=float(cfg), schedule=cfg_schedule,
+                            negative_class_ids=None if neg is None else tuple(neg), class_names=names)
+        return (cond,)

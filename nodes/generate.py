@@ -1,0 +1,58 @@
+"""ARGenerate: the constrained-generation primitive as a node (class-conditional sampling)."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..engine.generate import generate
+from ..engine.generate.canvas import TokenCanvas
+from .base import (
+    AR_COND, AR_MODEL, AR_TOKENS, BOOLEAN, INT, ExecutionContext, InputSpec, Node, NodeSpec, OutputSpec,
+)
+from .tokenize import check_tokens
+from .types import check_model, check_range, match_batch, sampler_inputs, sampling_params
+
+MAX_BATCH = 64
+
+
+class ARGenerate(Node):
+    """Fills the unknown tokens of a canvas (all of them without `tokens`) under the conditioning.
+
+    With `tokens` linked, its known tokens are teacher-forced and only the rest is
+    sampled: the primitive every task recipe uses, exposed for custom graphs.
+    """
+
+    SPEC = NodeSpec(
+        class_type="ARGenerate", display_name="AR Generate", category="sampling",
+        inputs=(
+            InputSpec("model", AR_MODEL),
+            InputSpec("cond", AR_COND),
+            *sampler_inputs(),
+            InputSpec("batch_size", INT, default=1, min=1, max=MAX_BATCH, tooltip="Images per class."),
+            InputSpec("more_smooth", BOOLEAN, default=False,
+                      tooltip="VAR only: gumbel soft-embedding of the sampled tokens (smoother, less faithful)."),
+            InputSpec("tokens", AR_TOKENS, optional=True,
+                      tooltip="Optional canvas whose known tokens are kept; the others are generated."),
+        ),
+        outputs=(OutputSpec("tokens", AR_TOKENS, "The completed canvas (every token known)."),),
+        description="Sample image tokens for the given classes; decode them with ARDecode.",
+    )
+
+    @classmethod
+    def execute(cls, ctx: ExecutionContext, model: Any, cond: Any, seed: int, top_k: int, top_p: float,
+                temperature: float, batch_size: int, more_smooth: bool,
+                tokens: TokenCanvas | None = None) -> tuple[TokenCanvas]:
+        handle = check_model(model)
+        check_range("seed", seed, 0, 2 ** 63 - 1)
+        check_range("batch_size", batch_size, 1, MAX_BATCH)
+        cond = match_batch(cond, 1)
+        if batch_size > 1:
+            cond = cond.repeat(int(batch_size))
+        canvas = None
+        if tokens is not None:
+            canvas = check_tokens(tokens)
+            cond = match_batch(cond, canvas.batch, "tokens")
+        with handle.use() as bundle:
+            params = sampling_params(bundle, top_k, top_p, temperature, more_smooth)
+            out = generate(bundle, cond, None if canvas is None else canvas.to(bundle.device), params=params,
+                           seed=int(seed), progress=ctx.progress)
+        return (out,)

@@ -1,0 +1,47 @@
+"""ARModelLoader: choose a model and how to run it; loads through the engine's model cache."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..engine.errors import InvalidInputError
+from ..engine.registry import DEFAULT_MODEL
+from .base import AR_MODEL, COMBO, ExecutionContext, InputSpec, Node, NodeSpec, OutputSpec
+from .types import DEVICES, DTYPES, QUANTS, ModelHandle, model_choices, resolve_device, resolve_model_name
+
+
+class ARModelLoader(Node):
+    """Outputs a cheap handle; the bundle itself stays in the model cache (shared, memory-bounded).
+
+    The model is loaded here, at execution, so a missing checkpoint fails at this
+    node with the engine's MissingFileError (which file, where it looked, how to get it)
+    rather than later inside a task node.
+    """
+
+    SPEC = NodeSpec(
+        class_type="ARModelLoader", display_name="AR Model Loader", category="loaders",
+        inputs=(
+            InputSpec("model", COMBO, default=DEFAULT_MODEL, choices=model_choices,
+                      tooltip="Bundled model, released checkpoint (from --models-dir or the Hugging Face cache), "
+                              "or a *.json manifest in the models directory."),
+            InputSpec("dtype", COMBO, default="float32", choices=DTYPES,
+                      tooltip="Generator precision; the tokenizer always runs in float32."),
+            InputSpec("quant", COMBO, default="none", choices=QUANTS,
+                      tooltip="Weight-only quantization of the generator (int4-gN: group size N)."),
+            InputSpec("device", COMBO, default="auto", choices=DEVICES,
+                      tooltip="auto = cuda when available, else cpu."),
+        ),
+        outputs=(OutputSpec("model", AR_MODEL, "Handle to the loaded tokenizer + generator."),),
+        description="Load an autoregressive image model (VAR next-scale or LlamaGen next-token).",
+    )
+
+    @classmethod
+    def execute(cls, ctx: ExecutionContext, model: str, dtype: str, quant: str, device: str) -> tuple[Any, ...]:
+        for name, value, allowed in (("dtype", dtype, DTYPES), ("quant", quant, QUANTS)):
+            if value not in allowed:
+                raise InvalidInputError(f"input {name!r}: {value!r} is not one of {', '.join(allowed)}")
+        if not isinstance(model, str) or not model.strip():
+            raise InvalidInputError(f"input 'model' must be a model name, got {model!r}")
+        handle = ModelHandle(resolve_model_name(model.strip()), resolve_device(device), dtype, quant,
+                             getattr(ctx, "models_dir", None))
+        handle.load()
+        return (handle,)

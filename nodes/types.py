@@ -1,0 +1,180 @@
+"""Socket payloads and the small helpers every task node shares.
+
+AR_MODEL carries a `ModelHandle`, not a loaded bundle: the graph cache keys
+outputs by value and may keep them for a long time, so the heavy tokenizer and
+generator live in the engine's model cache (bounded, evicting) and are pinned
+only while a node runs (`with handle.use() as bundle:`).
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..engine.errors import InvalidInputError, MissingFileError
+from ..engine.quantize import QUANT_MODES
+from .base import FLOAT, INT, InputSpec
+
+DTYPES = ("float32", "bfloat16", "float16")
+QUANTS = QUANT_MODES
+DEVICES = ("auto", "cpu", "cuda")
+MAX_SEED = 2 ** 63 - 1
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """What AR_MODEL carries: enough to get the bundle from the model cache (cheap, hashable)."""
+
+    name: str
+    device: str = "cpu"
+    dtype: str = "float32"
+    quant: str = "none"
+    models_dir: str | None = None
+
+    @contextmanager
+    def use(self) -> Iterator[Any]:
+        """Yield the loaded ModelBundle, pinned in the model cache for the duration."""
+        from ..engine.model_cache import default_cache
+
+        with default_cache().use(self.name, device=self.device, dtype=self.dtype, quant=self.quant,
+                                 models_dir=self.models_dir) as bundle:
+            yield bundle
+
+    def load(self) -> Any:
+        """Load (or find) the bundle now, so a missing file fails at the loader node."""
+        from ..engine.model_cache import default_cache
+
+        return default_cache().get(self.name, device=self.device, dtype=self.dtype, quant=self.quant,
+                                   models_dir=self.models_dir)
+
+
+def models_dir() -> Path:
+    """Where user models live: ARNODES_MODELS_DIR or ~/.cache/arnodes/models (the engine's rule)."""
+    from ..engine.resolve import default_models_dir
+
+    return default_models_dir()
+
+
+def local_manifests(directory: Path | None = None) -> dict[str, Path]:
+    """Model manifests (`*.json` with "family" and "generator") in the models directory: file name -> path."""
+    directory = models_dir() if directory is None else Path(directory)
+    found: dict[str, Path] = {}
+    if not directory.is_dir():
+        return found
+    for path in sorted(directory.glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and "family" in data and "generator" in data:
+            found[path.name] = path
+    return found
+
+
+def model_choices() -> list[str]:
+    """The default model first (listed even before it is installed: the loader then says how to get it),
+    then other bundled models, the released checkpoints, and local manifests."""
+    from ..engine.registry import DEFAULT_MODEL, REGISTRY, bundled_model_names
+
+    names = [DEFAULT_MODEL] + [n for n in bundled_model_names() if n != DEFAULT_MODEL]
+    names += [n for n in REGISTRY if n not in names]
+    names += [n for n in local_manifests() if n not in names]
+    return names
+
+
+def resolve_model_name(name: str) -> str:
+    """A local manifest's file name becomes its full path (what the loader accepts); others pass through.
+
+    The bundled default missing from weights/ is a missing file, not an unknown name."""
+    from ..engine.registry import DEFAULT_MODEL, REGISTRY, WEIGHTS_DIR, bundled_model_names
+
+    local = local_manifests()
+    if name in local:
+        return str(local[name])
+    if name == DEFAULT_MODEL and name not in bundled_model_names() and name not in REGISTRY:
+        raise MissingFileError(
+            f"input 'model': the bundled default model {name!r} is not installed (no manifest for it in "
+            f"{WEIGHTS_DIR}); train and export it with `python -m arnodes.training.train --export weights`, "
+            f"or choose another model")
+    return name
+
+
+def resolve_device(device: str) -> str:
+    if device not in DEVICES:
+        raise InvalidInputError(f"input 'device': {device!r} is not one of {', '.join(DEVICES)}")
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+# --------------------------------------------------------------------------- shared inputs
+
+def seed_input() -> InputSpec:
+    return InputSpec("seed", INT, default=0, min=0, max=MAX_SEED,
+                     tooltip="Random seed; the same seed on the same device reproduces the image bit for bit.")
+
+
+def sampler_inputs() -> tuple[InputSpec, ...]:
+    """top_k 0 and top_p 1.0 switch those filters off (sample the full distribution)."""
+    return (
+        seed_input(),
+        InputSpec("top_k", INT, default=0, min=0, max=1_000_000,
+                  tooltip="Sample only among the k most likely tokens; 0 = off."),
+        InputSpec("top_p", FLOAT, default=1.0, min=0.0, max=1.0, step=0.01,
+                  tooltip="Nucleus sampling: keep the smallest token set with this probability mass; 1.0 = off."),
+        InputSpec("temperature", FLOAT, default=1.0, min=0.0, max=5.0, step=0.01,
+                  tooltip="Below 1 sharpens, above 1 flattens the token distribution; 0 = greedy."),
+    )
+
+
+def sampling_params(bundle: Any, top_k: int, top_p: float, temperature: float, more_smooth: bool = False):
+    """SamplingParams with the family's own top-p rule (what its reference implementation does)."""
+    from ..engine.sampling import SamplingParams
+
+    check_range("top_k", top_k, 0, None)
+    check_range("top_p", top_p, 0.0, 1.0)
+    check_range("temperature", temperature, 0.0, None)
+    style = "llamagen" if bundle.family == "llamagen" else "var"
+    return SamplingParams(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                          top_p_style=style, more_smooth=bool(more_smooth))
+
+
+def run_settings(ctx: Any, bundle: Any, seed: int, top_k: int, top_p: float, temperature: float,
+                 more_smooth: bool = False):
+    from ..engine.tasks import RunSettings
+
+    check_range("seed", seed, 0, MAX_SEED)
+    return RunSettings(sampling_params(bundle, top_k, top_p, temperature, more_smooth), int(seed), ctx.progress)
+
+
+def check_range(name: str, value: Any, lo: float | None, hi: float | None) -> None:
+    """Nodes are also called directly (ComfyUI, scripts), so they re-check what the validator checks."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInputError(f"input {name!r}: expected a number, got {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        allowed = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise InvalidInputError(f"input {name!r}: {value!r} is out of range; allowed: {allowed}")
+
+
+def check_model(model: Any) -> ModelHandle:
+    if not isinstance(model, ModelHandle):
+        raise InvalidInputError(f"input 'model' must come from ARModelLoader (AR_MODEL), got {type(model).__name__}")
+    return model
+
+
+def match_batch(cond: Any, n: int, what: str = "image"):
+    """One class for n images is repeated; one image for n classes is expanded by the engine."""
+    from ..engine.conditioning import Conditioning
+
+    if not isinstance(cond, Conditioning):
+        raise InvalidInputError(f"input 'cond' must come from ARClassCondition (AR_COND), got {type(cond).__name__}")
+    if cond.batch == n or n == 1:
+        return cond
+    if cond.batch == 1:
+        return cond.repeat(n)
+    raise InvalidInputError(f"input 'cond' has {cond.batch} classes but input {what!r} has {n} images; "
+                            f"give one class, one image, or as many classes as images")
