@@ -57,9 +57,10 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
-def teacher_forced(model, args, q) -> dict:
+def teacher_forced(ref: torch.Tensor, args, q) -> dict:
+    """``ref``: the float model's logits on ``args``."""
     with torch.no_grad():
-        ref, out = model(*args), q(*args)
+        out = q(*args)
     return {"logits_cosine": round(cosine(out, ref), 6),
             "tf_token_agreement": round((out.argmax(-1) == ref.argmax(-1)).float().mean().item(), 4)}
 
@@ -101,11 +102,13 @@ def fixture_llamagen() -> list[dict]:
 
 def _fixture_rows(name, model, args, greedy) -> list[dict]:
     ref_tokens, ref_img = greedy(model)
+    with torch.no_grad():
+        ref = model(*args)
     rows = []
     for mode in MODES:
         q = quantize_model(copy.deepcopy(model), mode)
         tokens, img = greedy(q)
-        rows.append({"model": name, "quant": mode, **teacher_forced(model, args, q),
+        rows.append({"model": name, "quant": mode, **teacher_forced(ref, args, q),
                      "greedy_token_agreement": round((tokens == ref_tokens).float().mean().item(), 4),
                      "image_psnr_db": round(psnr(img, ref_img), 2), "float_layers": sorted(q.quant_skipped)})
     return rows
@@ -130,10 +133,12 @@ def random_llamagen_b() -> list[dict]:
 
 
 def _random_rows(name, model, args) -> list[dict]:
+    with torch.no_grad():
+        ref = model(*args)
     rows = []
     for mode in MODES:
         q = quantize_model(copy.deepcopy(model), mode)
-        rows.append({"model": name, "quant": mode, **teacher_forced(model, args, q),
+        rows.append({"model": name, "quant": mode, **teacher_forced(ref, args, q),
                      "float_layers": sorted(q.quant_skipped)})
         del q
     return rows
