@@ -137,24 +137,29 @@ def load_entries() -> list[EmojiEntry]:
         ) from exc
 
 
+def stratified_pick(groups: list[str], n: int | None) -> list[int]:
+    """Indices of an even, group-stratified subset of size ``n`` (all when None or too large), in order."""
+    if n is None or n >= len(groups):
+        return list(range(len(groups)))
+    by_group: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    # proportional quota per group (largest remainder), picked evenly spaced inside the group
+    quotas = {g: n * len(v) / len(groups) for g, v in by_group.items()}
+    take = {g: int(q) for g, q in quotas.items()}
+    for g in sorted(quotas, key=lambda g: quotas[g] - take[g], reverse=True)[: n - sum(take.values())]:
+        take[g] += 1
+    keep: list[int] = []
+    for g, v in by_group.items():
+        if take[g]:
+            keep += [v[i] for i in np.linspace(0, len(v) - 1, num=take[g]).round().astype(int)]
+    return sorted(keep)
+
+
 def select_classes(entries: list[EmojiEntry], max_classes: int | None = None) -> list[EmojiEntry]:
     """Base (non skin-tone) entries; if ``max_classes`` is set, an even, group-stratified subset."""
     bases = [e for e in entries if not e.skin]
-    if max_classes is None or max_classes >= len(bases):
-        return bases
-    groups: dict[str, list[EmojiEntry]] = {}
-    for e in bases:
-        groups.setdefault(e.group, []).append(e)
-    # proportional quota per group (largest remainder), picked evenly spaced inside the group
-    quotas = {g: max_classes * len(v) / len(bases) for g, v in groups.items()}
-    take = {g: int(q) for g, q in quotas.items()}
-    for g in sorted(quotas, key=lambda g: quotas[g] - take[g], reverse=True)[: max_classes - sum(take.values())]:
-        take[g] += 1
-    keep: set[str] = set()
-    for g, v in groups.items():
-        idx = np.linspace(0, len(v) - 1, num=take[g]).round().astype(int) if take[g] else []
-        keep.update(v[i].emoji for i in idx)
-    return [e for e in bases if e.emoji in keep]
+    return [bases[i] for i in stratified_pick([e.group for e in bases], max_classes)]
 
 
 class GlyphRenderer:

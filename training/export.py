@@ -1,0 +1,61 @@
+"""Write the bundled model: safetensors state dicts, the class list and the JSON manifest."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+MANIFEST = "emoji.json"
+TOKENIZER_FILE = "emoji_msvq.safetensors"
+GENERATOR_FILE = "emoji_var.safetensors"
+CLASSES_FILE = "emoji_classes.json"
+DEFAULTS = {"cfg": 3.0, "top_k": 0, "top_p": 0.0}
+
+
+def _state(module: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Contiguous, unshared copies (safetensors refuses aliased storage); floats cast to ``dtype``."""
+    return {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous().clone()
+            for k, v in module.state_dict().items()}
+
+
+def _jsonable(cfg: Any) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def export_weights(out: Path, tok: nn.Module, var: nn.Module, classes: list[dict], *,
+                   defaults: dict[str, Any] | None = None, meta: dict[str, Any] | None = None,
+                   var_dtype: torch.dtype = torch.float32) -> Path:
+    """Write the four files of the bundle into ``out``; returns the manifest path."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(_state(tok, torch.float32), str(out / TOKENIZER_FILE), metadata={"format": "pt"})
+    save_file(_state(var, var_dtype), str(out / GENERATOR_FILE), metadata={"format": "pt"})
+    rows = [{"name": c["name"], "emoji": c["emoji"], "group": c["group"]} for c in classes]
+    (out / CLASSES_FILE).write_text(json.dumps(rows, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+    manifest: dict[str, Any] = {
+        "name": "emoji-var",
+        "family": "var",
+        "image_size": int(tok.cfg.image_size),
+        "tokenizer": {"kind": "msvq", "file": TOKENIZER_FILE, "config": _jsonable(tok.cfg)},
+        "generator": {"kind": "var", "file": GENERATOR_FILE, "config": _jsonable(var.cfg)},
+        "classes": CLASSES_FILE,
+        "defaults": dict(defaults or DEFAULTS),
+    }
+    if meta:
+        manifest["training"] = meta
+    path = out / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def set_defaults(manifest: Path, defaults: dict[str, Any], metrics: dict[str, Any] | None = None) -> None:
+    """Update the manifest's sampling defaults (and record evaluation metrics) in place."""
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    data["defaults"] = defaults
+    if metrics is not None:
+        data["metrics"] = metrics
+    manifest.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,105 @@
+"""Stage 2: train the engine's next-scale generator (``VAR``) on tokens of the frozen tokenizer.
+
+Every training image is tokenised once; VAR is then trained teacher-forced
+(``MSVQTokenizer.scales_to_var_input``) with cross-entropy on all scales' tokens.
+10% of labels are replaced by the null class so classifier-free guidance works.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..engine.models.var import VAR
+from ..engine.tokenizers.msvq import MSVQTokenizer
+from .common import Progress, StageClock, ThreadTuner, cosine_lr
+from .tokenizer_stage import autocast, to_model_images
+
+
+@torch.no_grad()
+def tokenize(tok: MSVQTokenizer, images: np.ndarray, device: torch.device, batch: int = 128,
+             flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(var_input [N, L-1, Cvae] float32, targets [N, L] int64) for uint8 ``images``."""
+    tok.eval().to(device)
+    inputs, targets = [], []
+    for i in range(0, len(images), batch):
+        img = to_model_images(images[i:i + batch], device)
+        if flip:
+            img = img.flip(3)
+        codes = tok.encode_scales(img)
+        inputs.append(tok.scales_to_var_input(codes).float().cpu())
+        targets.append(torch.cat([c.flatten(1) for c in codes], dim=1).cpu())
+    return torch.cat(inputs), torch.cat(targets)
+
+
+def init_var(model: VAR, std: float = 0.02) -> None:
+    """Small-normal init for a freshly built VAR: linear/embedding weights ~ N(0, std), zero biases;
+    AdaLN outputs start near zero so every block starts close to the identity."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.trunc_normal_(m.weight, std=std)
+    with torch.no_grad():
+        model.head.weight.mul_(0.1)
+        for block in model.blocks:
+            if not model.cfg.shared_aln:
+                block.ada_lin[-1].weight.mul_(0.5)
+            block.attn.proj.weight.div_((2 * model.cfg.depth) ** 0.5)
+            block.ffn.fc2.weight.div_((2 * model.cfg.depth) ** 0.5)
+
+
+def train_generator(model: VAR, var_input: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor,
+                    state: dict[str, Any], *, steps: int, batch: int, lr: float, gen: torch.Generator,
+                    device: torch.device, amp: bool, cond_drop: float, save: Callable[[], None],
+                    ckpt_every: int, budget_s: float = 0.0, threads: int = 2, tune_threads: bool = True) -> None:
+    """Train ``model`` for ``steps``; resumes from ``state['var_step']`` / ``state['var_opt']``."""
+    model.train().to(device)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_" not in n and "emb" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_" not in n and "emb" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.95))
+    if state.get("var_opt"):
+        opt.load_state_dict(state["var_opt"])
+    step = int(state.get("var_step", 0))
+    bar = Progress(steps, "generator", start=step)
+    null = model.cfg.num_classes
+    V = model.cfg.vocab_size
+    clock = StageClock(steps, budget_s, float(state.get("var_time", 0.0)))
+    tuner = ThreadTuner(threads, enabled=tune_threads)
+    warm = max(1, min(200, steps // 10))
+    try:
+        while not clock.done(step):
+            t_step = time.time()
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(step, clock.progress(step), lr, warm)
+            idx = torch.randint(0, len(labels), (batch,), generator=gen)
+            lab = labels[idx].clone()
+            lab[torch.rand(batch, generator=gen) < cond_drop] = null
+            x, y = var_input[idx].to(device), targets[idx].to(device)
+            with autocast(device, amp):
+                logits = model(lab.to(device), x)
+            loss = F.cross_entropy(logits.float().view(-1, V), y.view(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
+            opt.step()
+            step += 1
+            with torch.no_grad():
+                acc = (logits.argmax(-1) == y).float().mean().item()
+            bar.update(1, loss=loss.item(), acc=acc)
+            tuner.record(time.time() - t_step)
+            if step % ckpt_every == 0 or clock.done(step):
+                state["var_step"] = step
+                state["var_opt"] = opt.state_dict()
+                state["var_time"] = clock.spent()
+                state["var_done"] = clock.done(step)
+                save()
+    finally:
+        bar.close()
