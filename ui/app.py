@@ -19,8 +19,7 @@ from .theme import CSS, theme
 
 DEVICE = {"concurrency_id": "device", "concurrency_limit": 1}
 LIGHT = {"concurrency_limit": None, "show_progress": "hidden"}
-SEND_TARGETS = (("Inpaint / Outpaint", "inpaint"), ("Edit", "edit"), ("Super-resolve", "superres"),
-                ("Variation", "control"))
+SEND_TARGETS = (("Inpaint", "inpaint"), ("Edit", "edit"), ("Upscale", "superres"), ("Variation", "control"))
 
 
 @dataclass
@@ -73,9 +72,9 @@ def run_buttons(label: str) -> tuple[gr.Button, gr.Button]:
 
 def results_panel(cb: Callbacks, label: str, send: bool = True) -> Results:
     gallery = gr.Gallery(label=label, columns=2, height=420, object_fit="contain", format="png",
-                         elem_classes="result-gallery", buttons=["download", "fullscreen"])
-    files = gr.File(label="Download PNG (the workflow is embedded: `arnodes run file.png`, or drop it on ComfyUI)",
-                    file_count="multiple", interactive=False)
+                         elem_classes="result-gallery", buttons=["download", "fullscreen"], interactive=False)
+    files = gr.File(label="PNG with its workflow (replay: arnodes run file.png, or drop on ComfyUI)",
+                    file_count="multiple", interactive=False, height=140)
     selected = gr.State(0)
     gallery.select(cb.selected, None, selected, api_name=False, **LIGHT)
     buttons: dict[str, gr.Button] = {}
@@ -187,9 +186,9 @@ def build_app(runner: Any) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column(scale=3, min_width=320):
                         wf_file = gr.File(label="Workflow (.json or .png)", file_types=[".json", ".png"],
-                                          type="filepath")
+                                          type="filepath", height=140)
                         wf_inputs = gr.File(label="Images the workflow loads (LoadImage names)",
-                                            file_count="multiple", type="filepath")
+                                            file_count="multiple", type="filepath", height=110)
                         if presets.example_workflows():
                             gr.Examples(presets.example_workflows(), [wf_file], label="Example workflows")
                         wf_table = gr.Dataframe(headers=["node", "class", "input", "value"], type="array",

@@ -121,7 +121,7 @@ class WorkflowRunner:
             add(name, entry.family, entry.hf_repo or "bundled", present)
         for name, path in local_manifests().items():
             add(name, _manifest(path).get("family", "?"), str(path), True)
-        return rows
+        return sorted(rows, key=lambda r: not r["present"])  # what runs now first
 
     def model_choices(self) -> list[str]:
         """Models that can run without a download, bundled first."""

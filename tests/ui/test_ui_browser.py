@@ -1,0 +1,115 @@
+"""The web app in a real browser: headless Chromium (Debian's `chromium`) driven by Playwright.
+
+One test picks a class and generates; one paints a mask on the image editor with the mouse and
+inpaints. Each saves a screenshot in its tmp dir, and in $ARNODES_SCREENSHOT_DIR when set.
+Skipped, with the reason, when Playwright or /usr/bin/chromium is missing (CI installs both:
+`pip install -e '.[test]'` and `apt-get install -y chromium`; never `playwright install`).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path(os.environ.get("ARNODES_CHROMIUM", "/usr/bin/chromium"))
+pytest.importorskip("gradio", reason="the web-app tests need the [ui] extra")
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+if not CHROMIUM.is_file():
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)
+
+import ui_support  # noqa: E402  (tests/ is on sys.path, see tests/conftest.py)
+
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
+        "--no-first-run", "--disable-component-update", "--disable-sync"]
+TIMEOUT_MS = 90_000
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    from arnodes.ui.app import build_app
+    from arnodes.ui.callbacks import WorkflowRunner
+
+    root = tmp_path_factory.mktemp("ui_browser")
+    with pytest.MonkeyPatch.context() as mp:
+        ui_support.pick_model(root, mp)
+        with ui_support.serving(build_app(WorkflowRunner(root / "work"))) as address:
+            yield address
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, url):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.get_by_role("button", name="Generate", exact=True).wait_for()
+    yield page
+    context.close()
+
+
+def screenshot(page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("ARNODES_SCREENSHOT_DIR"):
+        target = Path(os.environ["ARNODES_SCREENSHOT_DIR"])
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target / name)
+    return path
+
+
+def visible_panel(page):
+    return page.locator("[role=tabpanel]:visible").first
+
+
+def test_pick_a_class_and_generate(page, tmp_path):
+    panel = visible_panel(page)
+    picker = panel.get_by_label("Classes")
+    picker.click()
+    picker.fill("cat")
+    page.get_by_role("option", name="cat face").click()
+    page.keyboard.press("Escape")
+    assert panel.get_by_text("cat face").count() >= 1
+    panel.get_by_role("button", name="Generate", exact=True).click()
+    images = panel.locator(".result-gallery img")
+    images.first.wait_for()
+    assert images.count() >= 2  # two classes x "images per class"
+    assert images.first.evaluate("img => img.naturalWidth") > 0
+    panel.get_by_text("arnodes_generate_").first.wait_for()
+    assert screenshot(page, tmp_path, "generate.png").stat().st_size > 10_000
+
+
+def test_paint_a_mask_and_inpaint(page, tmp_path):
+    page.get_by_role("tab", name="Inpaint / Outpaint").click()
+    panel = visible_panel(page)
+    src = ui_support.sample_image(tmp_path / "source.png", 64)
+    panel.locator("input[type=file]").first.set_input_files(str(src))
+    canvas = panel.locator("canvas").first
+    canvas.wait_for()
+    page.wait_for_timeout(1000)
+    brush = panel.get_by_role("button", name="Brush")
+    if brush.count():
+        brush.first.click()
+    box = canvas.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx - 60, cy - 40)
+    page.mouse.down()
+    for step in range(12):
+        page.mouse.move(cx - 60 + step * 10, cy - 40 + (step % 3) * 30, steps=3)
+    page.mouse.up()
+    page.wait_for_timeout(500)
+    panel.get_by_role("button", name="Inpaint", exact=True).click()
+    result = panel.locator(".result-gallery img")
+    result.first.wait_for()
+    assert result.first.evaluate("img => img.naturalWidth") > 0
+    assert panel.get_by_text("Check the inputs").count() == 0
+    assert screenshot(page, tmp_path, "inpaint.png").stat().st_size > 10_000
