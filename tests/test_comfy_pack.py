@@ -1,0 +1,133 @@
+"""The repo as a ComfyUI custom-node pack: copied under another folder name and imported the way
+ComfyUI's nodes.load_custom_node does it, in a fresh interpreter."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from test_workflows import TINY_VAR, tiny_models_dir
+
+REPO = Path(__file__).resolve().parent.parent
+SKIP_DIRS = {"tests", "training", "bench", "build", "dist", "__pycache__", "node_modules"}
+CORE = {"LoadImage", "LoadImageMask", "SaveImage", "PreviewImage", "ImageScale"}
+
+# Runs inside the subprocess; prints one JSON line. ComfyUI's modules are stubbed only for the run part.
+SCRIPT = textwrap.dedent('''
+    import importlib.util, json, math, os, sys, types
+    pack_dir = sys.argv[1]
+    name = os.path.basename(pack_dir)
+    spec = importlib.util.spec_from_file_location(name, os.path.join(pack_dir, "__init__.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    report = {"torch_at_import": "torch" in sys.modules}
+    M, D = module.NODE_CLASS_MAPPINGS, module.NODE_DISPLAY_NAME_MAPPINGS
+    problems = []
+    for key, cls in M.items():
+        it = cls.INPUT_TYPES()
+        if not isinstance(it, dict) or not isinstance(it.get("required"), dict):
+            problems.append(f"{key}: INPUT_TYPES must return a dict with 'required'")
+            continue
+        for section in ("required", "optional"):
+            for inp, entry in it.get(section, {}).items():
+                ok = (isinstance(entry, tuple) and 1 <= len(entry) <= 2
+                      and (isinstance(entry[0], str) or isinstance(entry[0], list))
+                      and (len(entry) == 1 or isinstance(entry[1], dict)))
+                if not ok:
+                    problems.append(f"{key}.{inp}: bad INPUT_TYPES entry {entry!r}")
+                elif isinstance(entry[0], list) and entry[1].get("default") not in entry[0]:
+                    problems.append(f"{key}.{inp}: COMBO default not among the choices")
+                elif entry[0] in ("INT", "FLOAT") and not entry[1]["min"] <= entry[1]["default"] <= entry[1]["max"]:
+                    problems.append(f"{key}.{inp}: default outside [min, max]")
+        if not isinstance(cls.RETURN_TYPES, tuple) or not all(isinstance(t, str) for t in cls.RETURN_TYPES):
+            problems.append(f"{key}: RETURN_TYPES must be a tuple of str")
+        if len(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)) != len(cls.RETURN_TYPES):
+            problems.append(f"{key}: RETURN_NAMES length")
+        if not callable(getattr(cls, cls.FUNCTION, None)):
+            problems.append(f"{key}: FUNCTION {cls.FUNCTION!r} is not a method")
+        if not isinstance(cls.CATEGORY, str) or not isinstance(getattr(cls, "OUTPUT_NODE", False), bool):
+            problems.append(f"{key}: CATEGORY / OUTPUT_NODE")
+        if not isinstance(D.get(key), str) or not D[key]:
+            problems.append(f"{key}: no display name")
+    report.update(problems=problems, names=sorted(M), categories=sorted({c.CATEGORY for c in M.values()}))
+    import torch
+    report["cuda_initialized"] = torch.cuda.is_initialized()
+    cache_mod = sys.modules.get(name + ".engine.model_cache")
+    report["models_loaded"] = [] if cache_mod is None or cache_mod._DEFAULT is None else cache_mod._DEFAULT.info()
+
+    # ComfyUI's runtime modules, stubbed: progress bar, interrupt flag, folder paths.
+    steps, interrupt = [], [False]
+    class ProgressBar:
+        def __init__(self, total): self.total = total
+        def update_absolute(self, value, total=None, preview=None): steps.append((value, total))
+    class Interrupted(Exception): pass
+    def throw_exception_if_processing_interrupted():
+        if interrupt[0]: raise Interrupted("interrupted")
+    comfy = types.ModuleType("comfy"); utils = types.ModuleType("comfy.utils"); mm = types.ModuleType("comfy.model_management")
+    utils.ProgressBar = ProgressBar; mm.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
+    fp = types.ModuleType("folder_paths"); fp.models_dir = sys.argv[3]
+    fp.get_input_directory = lambda: sys.argv[4]; fp.get_output_directory = lambda: sys.argv[4]
+    sys.modules.update({"comfy": comfy, "comfy.utils": utils, "comfy.model_management": mm, "folder_paths": fp})
+
+    def call(key, **kw):
+        cls = M[key]
+        return getattr(cls(), cls.FUNCTION)(**kw)
+    (model,) = call("ARModelLoader", model=sys.argv[2], dtype="float32", quant="none", device="cpu")
+    (cond,) = call("ARClassCondition", model=model, classes="red heart", cfg=3, cfg_schedule="linear")
+    common = dict(seed=3, top_k=0, top_p=1.0, temperature=1.0)
+    (tokens,) = call("ARGenerate", model=model, cond=cond, batch_size=1, more_smooth=False, unique_id="7", **common)
+    (image,) = call("ARDecode", model=model, tokens=tokens, scales=0)
+    (mask,) = call("ARRegionMask", image=image, left=0.25, top=0.25, right=0.75, bottom=0.75, invert=False)
+    (out,) = call("ARInpaint", model=model, cond=cond, image=image, mask=mask, keep_unmasked=True, **common)
+    keep = mask[0] == 0
+    report.update(image=list(image.shape), out=list(out.shape), kept=bool(torch.equal(out[0][keep], image[0][keep])),
+                  progress=steps[:3], progress_total=steps[-1][1] if steps else None)
+    interrupt[0] = True
+    try:
+        call("ARGenerate", model=model, cond=cond, batch_size=1, more_smooth=False, **common)
+        report["interrupt"] = "not honoured"
+    except Interrupted:
+        report["interrupt"] = "honoured"
+    print(json.dumps(report))
+''')
+
+
+def copy_pack(dest: Path) -> None:
+    """The package files only: *.py plus the data dirs; no tests, no VCS, no caches."""
+    for path in REPO.rglob("*"):
+        rel = path.relative_to(REPO)
+        if path.is_dir() or any(p in SKIP_DIRS or p.startswith(".") or p.endswith(".egg-info") for p in rel.parts):
+            continue
+        if path.suffix == ".py" or rel.parts[0] in ("workflows", "weights") or rel.parts[:2] == ("engine", "data"):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dest / rel)
+
+
+def test_pack_imports_and_runs_like_comfyui(tmp_path):
+    pack = tmp_path / "custom_nodes" / "ComfyUI-arnodes"
+    copy_pack(pack)
+    assert (pack / "__init__.py").is_file() and not (pack / "tests").exists()
+    io_dir = tmp_path / "io"
+    io_dir.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(ARNODES_MODELS_DIR=str(tiny_models_dir()), HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-I", "-c", SCRIPT, str(pack), TINY_VAR, str(tmp_path / "models"),
+                           str(io_dir)], capture_output=True, text=True, timeout=240, cwd=str(tmp_path), env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["problems"] == []
+    assert not report["torch_at_import"], "importing the pack must stay light"
+    assert not report["cuda_initialized"] and report["models_loaded"] == []
+    assert set(report["names"]) >= {"ARModelLoader", "ARClassCondition", "ARTokenize", "ARDecode", "ARGenerate",
+                                    "ARInpaint", "AROutpaint", "AREdit", "ARSuperResolve", "ARControl",
+                                    "ARVariation", "ARRegionMask"}
+    assert not CORE & set(report["names"]) and all(n.startswith("AR") for n in report["names"])
+    assert all(c.startswith("arnodes/") for c in report["categories"])
+    assert report["image"] == [1, 64, 64, 3] and report["out"] == [1, 64, 64, 3] and report["kept"]
+    assert report["progress"] and report["progress_total"] > 0
+    assert report["interrupt"] == "honoured"
