@@ -66,9 +66,8 @@ def cmd_run(args: argparse.Namespace) -> list[Path]:
     from .graph import apply_overrides, read_workflow
     registry = _registry()
     loaded = read_workflow(Path(args.workflow), registry)
-    workflow = apply_overrides(loaded.workflow, args.set or [], registry)
-    extra = {"workflow": loaded.ui} if loaded.ui is not None else None
-    return _run_graph(workflow, args, Path(args.input_dir), Path(args.output_dir), extra)
+    workflow = apply_overrides(loaded.prompt, args.set or [], registry)
+    return _run_graph(workflow, args, Path(args.input_dir), Path(args.output_dir), loaded.extra_pnginfo)
 
 
 def _common_nodes(g, args: argparse.Namespace):
