@@ -1,0 +1,99 @@
+"""ARModelLoader and ARClassCondition on the tiny fixture models of both families."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_workflows import TINY_CLASSES, TINY_LLAMAGEN, TINY_VAR, tiny_models_dir
+
+from arnodes.engine.conditioning import Conditioning
+from arnodes.engine.errors import InvalidInputError, MissingFileError, UnknownNameError
+from arnodes.graph import validate
+from arnodes.graph.registry import default_registry
+from arnodes.nodes.base import ExecutionContext
+from arnodes.nodes.conditioning import ARClassCondition
+from arnodes.nodes.loaders import ARModelLoader
+from arnodes.nodes.types import ModelHandle, model_choices
+
+
+@pytest.fixture(autouse=True)
+def _models_dir(monkeypatch):
+    monkeypatch.setenv("ARNODES_MODELS_DIR", str(tiny_models_dir()))
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    return ExecutionContext("1", "X", tmp_path / "in", tmp_path / "out")
+
+
+def load(ctx, name, **kw):
+    args = dict(model=name, dtype="float32", quant="none", device="cpu") | kw
+    return ARModelLoader.execute(ctx, **args)[0]
+
+
+def test_choices_list_default_registry_and_local_manifests():
+    choices = model_choices()
+    assert choices[0] == "emoji-var" and "var-d16" in choices and "llamagen-c2i-b-256" in choices
+    assert TINY_VAR in choices and TINY_LLAMAGEN in choices and "classes.json" not in choices
+    assert ARModelLoader.SPEC.input("model").default == "emoji-var"
+
+
+@pytest.mark.parametrize("name,family", [(TINY_VAR, "var"), (TINY_LLAMAGEN, "llamagen")])
+def test_loader_returns_a_cheap_handle(ctx, name, family):
+    handle = load(ctx, name, device="auto")
+    assert isinstance(handle, ModelHandle) and hash(handle) == hash(load(ctx, name, device="auto"))
+    assert handle.device in ("cpu", "cuda") and handle.name.endswith(name)
+    with handle.use() as bundle:
+        assert bundle.family == family and bundle.image_size == 64
+
+
+def test_loader_missing_file_fails_at_the_loader(ctx, tmp_path, monkeypatch):
+    manifest = json.loads((tiny_models_dir() / TINY_VAR).read_text())
+    manifest["generator"]["file"] = str(tmp_path / "gone.safetensors")
+    manifest["classes"] = str(tiny_models_dir() / "classes.json")
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "broken.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("ARNODES_MODELS_DIR", str(models))
+    with pytest.raises(MissingFileError, match="gone.safetensors"):
+        load(ctx, "broken.json")
+    with pytest.raises(MissingFileError, match="not found"):
+        load(ctx, "var-d16")  # a released checkpoint that is not downloaded (tests are offline)
+    with pytest.raises(InvalidInputError, match="'quant'"):
+        load(ctx, TINY_VAR, quant="int3")
+
+
+def test_workflow_with_unknown_model_is_refused_before_running():
+    wf = {"1": {"class_type": "ARModelLoader", "inputs": {"model": "no-such-model"}}}
+    problems = validate(wf, default_registry())
+    assert [(p.type, p.input_name) for p in problems] == [("bad_choice", "model")]
+
+
+@pytest.mark.parametrize("name", [TINY_VAR, TINY_LLAMAGEN])
+def test_class_condition_names_ids_and_negative(ctx, name):
+    model = load(ctx, name)
+    (cond,) = ARClassCondition.execute(ctx, model=model, classes="red heart, 3; Cat Face", cfg=2.5,
+                                       cfg_schedule="constant", negative="")
+    assert isinstance(cond, Conditioning)
+    assert cond.class_ids == (0, 3, 2) and cond.cfg == 2.5 and cond.schedule == "constant"
+    assert cond.negative_class_ids is None and cond.class_names == ("red heart", "red apple", "cat face")
+    (neg,) = ARClassCondition.execute(ctx, model=model, classes="sun; pizza", cfg=4.0, cfg_schedule="linear",
+                                      negative="fire")
+    assert neg.negative_class_ids == (TINY_CLASSES.index("fire"),) * 2
+
+
+def test_class_condition_errors_name_the_input(ctx):
+    model = load(ctx, TINY_VAR)
+    run = dict(model=model, cfg=4.0, cfg_schedule="linear", negative="")
+    with pytest.raises(UnknownNameError, match=r"input 'classes': unknown class 'red hart'.*red heart"):
+        ARClassCondition.execute(ctx, classes="red hart", **run)
+    with pytest.raises(InvalidInputError, match="input 'classes'.*out of range"):
+        ARClassCondition.execute(ctx, classes="12", **run)
+    with pytest.raises(InvalidInputError, match="input 'classes': no class"):
+        ARClassCondition.execute(ctx, classes=" ; ", **run)
+    with pytest.raises(InvalidInputError, match="input 'negative'"):
+        ARClassCondition.execute(ctx, classes="sun, pizza, fire", **(run | {"negative": "star, rainbow"}))
+    with pytest.raises(InvalidInputError, match="input 'cfg'"):
+        ARClassCondition.execute(ctx, classes="sun", **(run | {"cfg": 31.0}))
+    with pytest.raises(InvalidInputError, match="ARModelLoader"):
+        ARClassCondition.execute(ctx, classes="sun", **(run | {"model": "tiny"}))
