@@ -1,6 +1,8 @@
 """Class conditioning and classifier-free-guidance settings (the AR_COND graph type)."""
 from __future__ import annotations
 
+from .errors import InvalidInputError
+
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -26,13 +28,13 @@ class Conditioning:
 
     def __post_init__(self) -> None:
         if not self.class_ids:
-            raise ValueError("Conditioning needs at least one class id")
+            raise InvalidInputError("Conditioning needs at least one class id")
         if self.cfg < 0:
-            raise ValueError(f"cfg must be >= 0, got {self.cfg!r}")
+            raise InvalidInputError(f"cfg must be >= 0, got {self.cfg!r}")
         if self.schedule not in ("linear", "constant"):
-            raise ValueError(f"unknown cfg schedule {self.schedule!r}; expected 'linear' or 'constant'")
+            raise InvalidInputError(f"unknown cfg schedule {self.schedule!r}; expected 'linear' or 'constant'")
         if self.negative_class_ids is not None and len(self.negative_class_ids) != len(self.class_ids):
-            raise ValueError("negative_class_ids must have one entry per class id")
+            raise InvalidInputError("negative_class_ids must have one entry per class id")
 
     @property
     def batch(self) -> int:

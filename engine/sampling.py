@@ -16,6 +16,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from .errors import InvalidInputError
+
 TopPStyle = Literal["var", "llamagen"]
 
 
@@ -31,11 +33,11 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+            raise InvalidInputError(f"temperature must be >= 0, got {self.temperature!r}")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k!r}")
+            raise InvalidInputError(f"top_k must be >= 0 (0 = off), got {self.top_k!r}")
         if not 0.0 <= self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in [0, 1] (0 or 1 = off), got {self.top_p!r}")
+            raise InvalidInputError(f"top_p must be in [0, 1] (0 or 1 = off), got {self.top_p!r}")
 
     @property
     def top_p_active(self) -> bool:
@@ -69,7 +71,7 @@ def top_p_mask(logits: torch.Tensor, p: float, style: TopPStyle = "var") -> torc
         remove_sorted = torch.zeros_like(above)
         remove_sorted[..., 1:] = above[..., :-1]
     else:
-        raise ValueError(f"unknown top_p_style {style!r}; expected 'var' or 'llamagen'")
+        raise InvalidInputError(f"unknown top_p_style {style!r}; expected 'var' or 'llamagen'")
     return remove_sorted.scatter(-1, sorted_idx, remove_sorted)
 
 
