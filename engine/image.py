@@ -79,8 +79,12 @@ def outpaint_mask(height: int, width: int, left: int, top: int, right: int, bott
     H, W = height + top + bottom, width + left + right
     ys = torch.arange(H, device=device, dtype=torch.float32).view(H, 1)
     xs = torch.arange(W, device=device, dtype=torch.float32).view(1, W)
-    # distance (in px) from each pixel into the original rectangle; <= 0 outside it
-    inside = torch.minimum(torch.minimum(ys - top + 1, (top + height) - ys), torch.minimum(xs - left + 1, (left + width) - xs))
+    # distance (in px) from each pixel into the original rectangle, counted only from padded sides
+    # (an unpadded border is an image edge, not a seam); <= 0 outside the rectangle
+    far = float(H + W)
+    dists = [ys - top + 1 if top else torch.full_like(ys, far), (top + height) - ys if bottom else torch.full_like(ys, far),
+             xs - left + 1 if left else torch.full_like(xs, far), (left + width) - xs if right else torch.full_like(xs, far)]
+    inside = torch.minimum(torch.minimum(dists[0], dists[1]), torch.minimum(dists[2], dists[3]))
     mask = (1 - inside / (feather + 1)).clamp(0, 1) if feather > 0 else (inside <= 0).float()
     return mask.unsqueeze(0).expand(batch, H, W).contiguous()
 
