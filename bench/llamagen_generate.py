@@ -1,0 +1,189 @@
+"""Benchmark LlamaGen class-to-image token generation: tokens/s and peak memory.
+
+Each measurement runs in its own subprocess so that the CPU peak (``ru_maxrss``) belongs
+to that run alone. Models: ``fixture`` (the tiny parity config and its weights) and
+``gpt-b`` (the released GPT-B architecture at 256px, 256 tokens, random weights). With
+``--reference-src DIR`` (a checkout of FoundationVision/LlamaGen, never committed) the
+official ``generate()`` runs on the same weights with the same settings, and the
+ratio ours/official of tokens/s is reported.
+
+    python bench/llamagen_generate.py --models fixture gpt-b --batch 1 8 --out results.json
+    python bench/llamagen_generate.py --reference-src /tmp/llamagen_ref --batch 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+logger = logging.getLogger("bench.llamagen_generate")
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO / "tests" / "fixtures" / "reference" / "llamagen" / "tiny_a"
+GPT_B = {"dim": 768, "n_layer": 12, "n_head": 12, "num_classes": 1000, "vocab_size": 16384, "block_size": 256}
+
+
+def _model_args(model: str) -> dict:
+    if model == "fixture":
+        return json.loads((FIXTURE / "config.json").read_text())["gpt_model_args"]
+    if model == "gpt-b":
+        return dict(GPT_B)
+    raise SystemExit(f"error: unknown model {model!r}; expected 'fixture' or 'gpt-b'")
+
+
+def _weights_file(model: str, tmp: Path) -> Path:
+    """The fixture's weights, or seeded random GPT-B weights written once for every worker."""
+    if model == "fixture":
+        return FIXTURE / "gpt.safetensors"
+    import torch
+    from safetensors.torch import save_file
+
+    from arnodes.engine.models.llamagen import LlamaGen, LlamaGenConfig
+    path = tmp / "gpt-b.safetensors"
+    if not path.exists():
+        torch.manual_seed(0)
+        sd = LlamaGen(LlamaGenConfig.from_official(GPT_B)).state_dict()
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    return path
+
+
+# ---- worker: one (implementation, model, device, batch) measurement ----------------------------
+def _worker(job: dict) -> dict:
+    import torch
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(job["threads"])
+    device = torch.device(job["device"])
+    args, sd = job["model_args"], load_file(job["weights"])
+    L, B = args["block_size"], job["batch"]
+    labels = [i % args["num_classes"] for i in range(B)]
+    top_k = min(job["top_k"], args["vocab_size"])
+    if job["impl"] == "arnodes":
+        from arnodes.engine.conditioning import Conditioning
+        from arnodes.engine.generate.next_token import generate_tokens
+        from arnodes.engine.loader import build_module
+        from arnodes.engine.models.llamagen import LlamaGenConfig
+        from arnodes.engine.sampling import SamplingParams
+        model = build_module("llamagen", LlamaGenConfig.from_official(args), sd, job["weights"], device=device)
+        cond = Conditioning(tuple(labels), cfg=job["cfg"])
+        params = SamplingParams(temperature=1.0, top_k=top_k, top_p=1.0, top_p_style="llamagen")
+
+        def once(seed: int):
+            return generate_tokens(model, cond, None, params, torch.Generator(device).manual_seed(seed))
+    else:
+        sys.path.insert(0, job["reference_src"])  # only in this subprocess, only when asked
+        from autoregressive.models.generate import generate
+        from autoregressive.models.gpt import ModelArgs, Transformer
+        full = {"cls_token_num": 1, "model_type": "c2i", **args}
+        model = Transformer(ModelArgs(**{k: v for k, v in full.items() if k in ModelArgs.__dataclass_fields__}))
+        model.load_state_dict(sd, strict=False)
+        model = model.to(device).eval()
+        cond_t = torch.tensor(labels, device=device)
+
+        def once(seed: int):
+            torch.manual_seed(seed)
+            return generate(model, cond_t, L, cfg_scale=job["cfg"], cfg_interval=-1, temperature=1.0,
+                            top_k=top_k, top_p=1.0, sample_logits=True)
+    del sd
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    with torch.no_grad():
+        for i in range(job["warmup"]):
+            once(i)
+        sync()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        times = []
+        for i in range(job["iters"]):
+            t0 = time.perf_counter()
+            once(100 + i)
+            sync()
+            times.append(time.perf_counter() - t0)
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    best = min(times)
+    out = {k: job[k] for k in ("impl", "model", "device", "batch", "cfg", "threads")}
+    out.update(tokens=L, seconds_best=best, seconds_median=sorted(times)[len(times) // 2],
+               tokens_per_s=B * L / best, peak_rss_mb=rss1 / 1024, rss_growth_in_timed_runs_mb=(rss1 - rss0) / 1024)
+    if device.type == "cuda":
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def _run_job(job: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: benchmark worker failed for {job['impl']}/{job['model']}:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["fixture", "gpt-b"])
+    p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
+    p.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when available")
+    p.add_argument("--cfg", type=float, default=4.0, help="CFG scale (> 1 doubles the model batch)")
+    p.add_argument("--top-k", type=int, default=2000, help="official sampler default; clipped to the vocab")
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=torch_threads_default())
+    p.add_argument("--reference-src", type=Path, default=None, help="FoundationVision/LlamaGen checkout")
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        print(json.dumps(_worker(json.loads(a.worker))))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    devices = a.devices or ["cpu"] + (["cuda"] if _cuda_available() else [])
+    impls = ["arnodes"] + (["official"] if a.reference_src else [])
+    if a.reference_src and not (a.reference_src / "autoregressive" / "models" / "gpt.py").is_file():
+        raise SystemExit(f"error: {a.reference_src} is not a LlamaGen checkout (autoregressive/models/gpt.py missing)")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in a.models:
+            weights = _weights_file(model, Path(tmp))
+            for device in devices:
+                for batch in a.batch:
+                    row = {}
+                    for impl in impls:
+                        job = dict(impl=impl, model=model, device=device, batch=batch, cfg=a.cfg, top_k=a.top_k,
+                                   iters=a.iters, warmup=a.warmup, threads=a.threads, weights=str(weights),
+                                   model_args=_model_args(model), reference_src=str(a.reference_src))
+                        r = _run_job(job)
+                        results.append(r)
+                        row[impl] = r
+                        logger.info("%-8s %-7s %-4s B=%d: %8.1f tok/s  peak RSS %.0f MB", impl, model, device, batch,
+                                    r["tokens_per_s"], r["peak_rss_mb"])
+                    if "official" in row:
+                        ratio = row["arnodes"]["tokens_per_s"] / row["official"]["tokens_per_s"]
+                        row["arnodes"]["speedup_vs_official"] = ratio
+                        logger.info("ratio arnodes/official %s %s B=%d: %.2fx", model, device, batch, ratio)
+    report = {"benchmark": "llamagen_generate", "results": results}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if a.out:
+        a.out.write_text(text + "\n")
+    return 0
+
+
+def torch_threads_default() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
