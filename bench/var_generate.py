@@ -106,6 +106,7 @@ def build_ours(name: str, vae_sd: dict, var_sd: dict, device: str, batch: int, c
                sampling: dict, seed: int) -> Callable[[], torch.Tensor]:
     from arnodes.engine.classes import ClassNames
     from arnodes.engine.conditioning import Conditioning
+    from arnodes.engine import tasks
     from arnodes.engine.generate import generate
     from arnodes.engine.loader import ModelBundle, build_module
     from arnodes.engine.sampling import SamplingParams
@@ -120,7 +121,7 @@ def build_ours(name: str, vae_sd: dict, var_sd: dict, device: str, batch: int, c
     @torch.no_grad()
     def run() -> torch.Tensor:
         out = generate(bundle, cond, params=params, seed=seed)
-        return tok.decode_scales(out.grids).add_(1).mul_(0.5)
+        return tasks.decode(bundle, out).add_(1).mul_(0.5)  # decodes the f_hat built while generating
     return run
 
 

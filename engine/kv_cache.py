@@ -33,6 +33,14 @@ class KVCache(nn.Module):
         self.v_cache[:B, :, input_pos] = v.to(self.v_cache.dtype)
         return self.k_cache, self.v_cache
 
+    def write_span(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, nh, T, hs) at the contiguous positions [start, start+T): a plain slice copy,
+        cheaper than index-based writes when a whole block (a VAR scale) arrives at once."""
+        B, T = k.shape[0], k.shape[2]
+        self.k_cache[:B, :, start:start + T].copy_(k)
+        self.v_cache[:B, :, start:start + T].copy_(v)
+        return self.k_cache, self.v_cache
+
     def fits(self, batch: int, max_len: int, dtype: torch.dtype, device: torch.device) -> bool:
         return (self.batch == batch and self.max_len >= max_len and self.k_cache.dtype == dtype
                 and self.k_cache.device == device)

@@ -51,6 +51,8 @@ def decode(bundle, canvas: TokenCanvas, upto: int | None = None) -> torch.Tensor
     canvas.check_compatible(bundle.family, bundle.tokenizer_id, bundle.tokenizer.grid_shapes_for(bundle.image_size))
     if upto is not None and not 1 <= upto <= len(canvas.grids):
         raise InvalidInputError(f"upto must be between 1 and {len(canvas.grids)} scales, got {upto}")
+    if canvas.decoder_input is not None and upto in (None, len(canvas.grids)):
+        return bundle.tokenizer.fhat_to_img(canvas.decoder_input)
     return bundle.tokenizer.decode_grids(canvas.grids, upto)
 
 

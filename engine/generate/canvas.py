@@ -7,7 +7,7 @@ Generation of a fresh image is a canvas with nothing known.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,6 +20,9 @@ class TokenCanvas:
     tokenizer_id: str  # tokens are only meaningful for the tokenizer that made them
     grids: list[torch.Tensor]  # each (B, h, w) int64
     known: list[torch.Tensor]  # each (B, h, w) bool, True = keep (teacher-force)
+    # the decoder input accumulated while generating these exact grids (VAR's f_hat); lets decode
+    # skip recomputing it. Any change of grids makes a new canvas without it.
+    decoder_input: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.grids or len(self.grids) != len(self.known):
@@ -58,12 +61,14 @@ class TokenCanvas:
         return self.grids[0].device
 
     def to(self, device: torch.device | str) -> "TokenCanvas":
+        fhat = None if self.decoder_input is None else self.decoder_input.to(device)
         return TokenCanvas(self.family, self.tokenizer_id, [g.to(device) for g in self.grids],
-                           [k.to(device) for k in self.known])
+                           [k.to(device) for k in self.known], fhat)
 
     def with_known(self, known: list[torch.Tensor]) -> "TokenCanvas":
         """Same tokens, another known-mask (e.g. an inpainting mask per scale)."""
-        return TokenCanvas(self.family, self.tokenizer_id, list(self.grids), [k.bool() for k in known])
+        return TokenCanvas(self.family, self.tokenizer_id, list(self.grids), [k.bool() for k in known],
+                           self.decoder_input)
 
     def expand_batch(self, batch: int) -> "TokenCanvas":
         """Repeat a batch-1 canvas to ``batch`` rows (one source image, several samples)."""

@@ -74,6 +74,7 @@ def generate_scales(model: VAR, tokenizer: MSVQTokenizer, cond: Conditioning, ca
     x = model.first_tokens(cond_BD, lvl_pos)
     f_hat = emb.new_zeros(B, cfg.cvae, pns[-1], pns[-1])
     used_grids: list[torch.Tensor] = []
+    any_known = [bool(k.any()) for k in canvas.known]  # one check up front, none inside the loop
     start = 0
     for si, pn in enumerate(pns):
         h = model.forward_scale(x, cond_blocks, start)
@@ -83,7 +84,7 @@ def generate_scales(model: VAR, tokenizer: MSVQTokenizer, cond: Conditioning, ca
         filtered = filter_logits(logits, params)
         sampled = sample_from_logits(filtered, generator)  # (B, l)
         known = canvas.known[si].reshape(B, -1)
-        used = torch.where(known, canvas.grids[si].reshape(B, -1), sampled)
+        used = torch.where(known, canvas.grids[si].reshape(B, -1), sampled) if any_known[si] else sampled
         h_emb = F.embedding(used, emb)  # (B, l, Cvae)
         if params.more_smooth:
             ratio = si / (S - 1) if S > 1 else 1.0
@@ -104,4 +105,5 @@ def generate_scales(model: VAR, tokenizer: MSVQTokenizer, cond: Conditioning, ca
                 x = x.repeat(2, 1, 1)
         if progress is not None:
             progress(si + 1, S)
-    return TokenCanvas(canvas.family, canvas.tokenizer_id, used_grids, [torch.ones_like(g, dtype=torch.bool) for g in used_grids])
+    return TokenCanvas(canvas.family, canvas.tokenizer_id, used_grids,
+                       [torch.ones_like(g, dtype=torch.bool) for g in used_grids], decoder_input=f_hat)

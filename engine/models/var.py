@@ -82,7 +82,7 @@ class SelfAttention(nn.Module):
             q = F.normalize(q, dim=-1).mul(self.scale_mul_1H11.clamp_max(MAX_SCALE_MUL).exp())
             k = F.normalize(k, dim=-1)
         if self.kv_cache is not None:
-            k_all, v_all = self.kv_cache.update(torch.arange(start, start + L, device=x.device), k, v)
+            k_all, v_all = self.kv_cache.write_span(start, k, v)
             k, v = k_all[:B, :, :start + L], v_all[:B, :, :start + L]  # everything up to this scale
         out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=attn_bias, scale=self.scale)
         return self.proj(out.transpose(1, 2).reshape(B, L, C))  # (B, L, C)
