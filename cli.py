@@ -70,7 +70,21 @@ def cmd_run(args: argparse.Namespace) -> list[Path]:
     return _run_graph(workflow, args, Path(args.input_dir), Path(args.output_dir), loaded.extra_pnginfo)
 
 
+def _apply_model_defaults(args: argparse.Namespace) -> None:
+    """Unset sampling flags take the model's recommended values (its manifest / registry entry)."""
+    from .engine.registry import model_defaults
+    fallback = {"cfg": 4.0, "top_k": 0, "top_p": 1.0, "temperature": 1.0}
+    recommended = {**fallback, **model_defaults(args.model)}
+    for key in fallback:
+        if getattr(args, key) is None:
+            value = recommended[key]
+            if key == "top_p" and not 0 < value < 1:
+                value = 1.0  # 0 and 1 both mean "off"; the node's widget expects 1.0
+            setattr(args, key, type(fallback[key])(value))
+
+
 def _common_nodes(g, args: argparse.Namespace):
+    _apply_model_defaults(args)
     model = g.node("ARModelLoader", model=args.model, dtype=args.dtype, quant=args.quant, device=args.device)
     cond = g.node("ARClassCondition", model=model.out(0), classes=args.class_name, cfg=args.cfg,
                   cfg_schedule="linear", negative="")
@@ -220,10 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         sp.add_argument("--class", dest="class_name", required=True, help="class name(s) or id(s)")
         sp.add_argument("--seed", type=int, default=0)
-        sp.add_argument("--cfg", type=float, default=4.0)
-        sp.add_argument("--top-k", type=int, default=0)
-        sp.add_argument("--top-p", type=float, default=1.0)
-        sp.add_argument("--temperature", type=float, default=1.0)
+        sp.add_argument("--cfg", type=float, help="guidance scale (default: the model's recommended value)")
+        sp.add_argument("--top-k", type=int, help="0 = off (default: the model's recommended value)")
+        sp.add_argument("--top-p", type=float, help="1 = off (default: the model's recommended value)")
+        sp.add_argument("--temperature", type=float)
         sp.add_argument("--out", help="output PNG path (default: output/<command>_NNNNN_.png)")
         if image:
             sp.add_argument("--image", required=True, help="input image file")

@@ -86,3 +86,12 @@ def bundled_manifests() -> dict[str, Path]:
 
 def bundled_model_names() -> list[str]:
     return sorted(bundled_manifests())
+
+
+def model_defaults(name: str) -> dict:
+    """Recommended sampling settings of a model (cfg, top_k, top_p, ...), without loading it."""
+    import json
+    bundled = bundled_manifests()
+    if name in bundled:
+        return dict(json.loads(bundled[name].read_text()).get("defaults", {}))
+    return dict(REGISTRY[name].defaults) if name in REGISTRY else {}

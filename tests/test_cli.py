@@ -1,0 +1,90 @@
+"""The `arnodes` command line, run in-process on the tiny fixture models."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from arnodes.cli import main
+from test_workflows import TINY_VAR, tiny_models_dir
+
+
+@pytest.fixture()
+def models_dir(monkeypatch):
+    path = tiny_models_dir()
+    monkeypatch.setenv("ARNODES_MODELS_DIR", str(path))
+    return path
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_nodes_json_lists_every_node(capsys):
+    code, out, _ = run_cli(capsys, "nodes", "--json")
+    names = {n["class_type"] for n in json.loads(out)}
+    assert code == 0
+    assert {"ARModelLoader", "ARGenerate", "ARInpaint", "AROutpaint", "AREdit", "ARSuperResolve", "ARControl",
+            "ARVariation", "ARTokenize", "ARDecode", "LoadImage", "SaveImage"} <= names
+
+
+def test_generate_writes_png_with_workflow(capsys, models_dir, tmp_path):
+    out = tmp_path / "img.png"
+    code, stdout, err = run_cli(capsys, "generate", "--model", TINY_VAR, "--class", "1", "--seed", "3",
+                                "--out", str(out), "--quiet")
+    assert code == 0, err
+    assert stdout.strip() == str(out)
+    img = Image.open(out)
+    assert img.size == (64, 64) and "prompt" in img.text
+    assert not list(tmp_path.glob(".arnodes_tmp_*")), "temporary file left behind"
+    # replay the embedded workflow: same seed, same device -> same pixels
+    code, stdout, err = run_cli(capsys, "run", str(out), "--output-dir", str(tmp_path / "replay"), "--quiet")
+    assert code == 0, err
+    replayed = Image.open(stdout.strip().splitlines()[0])
+    assert np.array_equal(np.asarray(replayed), np.asarray(Image.open(out)))
+
+
+def test_set_override_changes_the_image(capsys, models_dir, tmp_path):
+    out = tmp_path / "a.png"
+    assert run_cli(capsys, "generate", "--model", TINY_VAR, "--class", "1", "--seed", "3", "--top-k", "20",
+                   "--out", str(out), "--quiet")[0] == 0
+    prompt = json.loads(Image.open(out).text["prompt"])
+    gen_id = next(i for i, n in prompt.items() if n["class_type"] == "ARGenerate")
+    code, stdout, err = run_cli(capsys, "run", str(out), "--set", f"{gen_id}.seed=99",
+                                "--output-dir", str(tmp_path / "b"), "--quiet")
+    assert code == 0, err
+    other = np.asarray(Image.open(stdout.strip().splitlines()[0]))
+    assert not np.array_equal(other, np.asarray(Image.open(out)))
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (("generate", "--model", TINY_VAR, "--class", "no such class"), "no such class"),
+    (("generate", "--model", "no-such-model", "--class", "1"), "no-such-model"),
+    (("run", "missing.json"), "missing.json"),
+    (("inpaint", "--model", TINY_VAR, "--class", "1", "--image", "nope.png", "--mask", "m.png"), "nope.png"),
+])
+def test_bad_input_exits_2_with_one_error_line(capsys, models_dir, tmp_path, argv, needle):
+    code, out, err = run_cli(capsys, *argv, "--output-dir", str(tmp_path))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
+    assert not list(tmp_path.iterdir()), "nothing may be written on bad input"
+
+
+def test_inpaint_shortcut_keeps_unmasked_pixels(capsys, models_dir, tmp_path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "out" / "fixed.png"
+    out.parent.mkdir()
+    code, _, err = run_cli(capsys, "inpaint", "--model", TINY_VAR, "--class", "2", "--image", str(tmp_path / "in.png"),
+                           "--mask", str(tmp_path / "mask.png"), "--out", str(out), "--quiet")
+    assert code == 0, err
+    a, b = np.asarray(Image.open(tmp_path / "in.png")), np.asarray(Image.open(out))
+    assert np.array_equal(a[:16], b[:16]) and not np.array_equal(a[16:48, 16:48], b[16:48, 16:48])
