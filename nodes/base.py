@@ -231,7 +231,7 @@ class Node:
 
     @classmethod
     def execute(cls, ctx: ExecutionContext, **inputs: Any) -> tuple | NodeResult:
-        raise NotImplementedError(f"{cls.__name__} must implement the classmethod execute")
+        raise TypeError(f"node class {cls.__name__} defines no execute classmethod; every Node subclass must")
 
     @classmethod
     def fingerprint(cls, ctx: ExecutionContext, **inputs: Any) -> str:

@@ -191,10 +191,15 @@ def test_changing_one_seed_reruns_only_downstream(tmp_root):
     wf, first, out_dir = run_example("generate", MAIN_MODEL, tmp_root)
     executor = _RUNS["generate", MAIN_MODEL][3]
     wf = json.loads(json.dumps(wf))
-    wf["3"]["inputs"]["seed"] += 1
-    second = executor.run(wf, input_dir=out_dir.parent / "in", output_dir=out_dir)
-    assert sorted(second.executed) == ["3", "4", "5"]
-    assert sorted(second.cached) == ["1", "2"]
-    assert not torch.equal(second.outputs["4"][0], first.outputs["4"][0])
+    differed = False
+    for _ in range(8):  # a well-trained class can be near-deterministic: some seeds give the same tokens
+        wf["3"]["inputs"]["seed"] += 1
+        second = executor.run(wf, input_dir=out_dir.parent / "in", output_dir=out_dir)
+        assert sorted(second.executed) == ["3", "4", "5"]
+        assert sorted(second.cached) == ["1", "2"]
+        if not torch.equal(second.outputs["4"][0], first.outputs["4"][0]):
+            differed = True
+            break
+    assert differed, "eight other seeds all reproduced the first image: the seed does not reach the sampler"
     same = executor.run(wf, input_dir=out_dir.parent / "in", output_dir=out_dir)
     assert same.executed == ["5"]  # only SaveImage, which always writes
