@@ -2,8 +2,8 @@
 
 Bytes: the generator's parameters + buffers with the float parts in bf16, against the
 same model all in bf16 (targets, issue 8: int8 <= 55 %, int4 <= 30 %). ``block_linears``
-counts only the quantized transformer Linears; ``total`` adds embeddings, norms and heads,
-which stay in float (so a model with a large vocabulary, e.g. LlamaGen B, has a floor).
+counts only the transformer-block Linears; ``total`` is the whole generator (block Linears,
+head and LlamaGen's token table quantized; norms, class / position embeddings in bf16).
 
 Time: one decode step at batch 2 (CFG doubles the batch) against a static KV cache,
 median of a few runs, on CPU (float32 and bf16) and on CUDA (bf16) when present:
@@ -70,26 +70,28 @@ def var_step(model: varm.VAR, device: torch.device, dtype: torch.dtype, repeats:
 MODELS = {
     "var-d16": (lambda: varm.VAR(varm.PRESETS["var-d16"]), var_step),
     "llamagen-GPT-B": (lambda: lg.LlamaGen(lg.PRESETS["GPT-B"]), llamagen_step),
+    "llamagen-GPT-XL": (lambda: lg.LlamaGen(lg.PRESETS["GPT-XL"]), llamagen_step),
 }
 
 
-def run(modes: list[str], repeats: int) -> list[dict]:
+def run(modes: list[str], repeats: int, models: list[str], bytes_only: list[str]) -> list[dict]:
     rows = []
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    for name, (build, step) in MODELS.items():
+    for name in models:
+        build, step = MODELS[name]
         torch.manual_seed(0)
         base = build().eval().requires_grad_(False)
-        bf16_total = quantized_bytes(copy.deepcopy(base).to(torch.bfloat16))
+        bf16_total = quantized_bytes(base, torch.bfloat16)
         for mode in modes:
             t = time.perf_counter()
             model = quantize_model(copy.deepcopy(base), mode)
-            size = quantized_bytes(copy.deepcopy(model).to(torch.bfloat16))
+            size = quantized_bytes(model, torch.bfloat16)
             row = {"model": name, "quant": mode, "bytes_total_bf16": size["total"],
                    "bytes_block_linears_bf16": size["block_linears"],
                    "ratio_total_vs_bf16": round(size["total"] / bf16_total["total"], 4),
                    "ratio_block_linears_vs_bf16": round(size["block_linears"] / bf16_total["block_linears"], 4),
                    "step_ms": {}}
-            for device in devices:
+            for device in devices if name not in bytes_only else []:
                 dtypes = [torch.float32, torch.bfloat16] if device.type == "cpu" else [torch.bfloat16]
                 for dtype in dtypes:
                     m = copy.deepcopy(model).to(device=device, dtype=dtype)
@@ -101,6 +103,7 @@ def run(modes: list[str], repeats: int) -> list[dict]:
     for r in rows:  # speed-up over the float model at the same device/dtype
         ref = next(x for x in rows if x["model"] == r["model"] and x["quant"] == "none")
         r["speedup_vs_none"] = {k: round(ref["step_ms"][k] / v, 2) for k, v in r["step_ms"].items()}
+        r["ratio_step_vs_none"] = {k: round(v / ref["step_ms"][k], 3) for k, v in r["step_ms"].items()}
     return rows
 
 
@@ -110,12 +113,15 @@ def main() -> None:
     ap.add_argument("--modes", nargs="*", default=["none", "int8", "int4-g32", "int4-g128"], choices=QUANT_MODES)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--bytes-only", nargs="*", default=["llamagen-GPT-XL"], choices=list(MODELS),
+                    help="models measured for size only (no timing)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     modes = ["none"] + [m for m in a.modes if m != "none"]
     t0 = time.perf_counter()
-    rows = run(modes, a.repeats)
+    rows = run(modes, a.repeats, a.models, a.bytes_only)
     misses = [f"{r['model']} {r['quant']}: total {r['ratio_total_vs_bf16']} of bf16 > {limit}"
               for r in rows for q, limit in (("int8", 0.55), ("int4", 0.30))
               if r["quant"].startswith(q) and r["ratio_total_vs_bf16"] > limit]

@@ -16,9 +16,19 @@ Formats (also the on-disk layout):
   ``weight`` uint8 (N, K/2), column 2j in the high nibble, 2j+1 in the low one, values
   q in [0, 15]; ``scales_and_zeros`` (K/G, N, 2) = (scale, zero); w ~= (q - 8) * scale + zero.
 
-Embeddings, norms, heads and the tokenizers stay in float. A Linear whose input width
-is not a multiple of the group size stays float too; :func:`quantize_model` records
-it in ``model.quant_skipped`` and logs it.
+What is quantized (measured by ``bench/quantize_accuracy.py``; numbers in bench/README.md):
+
+- the transformer-block Linears, in the requested mode;
+- the output head (VAR ``head``, LlamaGen ``output``) in the requested mode;
+- LlamaGen's token embedding table in int8 (one scale per row; only looked-up rows are
+  dequantized) in every quantized mode. For GPT-B the two vocabulary tables are 23% of the
+  weights: left in float, the whole model cannot get under 55% / 30% of bf16. int4 in the
+  table costs more than int4 in the head (GPT-B, random init, int4-g128 logits cosine:
+  head int4 + table int8 0.9966, head int8 + table int4 0.9933), so the table stays int8.
+
+Norms, class embeddings, VAR's small input projections and the tokenizers stay in float.
+A layer whose input width is not a multiple of the group size stays float too;
+:func:`quantize_model` records it in ``model.quant_skipped`` and logs it.
 """
 from __future__ import annotations
 
@@ -144,6 +154,15 @@ def _probe(name: str, device: torch.device, dtype: torch.dtype, fn) -> bool:
     return _KERNEL_OK[key]
 
 
+def kernel_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a quantized layer computes in: x's, except float32 on CPU, which runs in bfloat16.
+
+    torch's CPU int8 / int4 weight kernels are fast only in bf16 (measured on this project's
+    2-core CPU: the fp32 int8 kernel is ~10x slower than its bf16 form, the fp32 int4 one ~70x),
+    so a float32 model's quantized layers round their activations to bf16 and back."""
+    return torch.bfloat16 if x.device.type == "cpu" and x.dtype == torch.float32 else x.dtype
+
+
 def int8_kernel_ok(device: torch.device, dtype: torch.dtype) -> bool:
     """torch's ``_weight_int8pack_mm`` (CPU and, in recent builds, CUDA), checked by a tiny call."""
     def run():
@@ -154,16 +173,30 @@ def int8_kernel_ok(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def int4_kernel_ok(device: torch.device, dtype: torch.dtype) -> bool:
-    """torch's CUDA ``_weight_int4pack_mm`` (bf16, sm80+). CPU uses the dequantize path (see module docs)."""
-    if device.type != "cuda" or dtype != torch.bfloat16:
+    """torch's bf16 int4 kernels: ``_weight_int4pack_mm`` on CUDA (sm80+), ``..._for_cpu`` on CPU."""
+    if dtype != torch.bfloat16 or device.type not in ("cpu", "cuda"):
         return False
 
     def run():
-        w = torch.zeros(16, 64, device=device, dtype=torch.uint8)
-        packed = torch.ops.aten._convert_weight_to_int4pack(w, 2)
+        w = torch.zeros(16, 128, device=device, dtype=torch.uint8)
+        packed = _int4_kernel_layout(w)
         sz = torch.ones(2, 16, 2, device=device, dtype=dtype)
-        torch.ops.aten._weight_int4pack_mm(torch.ones(1, 128, device=device, dtype=dtype), packed, 64, sz)
+        _int4_kernel_mm(torch.ones(1, 128, device=device, dtype=dtype), packed, 64, sz)
     return _probe("int4pack_mm", device, dtype, run)
+
+
+def _int4_kernel_layout(packed: torch.Tensor) -> torch.Tensor:
+    """Our packed (N, K/2) uint8 -> the device kernel's own weight layout."""
+    if packed.device.type == "cpu":
+        return torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(packed).to(torch.int32), 2)
+    return torch.ops.aten._convert_weight_to_int4pack(packed.contiguous(), 2)
+
+
+def _int4_kernel_mm(x: torch.Tensor, kernel_weight: torch.Tensor, group_size: int,
+                    scales_and_zeros: torch.Tensor) -> torch.Tensor:
+    if x.device.type == "cpu":
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, kernel_weight, group_size, scales_and_zeros)
+    return torch.ops.aten._weight_int4pack_mm(x, kernel_weight, group_size, scales_and_zeros)
 
 
 # ---- Quantized modules -------------------------------------------------------------------------
@@ -191,11 +224,12 @@ class WeightOnlyInt8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)  # (M, K)
-        scales = self.scales.to(x.dtype)
-        if int8_kernel_ok(x.device, x.dtype):
-            y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.weight, scales)  # (M, N)
+        kd = kernel_dtype(x)
+        if int8_kernel_ok(x.device, kd):
+            y = torch.ops.aten._weight_int8pack_mm(x2.to(kd).contiguous(), self.weight, self.scales.to(kd))
+            y = y.to(x.dtype)  # (M, N)
         else:
-            y = F.linear(x2, self.weight.to(x.dtype)) * scales
+            y = F.linear(x2, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
@@ -205,9 +239,9 @@ class WeightOnlyInt8Linear(nn.Module):
 
 
 class WeightOnlyInt4Linear(nn.Module):
-    """Group-wise int4: dequantize the weight to x's dtype, then matmul (CUDA bf16: torch's int4 kernel).
+    """Group-wise int4 through torch's bf16 int4 kernel (CPU or CUDA); else dequantize, then matmul.
 
-    The CUDA kernel wants its own tiled layout: it is made once per device and kept in
+    Each kernel wants its own weight layout: it is made once per device and kept in
     ``_kernel_weight`` (not in the state_dict), next to the canonical weight.
     """
 
@@ -234,18 +268,20 @@ class WeightOnlyInt4Linear(nn.Module):
             m.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         return m
 
-    def _kernel_ready(self, x: torch.Tensor) -> bool:
-        if not (int4_kernel_ok(x.device, x.dtype) and self.out_features % 8 == 0 and self.in_features % 128 == 0):
+    def _kernel_ready(self, x: torch.Tensor, dtype: torch.dtype) -> bool:
+        k_ok = self.in_features % 128 == 0 or x.device.type == "cpu"  # the CUDA kernel tiles K by 128
+        if not (int4_kernel_ok(x.device, dtype) and self.out_features % 16 == 0 and k_ok):
             return False
         if self._kernel_weight is None or self._kernel_weight.device != x.device:
-            self._kernel_weight = torch.ops.aten._convert_weight_to_int4pack(self.weight.contiguous(), 2)
+            self._kernel_weight = _int4_kernel_layout(self.weight)
         return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)  # (M, K)
-        if self._kernel_ready(x2):
-            y = torch.ops.aten._weight_int4pack_mm(x2.contiguous(), self._kernel_weight, self.group_size,
-                                                   self.scales_and_zeros.to(x.dtype))
+        kd = kernel_dtype(x)
+        if self._kernel_ready(x2, kd):
+            y = _int4_kernel_mm(x2.to(kd).contiguous(), self._kernel_weight, self.group_size,
+                                self.scales_and_zeros.to(kd)).to(x.dtype)
         else:
             w = dequantize_int4(self.weight, self.scales_and_zeros, self.group_size, x.dtype)  # (N, K)
             y = F.linear(x2, w)
@@ -258,6 +294,31 @@ class WeightOnlyInt4Linear(nn.Module):
                 f"group_size={self.group_size}, bias={self.bias is not None}")
 
 
+class WeightOnlyInt8Embedding(nn.Module):
+    """Embedding table in int8 with one scale per row; only the looked-up rows are dequantized."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, device: torch.device | str | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.register_buffer("weight", torch.empty(num_embeddings, embedding_dim, dtype=torch.int8, device=device))
+        self.register_buffer("scales", torch.empty(num_embeddings, dtype=dtype, device=device))
+
+    @classmethod
+    def from_float(cls, emb: nn.Embedding) -> "WeightOnlyInt8Embedding":
+        w = emb.weight
+        m = cls(emb.num_embeddings, emb.embedding_dim, w.device, w.dtype)
+        q, scales = quantize_int8(w)
+        m.weight, m.scales = q, scales.to(w.dtype)
+        return m
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.weight[idx].to(self.scales.dtype) * self.scales[idx].unsqueeze(-1)  # (*idx, D)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
 # ---- Model converter ---------------------------------------------------------------------------
 TARGET_PATTERNS = (
     # VAR blocks: attention, FFN and the per-block AdaLN projection
@@ -265,13 +326,28 @@ TARGET_PATTERNS = (
     # LlamaGen layers: attention and SwiGLU FFN
     re.compile(r"layers\.\d+\.(attention\.(wqkv|wo)|feed_forward\.(w1|w2|w3))"),
 )
+HEAD_PATTERN = re.compile(r"head|output")  # VAR / LlamaGen logits projection: the requested mode
+EMBEDDING_PATTERN = re.compile(r"tok_embeddings")  # LlamaGen token table: int8 in every quantized mode
+_LINEARS = (nn.Linear, WeightOnlyInt8Linear, WeightOnlyInt4Linear)
+_EMBEDDINGS = (nn.Embedding, WeightOnlyInt8Embedding)
+
+
+def target_layers(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """(name, module, role) of every layer the converter handles; role is 'block', 'head' or 'embedding'."""
+    found = []
+    for name, m in model.named_modules():
+        if isinstance(m, _LINEARS) and any(p.fullmatch(name) for p in TARGET_PATTERNS):
+            found.append((name, m, "block"))
+        elif isinstance(m, _LINEARS) and HEAD_PATTERN.fullmatch(name):
+            found.append((name, m, "head"))
+        elif isinstance(m, _EMBEDDINGS) and EMBEDDING_PATTERN.fullmatch(name):
+            found.append((name, m, "embedding"))
+    return found
 
 
 def target_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The transformer-block Linear layers (float or already quantized) the converter handles."""
-    return [(name, m) for name, m in model.named_modules()
-            if any(p.fullmatch(name) for p in TARGET_PATTERNS)
-            and isinstance(m, (nn.Linear, WeightOnlyInt8Linear, WeightOnlyInt4Linear))]
+    """The transformer-block Linear layers (float or already quantized)."""
+    return [(name, m) for name, m, role in target_layers(model) if role == "block"]
 
 
 def quant_mode_of(model: nn.Module) -> str:
@@ -283,35 +359,45 @@ def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
+def _quantized_linear(lin: nn.Linear, bits: int, group_size: int | None, from_weights: bool) -> nn.Module:
+    w = lin.weight
+    if bits == 8:
+        return WeightOnlyInt8Linear.from_float(lin) if from_weights else WeightOnlyInt8Linear(
+            lin.in_features, lin.out_features, lin.bias is not None, w.device, w.dtype)
+    return WeightOnlyInt4Linear.from_float(lin, group_size) if from_weights else WeightOnlyInt4Linear(
+        lin.in_features, lin.out_features, lin.bias is not None, group_size, w.device, w.dtype)
+
+
+def _quantized_embedding(emb: nn.Embedding, from_weights: bool) -> nn.Module:
+    w = emb.weight
+    return WeightOnlyInt8Embedding.from_float(emb) if from_weights else WeightOnlyInt8Embedding(
+        emb.num_embeddings, emb.embedding_dim, w.device, w.dtype)
+
+
 def _convert(model: nn.Module, spec: QuantSpec, from_weights: bool) -> nn.Module:
-    """Replace the target Linears; ``from_weights=False`` makes empty modules (a file fills them)."""
+    """Replace the target layers; ``from_weights=False`` makes empty modules (a file fills them)."""
     current = quant_mode_of(model)
     if current != "none":
         raise UnsupportedError(f"model is already quantized ({current!r}); load the float model to requantize")
     skipped: dict[str, str] = {}
-    targets = target_linears(model)
-    if spec.bits and not targets:
+    targets = target_layers(model)
+    if spec.bits and not any(role == "block" for _, _, role in targets):
         raise UnsupportedError(f"{type(model).__name__} has no transformer Linear layers the quantizer knows "
                                f"(patterns: {[p.pattern for p in TARGET_PATTERNS]})")
-    for name, lin in targets:
-        has_bias = lin.bias is not None
-        if spec.bits == 8:
-            new = WeightOnlyInt8Linear.from_float(lin) if from_weights else WeightOnlyInt8Linear(
-                lin.in_features, lin.out_features, has_bias, lin.weight.device, lin.weight.dtype)
-        elif spec.bits == 4:
-            if lin.in_features % spec.group_size:
-                skipped[name] = f"in_features {lin.in_features} not a multiple of group size {spec.group_size}"
-                continue
-            new = WeightOnlyInt4Linear.from_float(lin, spec.group_size) if from_weights else WeightOnlyInt4Linear(
-                lin.in_features, lin.out_features, has_bias, spec.group_size, lin.weight.device, lin.weight.dtype)
-        else:
+    model.quant_mode, model.quant_skipped = spec.mode, skipped
+    if not spec.bits:
+        return model
+    for name, layer, role in targets:
+        if role == "embedding":
+            _swap(model, name, _quantized_embedding(layer, from_weights))
             continue
-        _swap(model, name, new)
+        if spec.bits == 4 and layer.in_features % spec.group_size:
+            skipped[name] = f"in_features {layer.in_features} not a multiple of group size {spec.group_size}"
+            continue
+        _swap(model, name, _quantized_linear(layer, spec.bits, spec.group_size, from_weights))
     if skipped:
         logger.warning("%s: %d layer(s) kept in float: %s", spec.mode, len(skipped),
                        "; ".join(f"{k} ({v})" for k, v in skipped.items()))
-    model.quant_mode = spec.mode
-    model.quant_skipped = skipped
     return model
 
 
@@ -324,12 +410,22 @@ def quantize_model(model: nn.Module, mode: str) -> nn.Module:
     return _convert(model, spec, from_weights=True)
 
 
-def quantized_bytes(model: nn.Module) -> dict[str, int]:
-    """Bytes of the target layers' weights (quantized or float) and of the whole module."""
-    def size(ts):
-        return sum(t.numel() * t.element_size() for t in ts)
-    blocks = sum(size(list(m.parameters()) + list(m.buffers())) for _, m in target_linears(model))
-    return {"block_linears": blocks, "total": size(list(model.parameters()) + list(model.buffers()))}
+def quantized_bytes(model: nn.Module, float_dtype: torch.dtype | None = None) -> dict[str, int]:
+    """Bytes of the block Linears, of every layer the converter handles, and of the whole module.
+
+    ``float_dtype``: count floating-point tensors as if stored in that dtype (bf16 sizes without a copy)."""
+    def nbytes(t: torch.Tensor) -> int:
+        size = t.element_size()
+        if float_dtype is not None and t.is_floating_point():
+            size = torch.empty((), dtype=float_dtype).element_size()
+        return t.numel() * size
+
+    def size(ms):
+        return sum(nbytes(t) for m in ms for t in list(m.parameters()) + list(m.buffers()))
+    layers = target_layers(model)
+    return {"block_linears": size(m for _, m, role in layers if role == "block"),
+            "quantized_layers": size(m for _, m, _ in layers),
+            "total": size([model])}
 
 
 # ---- Save / load -------------------------------------------------------------------------------

@@ -233,7 +233,7 @@ class LlamaGen(nn.Module):
 
     def _rope_table(self) -> torch.Tensor:
         c = self.config
-        device = self.output.weight.device
+        device = self.norm.weight.device
         if device.type == "meta":
             device = torch.device("cpu")
         with torch.device(device):
@@ -275,8 +275,8 @@ class LlamaGen(nn.Module):
     # ---- cached inference ---------------------------------------------------------------------
     def setup_caches(self, max_batch_size: int, max_seq_length: int, dtype: torch.dtype | None = None) -> None:
         """Allocate the static KV caches; a no-op when the existing ones are big enough."""
-        dtype = dtype or self.output.weight.dtype
-        device = self.output.weight.device
+        dtype = dtype or self.norm.weight.dtype  # a float parameter: output / embeddings may be quantized
+        device = self.norm.weight.device
         T = find_multiple(max_seq_length, 8)
         cache = self.layers[0].attention.kv_cache
         if (cache is not None and self.max_batch_size >= max_batch_size and self.max_seq_length >= T

@@ -198,7 +198,7 @@ class VAR(nn.Module):
         return sos + lvl_pos[:, :self.first_l]  # (B, first_l, C)
 
     def logits(self, h: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
-        return self.head(self.head_nm(h.float(), cond_BD.float()).to(self.head.weight.dtype)).float()  # (B, l, V)
+        return self.head(self.head_nm(h.float(), cond_BD.float()).to(self.pos_1LC.dtype)).float()  # (B, l, V)
 
     def forward(self, labels: torch.Tensor, var_input: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: labels (B,), var_input (B, L-first_l, Cvae) -> logits (B, L, V)."""
@@ -215,8 +215,8 @@ class VAR(nn.Module):
     # --- KV-cached inference, one call per scale ---
     def setup_caches(self, batch: int, dtype: torch.dtype | None = None) -> None:
         """Static per-block caches for ``batch`` rows and the whole token sequence; reused when they fit."""
-        dtype = dtype or self.head.weight.dtype
-        device = self.head.weight.device
+        dtype = dtype or self.pos_1LC.dtype  # a float parameter: the head may be quantized
+        device = self.pos_1LC.device
         L, H, hd = self.cfg.tokens_per_image, self.cfg.num_heads, self.cfg.head_dim
         for b in self.blocks:
             cache = b.attn.kv_cache

@@ -11,9 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from arnodes.engine.errors import CheckpointError, InvalidInputError, UnknownNameError, UnsupportedError
-from arnodes.engine.quantize import (QUANT_MODES, WeightOnlyInt4Linear, WeightOnlyInt8Linear, check_supported,
-                                     dequantize_int4, dequantize_int8, load_quantized_into, pack_int4, parse_quant,
-                                     quantize_int4, quantize_int8, quantize_model, save_quantized, target_linears,
+from arnodes.engine.quantize import (QUANT_MODES, WeightOnlyInt4Linear, WeightOnlyInt8Embedding,
+                                     WeightOnlyInt8Linear, check_supported, dequantize_int4, dequantize_int8,
+                                     int4_kernel_ok, kernel_dtype,
+                                     load_quantized_into, pack_int4, parse_quant, quantize_int4, quantize_int8,
+                                     quantize_model, quantized_bytes, save_quantized, target_layers, target_linears,
                                      unpack_int4)
 
 REF = Path(__file__).resolve().parents[1] / "fixtures" / "reference"
@@ -65,13 +67,33 @@ def test_quantized_linear_matches_float(mode):
 
 
 def test_int8_kernel_matches_dequantize_path():
+    """float32 input on CPU runs the kernel in bf16 (kernel_dtype): bf16-close to the exact product."""
     lin = nn.Linear(128, 64)
     q = WeightOnlyInt8Linear.from_float(lin)
     x = torch.randn(4, 128)
+    assert kernel_dtype(x) == torch.bfloat16 and kernel_dtype(x.bfloat16()) == torch.bfloat16
     with torch.no_grad():
         ref = x @ dequantize_int8(q.weight, q.scales).T + lin.bias
-        assert torch.allclose(q(x), ref, atol=1e-4)
+        out = q(x)
+        assert out.dtype == torch.float32
+        assert torch.allclose(out, ref, atol=0.02) and cosine(out, ref) > 0.9999
         assert torch.allclose(q.to(torch.bfloat16)(x.bfloat16()).float(), ref, atol=0.1)
+
+
+@pytest.mark.parametrize("shape", [(64, 256, 128), (48, 192, 32), (40, 64, 32)])
+def test_int4_kernel_matches_dequantize_path(shape):
+    """The CPU int4 kernel (when this torch has it) agrees with dequantize + matmul; N % 16 != 0
+    (the 40-row case) falls back to the dequantize path."""
+    N, K, G = shape
+    lin = nn.Linear(K, N)
+    q = WeightOnlyInt4Linear.from_float(lin, G)
+    x = torch.randn(5, K)
+    with torch.no_grad():
+        ref = x @ dequantize_int4(q.weight, q.scales_and_zeros, G).T + lin.bias
+        out = q(x)
+    assert cosine(out, ref) > 0.9999 and torch.allclose(out, ref, atol=0.05)
+    uses_kernel = q._kernel_weight is not None
+    assert uses_kernel == (N % 16 == 0 and int4_kernel_ok(torch.device("cpu"), torch.bfloat16))
 
 
 # ---- names and devices -------------------------------------------------------------------------
@@ -107,22 +129,70 @@ def _llamagen():
 
 @pytest.mark.parametrize("family", ["var", "llamagen"])
 def test_model_logits_close_to_float(family):
+    """Fixtures: tiny and untrained, so their logits are nearly flat; int4-g32 gets a looser bar here
+    and the issue's int4-g128 bar is checked on wider models below."""
     model, args = _var() if family == "var" else _llamagen()
     with torch.no_grad():
         ref = model(*args)
-        for mode, bar in (("int8", 0.999), ("int4-g32", 0.99)):
+        for mode, bar in (("int8", 0.999), ("int4-g32", 0.98)):
             q = quantize_model(copy.deepcopy(model), mode)
             assert len(target_linears(q)) == len(target_linears(model)) > 0
             assert not q.quant_skipped  # the fixture widths are multiples of 32
             kinds = {type(m) for _, m in target_linears(q)} - {nn.Linear}
             assert kinds == {WeightOnlyInt8Linear if mode == "int8" else WeightOnlyInt4Linear}
+            head = q.head if family == "var" else q.output
+            assert isinstance(head, WeightOnlyInt8Linear if mode == "int8" else WeightOnlyInt4Linear)
+            if family == "llamagen":
+                assert isinstance(q.tok_embeddings, WeightOnlyInt8Embedding)  # int8 in every mode
             assert cosine(q(*args), ref) >= bar, mode
 
 
+def _wide_models():
+    """Random-init models 256 wide (so int4-g128 quantizes every layer), small enough for CI."""
+    from arnodes.engine.models.llamagen import LlamaGen, LlamaGenConfig
+    from arnodes.engine.models.var import VAR, VARConfig
+    torch.manual_seed(0)
+    lg = LlamaGen(LlamaGenConfig(dim=256, n_layer=3, n_head=4, vocab_size=1024, num_classes=10, block_size=64))
+    var_cfg = VARConfig(num_classes=10, depth=3, embed_dim=256, num_heads=4, patch_nums=(1, 2, 3, 4),
+                        vocab_size=512, cvae=16)
+    var = VAR(var_cfg)
+    var_args = (torch.tensor([1, 4]), torch.randn(2, var_cfg.tokens_per_image - 1, 16))
+    return [(lg.eval(), (torch.tensor([1, 4]), torch.randint(0, 1024, (2, 64)))), (var.eval(), var_args)]
+
+
+def test_issue_targets_on_wider_models():
+    """int8: cosine >= 0.999 and teacher-forced argmax agreement >= 95 %; int4-g128: cosine >= 0.99."""
+    for model, args in _wide_models():
+        with torch.no_grad():
+            ref = model(*args)
+            q8 = quantize_model(copy.deepcopy(model), "int8")
+            out8 = q8(*args)
+            assert cosine(out8, ref) >= 0.999
+            assert (out8.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.95
+            q4 = quantize_model(copy.deepcopy(model), "int4-g128")
+            assert not q4.quant_skipped
+            assert cosine(q4(*args), ref) >= 0.99
+
+
+def test_quantized_bytes_shrink_the_whole_model():
+    """Heads and the token table are quantized too, so the whole model shrinks, not just the blocks."""
+    for model, _ in _wide_models():
+        bf16 = quantized_bytes(copy.deepcopy(model).to(torch.bfloat16))
+        for mode, limit in (("int8", 0.55), ("int4-g128", 0.35)):
+            q = quantize_model(copy.deepcopy(model), mode).to(torch.bfloat16)
+            size = quantized_bytes(q)
+            assert size["quantized_layers"] < bf16["quantized_layers"] * (0.51 if mode == "int8" else 0.30)
+            assert size["total"] < bf16["total"] * limit, (type(model).__name__, mode, size, bf16)
+            roles = {role for _, m, role in target_layers(q) if not isinstance(m, (nn.Linear, nn.Embedding))}
+            assert roles >= {"block", "head"}
+
+
 def test_indivisible_layers_stay_float_and_are_reported():
-    model, args = _llamagen()  # dim 64: wqkv/wo/w1/w3 take 64 inputs, w2 takes 256
+    model, args = _llamagen()  # dim 64: wqkv/wo/w1/w3 and the head take 64 inputs, w2 takes 256
     q = quantize_model(copy.deepcopy(model), "int4-g128")
-    assert sorted(q.quant_skipped) == sorted(n for n, m in target_linears(model) if m.in_features % 128)
+    assert sorted(q.quant_skipped) == sorted(n for n, m, role in target_layers(model)
+                                             if role != "embedding" and m.in_features % 128)
+    assert "output" in q.quant_skipped
     assert isinstance(q.layers[0].feed_forward.w2, WeightOnlyInt4Linear)
     assert isinstance(q.layers[0].attention.wqkv, nn.Linear)
     with torch.no_grad():
