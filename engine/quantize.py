@@ -178,7 +178,7 @@ def int4_kernel_ok(device: torch.device, dtype: torch.dtype) -> bool:
         return False
 
     def run():
-        w = torch.zeros(16, 128, device=device, dtype=torch.uint8)
+        w = torch.zeros(16, 64, device=device, dtype=torch.uint8)  # packed: N 16, K 128
         packed = _int4_kernel_layout(w)
         sz = torch.ones(2, 16, 2, device=device, dtype=dtype)
         _int4_kernel_mm(torch.ones(1, 128, device=device, dtype=dtype), packed, 64, sz)
