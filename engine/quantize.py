@@ -159,9 +159,11 @@ def kernel_dtype(x: torch.Tensor) -> torch.dtype:
 
     torch's CPU int8 / int4 weight kernels are fast only in bf16 (measured on this project's
     2-core CPU: the fp32 int8 kernel is ~10x slower than its bf16 form, the fp32 int4 one ~70x),
-    so a float32 model's quantized block layers round their activations to bf16 and back. Heads
-    are ``exact`` (dequantize, then a float32 matmul): rounding the logits to bf16 flipped 1.6% of
-    near-tied argmaxes of GPT-B at random init (teacher-forced agreement 0.965 -> 0.949)."""
+    so a float32 model's quantized block layers round their activations to bf16 and back. int8
+    heads are ``exact`` (dequantize, then a float32 matmul): rounding the logits to bf16 flipped
+    1.6% of near-tied argmaxes of GPT-B at random init (teacher-forced agreement 0.965 -> 0.949).
+    int4 heads keep the bf16 kernel: dequantizing a 16384-row int4 head every step costs more than
+    the whole float step, and int4's bar is cosine only."""
     return torch.bfloat16 if x.device.type == "cpu" and x.dtype == torch.float32 else x.dtype
 
 
@@ -404,7 +406,7 @@ def _convert(model: nn.Module, spec: QuantSpec, from_weights: bool) -> nn.Module
             skipped[name] = f"in_features {layer.in_features} not a multiple of group size {spec.group_size}"
             continue
         new = _quantized_linear(layer, spec.bits, spec.group_size, from_weights)
-        new.exact = role == "head"  # the logits keep the model's precision (see kernel_dtype)
+        new.exact = role == "head" and spec.bits == 8  # int8 logits keep the model's precision (kernel_dtype)
         _swap(model, name, new)
     if skipped:
         logger.warning("%s: %d layer(s) kept in float: %s", spec.mode, len(skipped),

@@ -142,12 +142,13 @@ def test_model_logits_close_to_float(family):
             assert kinds == {WeightOnlyInt8Linear if mode == "int8" else WeightOnlyInt4Linear}
             head = q.head if family == "var" else q.output
             assert isinstance(head, WeightOnlyInt8Linear if mode == "int8" else WeightOnlyInt4Linear)
-            assert head.exact and not any(m.exact for _, m in target_linears(q))
+            assert head.exact == (mode == "int8") and not any(m.exact for _, m in target_linears(q))
             x = torch.randn(3, head.in_features)
             w = dequantize_int8(head.weight, head.scales) if mode == "int8" else \
                 dequantize_int4(head.weight, head.scales_and_zeros, head.group_size)
             exact = F.linear(x, w) + (head.bias if head.bias is not None else 0)
-            assert torch.allclose(head(x), exact, atol=1e-5)  # float32 logits, no bf16 rounding
+            tol = 1e-5 if mode == "int8" else 0.05  # int8: float32 logits, no bf16 rounding
+            assert torch.allclose(head(x), exact, atol=tol)
             if family == "llamagen":
                 assert isinstance(q.tok_embeddings, WeightOnlyInt8Embedding)  # int8 in every mode
             assert cosine(q(*args), ref) >= bar, mode
