@@ -134,12 +134,17 @@ def outpaint(bundle, cond: Conditioning, img: torch.Tensor, left: int, top: int,
     return inpaint(bundle, cond, padded, mask, run, keep_unmasked=True)
 
 
+BACK_PROJECTION_STEPS = 5
+
+
 def super_resolve(bundle, cond: Conditioning, img: torch.Tensor, scale: int, run: RunSettings) -> torch.Tensor:
     """Training-free SR: bicubic-upsample, keep what the low-res input determines, generate the rest.
 
     Next-scale models keep the coarse scales whose resolution the input covers and generate the
     finer ones. Next-token models keep the input's tokens and regenerate a lattice of detail
-    tokens. Outputs larger than the model's resolution are processed tile by tile.
+    tokens. Outputs larger than the model's resolution are processed tile by tile. Finally the
+    result is made consistent with the input (:func:`back_project`): the tokenizer alone cannot
+    reproduce the input's low frequencies as exactly as bicubic does.
     """
     if scale < 1:
         raise InvalidInputError(f"scale must be >= 1, got {scale}")
@@ -164,7 +169,21 @@ def super_resolve(bundle, cond: Conditioning, img: torch.Tensor, scale: int, run
                 known[:, 1::2, 1::2] = False  # regenerate a quarter of the tokens as detail
                 canvas = canvas.with_known([known])
             out[:, :, y:y + size, x:x + size] = _run(bundle, cond, canvas, run)
-    return out
+    return back_project(out, img)
+
+
+def back_project(out: torch.Tensor, low: torch.Tensor, steps: int = BACK_PROJECTION_STEPS) -> torch.Tensor:
+    """Iterative back-projection: add the upsampled error between ``low`` and ``out`` shrunk to its size,
+    so the output's low frequencies are the input's and the generated detail sits on top.
+
+    Bundled emoji model, 40 classes, PSNR to the 64px truth: from 16px 20.1 -> 23.6 dB (bicubic 21.0),
+    from 32px 20.3 -> 28.3 dB (bicubic 26.1) with 5 steps (bench/emoji_super_resolve.py)."""
+    h, w = low.shape[-2:]
+    H, W = out.shape[-2:]
+    low = low.to(out.dtype)
+    for _ in range(steps):
+        out = out + resize(low - resize(out, h, w), H, W)
+    return out.clamp(-1, 1)
 
 
 def control(bundle, cond: Conditioning, control_img: torch.Tensor, strength: float, run: RunSettings) -> torch.Tensor:
