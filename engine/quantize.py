@@ -427,11 +427,10 @@ def quantized_bytes(model: nn.Module, float_dtype: torch.dtype | None = None) ->
     """Bytes of the block Linears, of every layer the converter handles, and of the whole module.
 
     ``float_dtype``: count floating-point tensors as if stored in that dtype (bf16 sizes without a copy)."""
+    float_size = torch.empty((), dtype=float_dtype).element_size() if float_dtype is not None else None
+
     def nbytes(t: torch.Tensor) -> int:
-        size = t.element_size()
-        if float_dtype is not None and t.is_floating_point():
-            size = torch.empty((), dtype=float_dtype).element_size()
-        return t.numel() * size
+        return t.numel() * (float_size if float_size and t.is_floating_point() else t.element_size())
 
     def size(ms):
         return sum(nbytes(t) for m in ms for t in list(m.parameters()) + list(m.buffers()))
