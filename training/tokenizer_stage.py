@@ -20,9 +20,10 @@ from .common import Progress, StageClock, ThreadTuner, cosine_lr
 
 
 def to_model_images(batch_uint8: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 [B,H,W,3] -> float [B,3,H,W] in [-1, 1]."""
+    """uint8 [B,H,W,3] -> float [B,3,H,W] in [-1, 1], contiguous: a channels-last input would carry
+    its memory format through every convolution, which is ~2.3x slower on CPU for this tokenizer."""
     t = torch.as_tensor(batch_uint8).to(device)
-    return t.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    return t.permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
