@@ -61,10 +61,10 @@ def var_step(model: varm.VAR, device: torch.device, dtype: torch.dtype, repeats:
     B, C = 2, model.cfg.embed_dim
     model.setup_caches(B, dtype)
     with torch.no_grad():
-        cond_BD, cond_blocks = model.conditioning(torch.zeros(B, dtype=torch.long, device=device))
+        cond = model.conditioning(torch.zeros(B, dtype=torch.long, device=device))
         start = sum(p * p for p in model.cfg.patch_nums[:3])  # scales 1, 2, 3 already cached
         x = torch.randn(B, 16, C, device=device, dtype=dtype)  # the 4x4 scale
-        return _median_ms(lambda: model.forward_scale(x, cond_blocks.to(dtype), start), device, repeats)
+        return _median_ms(lambda: model.forward_scale(x, cond.block_mods, start), device, repeats)
 
 
 MODELS = {

@@ -1,7 +1,8 @@
 """Static, preallocated KV cache shared by both generator families.
 
-One buffer per attention layer, written in place at ``input_pos``: no per-step
-allocation or concatenation, so a decode step can be captured in a CUDA graph.
+One buffer per attention layer, sized once per request and written in place: no
+per-step allocation or concatenation, so a decode step can be captured in a CUDA
+graph. The models write through these two methods only.
 """
 from __future__ import annotations
 
@@ -25,22 +26,24 @@ class KVCache(nn.Module):
     def max_len(self) -> int:
         return self.k_cache.shape[2]
 
+    def holds(self, batch: int, max_len: int, dtype: torch.dtype, device: torch.device) -> bool:
+        """Whether this cache can serve a request (a smaller batch fits; a new dtype or device does not)."""
+        return (self.batch >= batch and self.max_len >= max_len and self.k_cache.dtype == dtype
+                and self.k_cache.device == device)
+
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, nh, T, hs) at positions ``input_pos`` (T,) of the first B rows; return the
-        full buffers (a cache may serve smaller batches than it was sized for)."""
+        """Write k, v (B, nh, S, hs) at positions ``input_pos`` (S,) of the first B rows, in place
+        (positions stay on the device: no host sync); return those rows' whole buffers (B, nh, T, hs)."""
         B = k.shape[0]
-        self.k_cache[:B, :, input_pos] = k.to(self.k_cache.dtype)
-        self.v_cache[:B, :, input_pos] = v.to(self.v_cache.dtype)
-        return self.k_cache, self.v_cache
+        k_all, v_all = self.k_cache[:B], self.v_cache[:B]
+        k_all.index_copy_(2, input_pos, k.to(k_all.dtype))
+        v_all.index_copy_(2, input_pos, v.to(v_all.dtype))
+        return k_all, v_all
 
     def write_span(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, nh, T, hs) at the contiguous positions [start, start+T): a plain slice copy,
-        cheaper than index-based writes when a whole block (a VAR scale) arrives at once."""
-        B, T = k.shape[0], k.shape[2]
-        self.k_cache[:B, :, start:start + T].copy_(k)
-        self.v_cache[:B, :, start:start + T].copy_(v)
-        return self.k_cache, self.v_cache
-
-    def fits(self, batch: int, max_len: int, dtype: torch.dtype, device: torch.device) -> bool:
-        return (self.batch == batch and self.max_len >= max_len and self.k_cache.dtype == dtype
-                and self.k_cache.device == device)
+        """Write k, v (B, nh, S, hs) at the contiguous positions [start, start+S) and return the first B
+        rows up to start+S: a plain slice copy, for a whole block of tokens (a VAR scale) known on the host."""
+        B, S = k.shape[0], k.shape[2]
+        self.k_cache[:B, :, start:start + S].copy_(k)
+        self.v_cache[:B, :, start:start + S].copy_(v)
+        return self.k_cache[:B, :, :start + S], self.v_cache[:B, :, :start + S]

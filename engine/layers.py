@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -21,3 +22,30 @@ class RMSNorm(nn.Module):
 
 def find_multiple(n: int, k: int) -> int:
     return n if n % k == 0 else n + k - (n % k)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` with a faster kernel choice for a few rows on the CPU (same weights, same keys).
+
+    A decode step (one token per image, doubled by CFG) or one of VAR's coarse scales multiplies
+    2-64 rows by a large weight: the step only streams the weight from memory. Torch's CPU
+    ``linear`` runs those shapes as ``x @ W.T`` at a third of the memory bandwidth, and gets
+    slower, not faster, with a second thread (measured: bench/README.md, "few-row linears").
+    ``W @ x.T`` reads each weight row once in the layout it is stored, so it runs near the
+    bandwidth on one and two threads. Results equal ``F.linear`` up to float rounding.
+    """
+
+    few_rows = 64  # above this the product is compute-bound and torch's kernel is the right one
+    min_weight = 1 << 18  # 1 MB of float32: smaller weights stay in cache, where torch's kernel is as fast
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+        if not (x.device.type == "cpu" and x.dtype == torch.float32 == self.weight.dtype and 0 < rows <= self.few_rows
+                and self.weight.numel() >= self.min_weight):
+            return F.linear(x, self.weight, self.bias)
+        x_MK = x.reshape(rows, x.shape[-1])
+        if self.bias is None:
+            out_NM = torch.mm(self.weight, x_MK.t())
+        else:
+            out_NM = torch.addmm(self.bias.unsqueeze(1), self.weight, x_MK.t())
+        return out_NM.t().contiguous().view(*x.shape[:-1], self.out_features)

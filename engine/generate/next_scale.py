@@ -69,16 +69,16 @@ def generate_scales(model: VAR, tokenizer: MSVQTokenizer, cond: Conditioning, ca
     schedule = VAR_SCHEDULES[cond.schedule]
     model.setup_caches(all_labels.shape[0])
     emb = tokenizer.embedding_weight
-    cond_BD, cond_blocks = model.conditioning(all_labels)
+    class_cond = model.conditioning(all_labels)  # once per image: AdaLN depends on the class only
     lvl_pos = model.level_pos()
-    x = model.first_tokens(cond_BD, lvl_pos)
+    x = model.first_tokens(class_cond.class_BD, lvl_pos)
     f_hat = emb.new_zeros(B, cfg.cvae, pns[-1], pns[-1])
     used_grids: list[torch.Tensor] = []
     any_known = [bool(k.any()) for k in canvas.known]  # one check up front, none inside the loop
     start = 0
     for si, pn in enumerate(pns):
-        h = model.forward_scale(x, cond_blocks, start)
-        logits = model.logits(h, cond_BD)  # (NB, l, V)
+        h = model.forward_scale(x, class_cond.block_mods, start)
+        logits = model.logits(h, class_cond)  # (NB, l, V)
         if guided:
             logits = cfg_mix_var(logits[:B], logits[B:], schedule(cond.cfg, si, S))
         filtered = filter_logits(logits, params)

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import InvalidInputError, UnsupportedError
 from ..kv_cache import KVCache
-from ..layers import RMSNorm, find_multiple
+from ..layers import Linear, RMSNorm, find_multiple
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +152,8 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
         self.q_dim, self.kv_dim = cfg.dim, cfg.kv_heads * cfg.head_dim
-        self.wqkv = nn.Linear(cfg.dim, self.q_dim + 2 * self.kv_dim, bias=False)  # rows [q; k; v]
-        self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.wqkv = Linear(cfg.dim, self.q_dim + 2 * self.kv_dim, bias=False)  # rows [q; k; v]
+        self.wo = Linear(cfg.dim, cfg.dim, bias=False)
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, input_pos: torch.Tensor | None,
@@ -168,10 +168,7 @@ class Attention(nn.Module):
         v = qkv[..., self.q_dim + self.kv_dim:].view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)
         if input_pos is not None:
             assert self.kv_cache is not None, "setup_caches() must run before cached attention"
-            k_all, v_all = self.kv_cache.k_cache[:B], self.kv_cache.v_cache[:B]  # views (B, Hkv, T, hd)
-            k_all.index_copy_(2, input_pos, k.to(k_all.dtype))  # in place: no per-step allocation
-            v_all.index_copy_(2, input_pos, v.to(v_all.dtype))
-            k, v = k_all, v_all
+            k, v = self.kv_cache.update(input_pos, k, v)  # the whole static buffers (B, Hkv, T, hd)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                            enable_gqa=self.n_kv_head != self.n_head)  # (B, H, S, hd)
         return self.wo(y.transpose(1, 2).reshape(B, S, self.q_dim))
@@ -182,9 +179,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, cfg: LlamaGenConfig) -> None:
         super().__init__()
-        self.w1 = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
-        self.w3 = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
-        self.w2 = nn.Linear(cfg.ffn_hidden, cfg.dim, bias=False)
+        self.w1 = Linear(cfg.dim, cfg.ffn_hidden, bias=False)
+        self.w3 = Linear(cfg.dim, cfg.ffn_hidden, bias=False)
+        self.w2 = Linear(cfg.ffn_hidden, cfg.dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
@@ -214,7 +211,7 @@ class LlamaGen(nn.Module):
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layer))
         self.norm = RMSNorm(config.dim, eps=config.norm_eps)
-        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.output = Linear(config.dim, config.vocab_size, bias=False)
         # float32 RoPE table kept outside the state_dict and out of .to(dtype): a plain attribute
         self.freqs_cis = self._rope_table()
         self.causal_mask: torch.Tensor | None = None  # (T, T) bool, made by setup_caches
@@ -279,8 +276,7 @@ class LlamaGen(nn.Module):
         device = self.norm.weight.device
         T = find_multiple(max_seq_length, 8)
         cache = self.layers[0].attention.kv_cache
-        if (cache is not None and self.max_batch_size >= max_batch_size and self.max_seq_length >= T
-                and cache.k_cache.dtype == dtype and cache.k_cache.device == device):
+        if cache is not None and cache.holds(max_batch_size, T, dtype, device):
             return
         c = self.config
         for layer in self.layers:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kv_cache import KVCache
+from ..layers import Linear
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,15 @@ PRESETS: dict[str, VARConfig] = {
     "var-d36": _official(36, (1, 2, 3, 4, 6, 9, 13, 18, 24, 32), shared_aln=True),
 }
 
+@dataclass
+class ClassConditioning:
+    """What a batch of class labels contributes, for every scale alike."""
+
+    class_BD: torch.Tensor  # (B, C) class embedding (the first scale's token)
+    block_mods: list[torch.Tensor]  # per block (B, 1, 6, C) AdaLN modulation
+    head_mods: torch.Tensor  # (B, 1, 2, C) AdaLN before the head
+
+
 MAX_SCALE_MUL = torch.log(torch.tensor(100)).item()  # the reference clamps in float32
 
 
@@ -65,11 +75,11 @@ class SelfAttention(nn.Module):
             self.scale_mul_1H11 = nn.Parameter(torch.full((1, H, 1, 1), 4.0).log())
         else:
             self.scale = 0.25 / math.sqrt(self.head_dim)
-        self.mat_qkv = nn.Linear(C, 3 * C, bias=False)
+        self.mat_qkv = Linear(C, 3 * C, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(C))
         self.v_bias = nn.Parameter(torch.zeros(C))
         self.register_buffer("zero_k_bias", torch.zeros(C))
-        self.proj = nn.Linear(C, C)
+        self.proj = Linear(C, C)
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None, start: int = 0) -> torch.Tensor:
@@ -82,8 +92,7 @@ class SelfAttention(nn.Module):
             q = F.normalize(q, dim=-1).mul(self.scale_mul_1H11.clamp_max(MAX_SCALE_MUL).exp())
             k = F.normalize(k, dim=-1)
         if self.kv_cache is not None:
-            k_all, v_all = self.kv_cache.write_span(start, k, v)
-            k, v = k_all[:B, :, :start + L], v_all[:B, :, :start + L]  # everything up to this scale
+            k, v = self.kv_cache.write_span(start, k, v)  # everything up to this scale
         out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=attn_bias, scale=self.scale)
         return self.proj(out.transpose(1, 2).reshape(B, L, C))  # (B, L, C)
 
@@ -92,8 +101,8 @@ class FFN(nn.Module):
     def __init__(self, cfg: VARConfig) -> None:
         super().__init__()
         hidden = round(cfg.embed_dim * cfg.mlp_ratio)
-        self.fc1 = nn.Linear(cfg.embed_dim, hidden)
-        self.fc2 = nn.Linear(hidden, cfg.embed_dim)
+        self.fc1 = Linear(cfg.embed_dim, hidden)
+        self.fc2 = Linear(hidden, cfg.embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
@@ -112,15 +121,18 @@ class AdaLNBlock(nn.Module):
         if self.shared_aln:
             self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, C) / C ** 0.5)
         else:
-            self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
+            self.ada_lin = nn.Sequential(nn.SiLU(), Linear(C, 6 * C))
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, attn_bias: torch.Tensor | None, start: int = 0) -> torch.Tensor:
-        """``cond``: (B, C) class embedding, or (B, 1, 6, C) shared-AdaLN output."""
+    def modulation(self, cond: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 6, C) AdaLN (gamma1, gamma2, scale1, scale2, shift1, shift2) from ``cond``: the (B, C) class
+        embedding, or the (B, 1, 6, C) shared-AdaLN output. It depends on the class only: once per image."""
         if self.shared_aln:
-            mods = (self.ada_gss + cond).unbind(2)  # 6 x (B, 1, C)
-        else:
-            mods = self.ada_lin(cond).view(-1, 1, 6, self.C).unbind(2)
-        gamma1, gamma2, scale1, scale2, shift1, shift2 = mods
+            return self.ada_gss + cond
+        return self.ada_lin(cond).view(-1, 1, 6, self.C)
+
+    def forward(self, x: torch.Tensor, mods: torch.Tensor, attn_bias: torch.Tensor | None, start: int = 0) -> torch.Tensor:
+        """x (B, l, C) under ``mods`` = ``modulation(cond)``."""
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = mods.unbind(2)  # 6 x (B, 1, C)
         x = x + self.attn(self.ln_wo_grad(x).mul(scale1.add(1)).add_(shift1), attn_bias, start).mul_(gamma1)
         x = x + self.ffn(self.ln_wo_grad(x).mul(scale2.add(1)).add_(shift2)).mul(gamma2)
         return x
@@ -131,14 +143,18 @@ class AdaLNBeforeHead(nn.Module):
         super().__init__()
         self.C = cfg.embed_dim
         self.ln_wo_grad = nn.LayerNorm(self.C, eps=cfg.norm_eps, elementwise_affine=False)
-        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(self.C, 2 * self.C))
+        self.ada_lin = nn.Sequential(nn.SiLU(), Linear(self.C, 2 * self.C))
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.ada_lin(cond).view(-1, 1, 2, self.C).unbind(2)
+    def modulation(self, cond: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 2, C) (scale, shift) from the (B, C) class embedding: once per image."""
+        return self.ada_lin(cond).view(-1, 1, 2, self.C)
+
+    def forward(self, x: torch.Tensor, mods: torch.Tensor) -> torch.Tensor:
+        scale, shift = mods.unbind(2)
         return self.ln_wo_grad(x).mul(scale.add(1)).add_(shift)
 
 
-class SharedAdaLin(nn.Linear):
+class SharedAdaLin(Linear):
     def forward(self, cond: torch.Tensor) -> torch.Tensor:
         return super().forward(cond).view(-1, 1, 6, self.in_features)  # (B, 1, 6, C)
 
@@ -158,7 +174,7 @@ class VAR(nn.Module):
         self.shared_ada_lin = nn.Sequential(nn.SiLU(), SharedAdaLin(C, 6 * C)) if cfg.shared_aln else nn.Identity()
         self.blocks = nn.ModuleList([AdaLNBlock(cfg) for _ in range(cfg.depth)])
         self.head_nm = AdaLNBeforeHead(cfg)
-        self.head = nn.Linear(C, cfg.vocab_size)
+        self.head = Linear(C, cfg.vocab_size)
         lvl, bias = self._derived_buffers(torch.device("cpu") if self.pos_1LC.device.type == "meta" else None)
         self.register_buffer("lvl_1L", lvl)  # (1, L) scale index of each token
         self.register_buffer("attn_bias_for_masking", bias)  # (1, 1, L, L) block-causal 0 / -inf
@@ -184,10 +200,14 @@ class VAR(nn.Module):
             b.attn.zero_k_bias = torch.zeros(self.cfg.embed_dim, dtype=b.attn.q_bias.dtype)
 
     # --- shared pieces of the teacher-forced and the cached path ---
-    def conditioning(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class embedding (B, C) and what the blocks' AdaLN takes (same, or shared-AdaLN (B, 1, 6, C))."""
-        cond_BD = self.class_emb(labels)
-        return cond_BD, self.shared_ada_lin(cond_BD)
+    def conditioning(self, labels: torch.Tensor) -> ClassConditioning:
+        """Everything that depends on the class alone, computed once per image (not once per scale):
+        the class embedding and the AdaLN modulation of every block and of the head."""
+        cond_BD = self.class_emb(labels)  # (B, C)
+        shared = self.shared_ada_lin(cond_BD)
+        dtype = self.pos_1LC.dtype  # a float parameter: the head may be quantized
+        return ClassConditioning(cond_BD, [b.modulation(shared) for b in self.blocks],
+                                 self.head_nm.modulation(cond_BD.to(dtype)))
 
     def level_pos(self) -> torch.Tensor:
         return self.lvl_embed(self.lvl_1L) + self.pos_1LC  # (1, L, C)
@@ -197,20 +217,21 @@ class VAR(nn.Module):
         sos = cond_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, self.first_l, -1)
         return sos + lvl_pos[:, :self.first_l]  # (B, first_l, C)
 
-    def logits(self, h: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
-        return self.head(self.head_nm(h.float(), cond_BD.float()).to(self.pos_1LC.dtype)).float()  # (B, l, V)
+    def logits(self, h: torch.Tensor, cond: ClassConditioning) -> torch.Tensor:
+        """Head in the model's float dtype (in float32 the reference's path), logits in float32."""
+        return self.head(self.head_nm(h.to(self.pos_1LC.dtype), cond.head_mods)).float()  # (B, l, V)
 
     def forward(self, labels: torch.Tensor, var_input: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: labels (B,), var_input (B, L-first_l, Cvae) -> logits (B, L, V)."""
-        cond_BD, cond_blocks = self.conditioning(labels)
+        cond = self.conditioning(labels)
         lvl_pos = self.level_pos()
-        first = self.first_tokens(cond_BD, lvl_pos)
+        first = self.first_tokens(cond.class_BD, lvl_pos)
         rest = self.word_embed(var_input.to(self.word_embed.weight.dtype)) + lvl_pos[:, self.first_l:]
         x = torch.cat((first, rest), dim=1)  # (B, L, C)
         bias = self.attn_bias_for_masking.to(x.dtype)
-        for block in self.blocks:
-            x = block(x, cond_blocks, bias)
-        return self.logits(x, cond_BD)
+        for block, mods in zip(self.blocks, cond.block_mods):
+            x = block(x, mods, bias)
+        return self.logits(x, cond)
 
     # --- KV-cached inference, one call per scale ---
     def setup_caches(self, batch: int, dtype: torch.dtype | None = None) -> None:
@@ -220,16 +241,15 @@ class VAR(nn.Module):
         L, H, hd = self.cfg.tokens_per_image, self.cfg.num_heads, self.cfg.head_dim
         for b in self.blocks:
             cache = b.attn.kv_cache
-            if cache is None or not (cache.batch >= batch and cache.max_len >= L and cache.k_cache.dtype == dtype
-                                     and cache.k_cache.device == device):
+            if cache is None or not cache.holds(batch, L, dtype, device):
                 b.attn.kv_cache = KVCache(batch, H, L, hd, dtype=dtype, device=device)
 
     def clear_caches(self) -> None:
         for b in self.blocks:
             b.attn.kv_cache = None
 
-    def forward_scale(self, x: torch.Tensor, cond_blocks: torch.Tensor, start: int) -> torch.Tensor:
+    def forward_scale(self, x: torch.Tensor, block_mods: list[torch.Tensor], start: int) -> torch.Tensor:
         """Run one scale's tokens x (B, l, C) at positions [start, start+l) against the cache."""
-        for block in self.blocks:
-            x = block(x, cond_blocks, None, start)
+        for block, mods in zip(self.blocks, block_mods):
+            x = block(x, mods, None, start)
         return x
