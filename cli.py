@@ -2,22 +2,27 @@
 
 Every command builds or loads a node graph and runs it through graph/, so the CLI,
 the web UI and ComfyUI all execute the same nodes. Bad input exits with status 2
-and one `error:` line (a traceback only with --debug); success prints the paths
-written.
+and one `error:` line (a traceback only with --debug); a bug of ours (any untyped
+exception) exits with status 70 and says "internal error"; success prints the
+paths written.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from .engine.errors import ArnodesError, InvalidInputError
+from .graph.errors import NodeExecutionError
 from .engine.registry import DEFAULT_MODEL
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 70  # EX_SOFTWARE (sysexits.h): an internal software error
 
 
 class Progress:
@@ -100,20 +105,28 @@ def _load_image_node(g, path: str):
 
 
 def _finish(g, image_ref, args: argparse.Namespace, input_dir: Path) -> list[Path]:
-    """Save through SaveImage (so the PNG embeds the workflow), then move to --out if given."""
+    """Save through SaveImage (so the PNG embeds the workflow), then move to --out if given.
+
+    With --out the graph saves into a private temporary folder next to the target, so the
+    embedded prefix is the command's name (a replay writes `generate_NNNNN_.png`, never a
+    hidden temporary name) and concurrent runs cannot take each other's files.
+    """
+    g.node("SaveImage", images=image_ref, filename_prefix=args.command)
     out = Path(args.out) if args.out else None
-    output_dir = out.parent if out else Path(args.output_dir)
-    prefix = f".arnodes_tmp_{os.getpid()}" if out else args.command
-    g.node("SaveImage", images=image_ref, filename_prefix=prefix)
-    written = _run_graph(g.build(), args, input_dir, output_dir)
     if out is None:
-        return written
-    final = []
-    for i, path in enumerate(sorted(written)):
-        target = out if i == 0 else out.with_name(f"{out.stem}_{i}{out.suffix}")
-        os.replace(path, target)
-        final.append(target)
-    return final
+        return _run_graph(g.build(), args, input_dir, Path(args.output_dir))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".arnodes-", dir=out.parent))
+    try:
+        written = _run_graph(g.build(), args, input_dir, staging)
+        final = []
+        for i, path in enumerate(sorted(written)):
+            target = out if i == 0 else out.with_name(f"{out.stem}_{i}{out.suffix}")
+            os.replace(path, target)  # --out names the file: replacing it is what was asked
+            final.append(target)
+        return final
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def cmd_generate(args: argparse.Namespace) -> list[Path]:
@@ -274,18 +287,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _internal_error(exc: BaseException, debug: bool) -> int:
+    """Our bug, not bad input: say so (never as "error:"), with the traceback under --debug."""
+    import traceback
+
+    where = ""
+    original = exc
+    if isinstance(exc, NodeExecutionError):
+        where, original = f" in node {exc.node_id} ({exc.class_type})", exc.original
+    summary = " ".join(f"{type(original).__name__}: {original}".split())[:500]
+    if debug:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    print(f"internal error{where}: {summary}", file=sys.stderr)
+    print("this is a bug in arnodes, not a problem with your input; please report it"
+          + ("" if debug else " with the traceback from --debug"), file=sys.stderr)
+    return EXIT_INTERNAL
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 on success, 2 on bad input ("error: ..."), 70 on an internal error, 130 on Ctrl-C."""
     args = build_parser().parse_args(argv)
     try:
         for path in args.func(args):
             print(path)
         return 0
-    except (ArnodesError, FileNotFoundError) as e:
-        if args.debug:
-            raise
-        message = " ".join(str(e).split()) or type(e).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except NodeExecutionError as e:
+        if e.internal:
+            return _internal_error(e, args.debug)
+        return _user_error(e, args.debug)
+    except (ArnodesError, FileNotFoundError) as e:
+        return _user_error(e, args.debug)
+    except Exception as e:  # noqa: BLE001 - anything untyped is our bug: reported as one, never as "error:"
+        return _internal_error(e, args.debug)
+
+
+def _user_error(exc: BaseException, debug: bool) -> int:
+    if debug:
+        raise exc
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT

@@ -19,6 +19,7 @@ IMAGENET_JSON = Path(__file__).parent / "data" / "imagenet_classes.json"
 _SPACES = re.compile(r"[\s_]+")
 _INT = re.compile(r"[+-]?\d+")
 _SEPARATORS = re.compile(r"[,;]")
+_MAX_COMMA_PIECES = 8  # a class name holds at most 7 commas; bounds the rejoin search to linear time
 
 
 def _norm(text: str) -> str:
@@ -161,7 +162,7 @@ class ClassNames:
         out: list[int] = []
         k = 0
         while k < len(parts):
-            for end in range(len(parts), k + 1, -1):
+            for end in range(min(len(parts), k + _MAX_COMMA_PIECES), k + 1, -1):
                 joined = _norm(", ".join(parts[k:end]))
                 hits = self._lookup(joined)
                 if hits and len(hits) == 1:

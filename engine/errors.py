@@ -35,3 +35,16 @@ class UnsupportedError(ArnodesError):
 
 class CancelledError(ArnodesError):
     """The user cancelled a running generation."""
+
+
+class StorageError(ArnodesError):
+    """A file could not be written or read for a reason outside arnodes (disk full, permissions)."""
+
+
+class LimitError(InvalidInputError):
+    """A request is larger than a configured limit (batch, pixels, graph size, memory); checked before any work."""
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """True for problems the user can fix (our typed errors); anything else escaping a node is our bug."""
+    return isinstance(exc, ArnodesError)

@@ -22,17 +22,23 @@ def check_graph_image(img: torch.Tensor, what: str = "image") -> None:
 
 
 def check_graph_mask(mask: torch.Tensor, height: int, width: int, what: str = "mask") -> torch.Tensor:
-    """Accept [H, W] or [B, H, W]; require the image's size; return [B, H, W] float in [0, 1]."""
-    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
+    """Accept [H, W] or [B, H, W]; return [B, height, width] float in [0, 1].
+
+    A mask of another size than its image is resized to it, bilinearly and without
+    antialiasing, as ComfyUI's inpaint nodes (VAEEncodeForInpaint, SetLatentNoiseMask) do;
+    a soft edge in the resized mask then means a feathered region, which the task nodes
+    composite as they do any soft mask.
+    """
+    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3) or 0 in mask.shape:
         shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise InvalidInputError(f"{what} must be a [B, H, W] tensor, got {shape}")
+        raise InvalidInputError(f"{what} must be a non-empty [B, H, W] tensor, got {shape}")
     mask = mask if mask.ndim == 3 else mask.unsqueeze(0)
-    if tuple(mask.shape[1:]) != (height, width):
-        raise InvalidInputError(f"{what} is {mask.shape[2]}x{mask.shape[1]} but the image is {width}x{height}; "
-                                f"they must be the same size")
     if not torch.isfinite(mask).all():
         raise InvalidInputError(f"{what} contains NaN or infinite values")
-    return mask.float().clamp(0, 1)
+    mask = mask.float()
+    if tuple(mask.shape[1:]) != (height, width):
+        mask = F.interpolate(mask.unsqueeze(1), size=(height, width), mode="bilinear").squeeze(1)  # (B, H, W)
+    return mask.clamp(0, 1)
 
 
 def graph_to_engine(img_BHWC: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..engine.errors import ArnodesError, InvalidInputError, UnknownNameError
+from ..engine.errors import ArnodesError, InvalidInputError, UnknownNameError, is_user_error
 
 
 class GraphError(ArnodesError):
@@ -54,11 +54,19 @@ class ValidationError(GraphError, InvalidInputError):
 
 
 class NodeExecutionError(GraphError):
-    """A node raised while executing; the original exception is `.original` and `__cause__`."""
+    """A node raised while executing; the original exception is `.original` and `__cause__`.
+
+    `.internal` tells the two cases apart: False when the node refused bad input with one of
+    our typed errors (the user can fix it), True when anything else escaped the node, which
+    is a bug in arnodes and is reported as such (CLI exit status 70, traceback logged).
+    """
 
     def __init__(self, node_id: str, class_type: str, original: BaseException, message: str | None = None):
         self.node_id = node_id
         self.class_type = class_type
         self.original = original
+        self.internal = not is_user_error(original)
         text = message if message is not None else (str(original) or type(original).__name__)
+        if self.internal and message is None:
+            text = f"internal error ({type(original).__name__}: {text})"
         super().__init__(f"node {node_id} ({class_type}): {text}")

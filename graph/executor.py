@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from ..engine.errors import CancelledError
+from ..engine.limits import check_node_count
 from .cache import Cache, CacheEntry, LRUCache, node_key
 from .errors import NodeExecutionError, UnknownNodeError, ValidationError
 from .validate import ancestors, dependencies, topological_order, validate
@@ -62,6 +63,7 @@ class Executor:
         (SPEC.output_node), else every node; plus everything they read from.
         """
         wf = normalize_workflow(workflow)
+        check_node_count(len(wf))
         problems = validate(wf, self.registry)
         if problems:
             raise ValidationError(problems)

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ..engine.errors import MissingFileError
+from ..engine.errors import ArnodesError, MissingFileError
 from .errors import UnknownNodeError, WorkflowError
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ Workflow = dict[str, dict[str, Any]]
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MAX_TEXT_BYTES = 64 * 1024 * 1024  # refuse zip bombs in compressed text chunks
 _EXPORT_HINT = 'In ComfyUI use "Export (API)" (Workflow menu) and run that file instead.'
+MAX_NESTING = 32  # lists / dicts inside an input value; no widget takes more than a flat value
 
 
 @dataclass
@@ -107,14 +108,34 @@ def normalize_workflow(data: Any, origin: str = "workflow") -> Workflow:
             continue
         clean: dict[str, Any] = {}
         for name, value in inputs.items():
-            clean[str(name)] = [str(value[0]), value[1]] if is_link(value) else copy.deepcopy(value)
+            if is_link(value):
+                clean[str(name)] = [str(value[0]), value[1]]
+            elif _too_deep(value):
+                errors.append(f"node {node_id} ({class_type}) input {str(name)!r}: value is nested more than "
+                              f"{MAX_NESTING} levels deep")
+            else:
+                clean[str(name)] = copy.deepcopy(value)
         entry: dict[str, Any] = {"class_type": class_type, "inputs": clean}
-        if isinstance(node.get("_meta"), dict):
-            entry["_meta"] = copy.deepcopy(node["_meta"])
+        meta = node.get("_meta")
+        if isinstance(meta, dict) and not _too_deep(meta):
+            entry["_meta"] = copy.deepcopy(meta)
         out[node_id] = entry
     if errors:
         raise WorkflowError(f"{origin} is malformed:\n" + "\n".join(f"  - {e}" for e in errors))
     return out
+
+
+def _too_deep(value: Any, limit: int | None = None) -> bool:
+    """True when lists / dicts nest deeper than MAX_NESTING (iterative: no recursion to exhaust)."""
+    limit = MAX_NESTING if limit is None else limit
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, tuple, dict)):
+            if depth >= limit:
+                return True
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return False
 
 
 def is_ui_workflow(data: Any) -> bool:
@@ -138,10 +159,18 @@ def read_workflow(source: Any, registry: Mapping | None = None) -> LoadedWorkflo
         return _from_data(_parse_json(source, "<json text>"), "<json text>", registry)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if not path.is_file():
-            raise MissingFileError(f"workflow file not found: {path} (expected a .json workflow or a .png "
-                                   f"saved by arnodes/ComfyUI)")
-        return _from_bytes(path.read_bytes(), str(path), registry)
+        shown = str(path) if len(str(path)) <= 200 else str(path)[:200] + "..."
+        try:
+            if not path.is_file():
+                raise MissingFileError(f"workflow file not found: {shown} (expected a .json workflow or a .png "
+                                       f"saved by arnodes/ComfyUI)")
+            data = path.read_bytes()
+        except (OSError, ValueError) as exc:  # name too long, NUL byte, permission denied, ...
+            if isinstance(exc, ArnodesError):
+                raise
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise WorkflowError(f"cannot read the workflow file {shown}: {reason}") from None
+        return _from_bytes(data, str(path), registry)
     raise WorkflowError(f"cannot load a workflow from {type(source).__name__}; "
                         f"pass a dict, a path to a .json/.png file, or file bytes")
 
@@ -161,6 +190,8 @@ def _parse_json(text: str, origin: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise WorkflowError(f"{origin}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise WorkflowError(f"{origin}: JSON nested too deeply to read") from None
 
 
 def _from_data(data: Any, origin: str, registry: Mapping | None, ui: dict | None = None) -> LoadedWorkflow:
@@ -168,7 +199,16 @@ def _from_data(data: Any, origin: str, registry: Mapping | None, ui: dict | None
         if registry is None:
             raise WorkflowError(f"{origin} is a ComfyUI UI-format workflow; converting it needs the node "
                                 f"registry. {_EXPORT_HINT}")
-        return LoadedWorkflow(ui_to_api(data, registry, origin), data, origin)
+        if _too_deep(data, MAX_NESTING + 8):
+            raise WorkflowError(f"{origin}: the UI-format workflow is nested too deeply. {_EXPORT_HINT}")
+        try:
+            return LoadedWorkflow(ui_to_api(data, registry, origin), data, origin)
+        except ArnodesError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+            # a field of the wrong shape (a list where an id belongs, ...): the file is malformed
+            raise WorkflowError(f"{origin}: malformed UI-format workflow ({type(exc).__name__}: {exc}). "
+                                f"{_EXPORT_HINT}") from None
     return LoadedWorkflow(normalize_workflow(data, origin), ui, origin)
 
 
@@ -319,13 +359,21 @@ def ui_to_api(ui: dict, registry: Mapping, origin: str = "workflow") -> Workflow
 def _ui_links(raw: Any, origin: str) -> dict[Any, tuple[str, int]]:
     """{link_id: (origin node id, origin slot)} from list rows or dict rows."""
     out: dict[Any, tuple[str, int]] = {}
+    if not isinstance(raw, list):
+        raise WorkflowError(f"{origin}: 'links' must be a list. {_EXPORT_HINT}")
     for row in raw:
         if isinstance(row, list) and len(row) >= 5:
-            out[row[0]] = (str(row[1]), int(row[2]))
+            link_id, origin_id, slot = row[0], row[1], row[2]
         elif isinstance(row, dict) and {"id", "origin_id", "origin_slot"} <= row.keys():
-            out[row["id"]] = (str(row["origin_id"]), int(row["origin_slot"]))
+            link_id, origin_id, slot = row["id"], row["origin_id"], row["origin_slot"]
         else:
-            raise WorkflowError(f"{origin}: unreadable entry in 'links': {row!r}. {_EXPORT_HINT}")
+            raise WorkflowError(f"{origin}: unreadable entry in 'links': {row!r:.200}. {_EXPORT_HINT}")
+        if isinstance(slot, bool) or not isinstance(slot, int) or slot < 0:
+            raise WorkflowError(f"{origin}: link {link_id!r:.40} has origin slot {slot!r:.40}; a slot is an "
+                                f"integer >= 0. {_EXPORT_HINT}")
+        if not isinstance(link_id, (int, str)) or not isinstance(origin_id, (int, str)):
+            raise WorkflowError(f"{origin}: unreadable entry in 'links': {row!r:.200}. {_EXPORT_HINT}")
+        out[link_id] = (str(origin_id), slot)
     return out
 
 
@@ -427,7 +475,7 @@ def _coerce(spec: Any, raw: str, where: str) -> Any:
 
 def id_order_key(node_id: str) -> tuple[int, int | str]:
     """Natural order for node ids: "2" before "10", numeric ids before others."""
-    return (0, int(node_id)) if node_id.isdigit() else (1, node_id)
+    return (0, int(node_id)) if node_id.isascii() and node_id.isdigit() else (1, node_id)
 
 
 def save_workflow_json(path: str | os.PathLike, workflow: Any) -> Path:

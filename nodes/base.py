@@ -160,10 +160,31 @@ class NodeSpec:
         }
 
 
-def _safe_join(root: Path, name: str, what: str) -> Path:
-    """`root / name`, refusing absolute paths, `..` and symlinks that leave `root`."""
-    if not isinstance(name, str) or not name or "\x00" in name:
+NAME_MAX_BYTES = 255  # one path component, on every common filesystem
+PATH_MAX_BYTES = 4000  # a whole path, under Linux's 4096
+
+
+def _check_name(name: Any, what: str) -> None:
+    """Refuse names no filesystem can hold, before any path is touched: they are bad input, not our bug."""
+    if not isinstance(name, str) or not name:
         raise InvalidInputError(f"{what} file name must be a non-empty string, got {name!r}")
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInputError(f"{what} file name {name!r} is not valid Unicode (it holds a lone surrogate)") from None
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidInputError(f"{what} file name {name!r} contains a control character (NUL, newline, ...)")
+    if len(encoded) > PATH_MAX_BYTES:
+        raise InvalidInputError(f"{what} file name is {len(encoded)} bytes long; the limit is {PATH_MAX_BYTES}")
+    for part in name.replace("\\", "/").split("/"):
+        if len(part.encode("utf-8")) > NAME_MAX_BYTES:
+            raise InvalidInputError(f"{what} file name {part[:40]!r}... is {len(part.encode('utf-8'))} bytes long; "
+                                    f"a file or folder name may have at most {NAME_MAX_BYTES} bytes")
+
+
+def _safe_join(root: Path, name: str, what: str) -> Path:
+    """`root / name`, refusing absolute paths, `..`, symlinks that leave `root`, and impossible names."""
+    _check_name(name, what)
     rel = Path(name)
     if rel.is_absolute() or rel.drive or ".." in rel.parts:
         raise InvalidInputError(

@@ -4,13 +4,29 @@ from __future__ import annotations
 from typing import Any
 
 from ..engine.conditioning import Conditioning
-from ..engine.errors import ArnodesError, InvalidInputError, UnknownNameError
+from ..engine.errors import ArnodesError, InvalidInputError, LimitError, UnknownNameError
+from ..engine.limits import check_batch
+from ..engine.limits import current as current_limits
 from .base import AR_COND, AR_MODEL, COMBO, FLOAT, STRING, ExecutionContext, InputSpec, Node, NodeSpec, OutputSpec
 from .types import check_model, check_range
 
 
+MAX_NAME_CHARS = 100  # per class: the longest emoji / ImageNet names are ~70 characters
+
+
+def _check_size(text: str, name: str) -> None:
+    """Refuse a class list longer than the batch limit allows before resolving a single name."""
+    limit = current_limits().max_batch
+    if len(text) > limit * MAX_NAME_CHARS:
+        raise LimitError(f"input {name!r}: {len(text):,} characters is more than {limit} class names can take "
+                         f"(ARNODES_MAX_BATCH = {limit}, at most {MAX_NAME_CHARS} characters each)")
+    pieces = sum(1 for chunk in text.split(";") if chunk.strip())
+    check_batch(pieces, f"input {name!r}")
+
+
 def _resolve(bundle: Any, text: str, name: str) -> list[int]:
     """Ids for "red heart, 3; cat face"; errors say which input held the bad name."""
+    _check_size(text, name)
     try:
         ids = bundle.classes.resolve_many(text)
     except UnknownNameError as e:
@@ -19,6 +35,7 @@ def _resolve(bundle: Any, text: str, name: str) -> list[int]:
         raise InvalidInputError(f"input {name!r}: {e}") from None
     if not ids:
         raise InvalidInputError(f"input {name!r}: no class given; write names or ids separated by ',' or ';'")
+    check_batch(len(ids), f"input {name!r}")
     return ids
 
 

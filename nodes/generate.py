@@ -5,6 +5,7 @@ from typing import Any
 
 from ..engine.generate import generate
 from ..engine.generate.canvas import TokenCanvas
+from ..engine.limits import check_batch
 from .base import (
     AR_COND, AR_MODEL, AR_TOKENS, BOOLEAN, INT, ExecutionContext, InputSpec, Node, NodeSpec, OutputSpec,
 )
@@ -45,6 +46,7 @@ class ARGenerate(Node):
         check_range("seed", seed, 0, 2 ** 63 - 1)
         check_range("batch_size", batch_size, 1, MAX_BATCH)
         cond = match_batch(cond, 1)
+        check_batch(cond.batch * int(batch_size), "inputs 'cond' x 'batch_size'")
         if batch_size > 1:
             cond = cond.repeat(int(batch_size))
         canvas = None

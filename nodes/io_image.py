@@ -1,46 +1,40 @@
 """ComfyUI core image nodes, under ComfyUI's names and input names, so one JSON runs in both.
 
 LoadImage, LoadImageMask, SaveImage, PreviewImage and ImageScale behave as in
-ComfyUI's nodes.py (checked against its source), with two deliberate differences:
+ComfyUI's nodes.py (checked against its source), with these deliberate differences:
 file access is sandboxed to the input / output directories (absolute paths, '..'
-and symlinks leaving them are refused), and LoadImage's mask for an image without
-alpha has the image's size (ComfyUI returns 64x64 zeros) so it fits the AR mask inputs.
+and symlinks leaving them are refused); LoadImage's mask for an image without
+alpha has the image's size (ComfyUI returns 64x64 zeros) so it fits the AR mask
+inputs; animations give their first frame only, 16-bit and float images keep their
+real range, and sizes are checked before decoding (nodes/image_files.py).
+
+SaveImage turns floats into bytes with ComfyUI's rule, `uint8(clip(255 * x, 0, 255))`
+(truncation, computed in float32), so the same tensor gives the same PNG bytes in both.
 """
 from __future__ import annotations
 
+import io
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
+from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from ..engine.errors import InvalidInputError, MissingFileError
+from ..engine.errors import InvalidInputError, StorageError
 from ..engine.image import check_graph_image
+from ..engine.limits import check_image_size
 from .base import COMBO, IMAGE, INT, MASK, STRING, ExecutionContext, InputSpec, Node, NodeResult, NodeSpec, OutputSpec
+from .image_files import claim_and_write, frames, open_image, to_float_arrays
 
 MAX_RESOLUTION = 16384  # ComfyUI's limit for width/height widgets
 UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")
 CROP_METHODS = ("disabled", "center")
 CHANNELS = ("alpha", "red", "green", "blue")
-
-
-def _open(ctx: ExecutionContext, name: str) -> Image.Image:
-    path = ctx.input_path(name)
-    if not path.is_file():
-        raise MissingFileError(f"input 'image': file {name!r} not found in the input directory ({ctx.input_dir})")
-    try:
-        img = Image.open(path)
-        img.load()
-    except (UnidentifiedImageError, OSError) as e:
-        raise InvalidInputError(f"input 'image': cannot read {name!r} as an image: {e}") from None
-    return img
 
 
 def _file_fingerprint(ctx: ExecutionContext, image: str) -> str:
@@ -52,37 +46,26 @@ def _file_fingerprint(ctx: ExecutionContext, image: str) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def _frame_rgba(frame: Image.Image) -> Image.Image:
-    frame = ImageOps.exif_transpose(frame)
-    if frame.mode == "I":  # 16-bit grayscale PNGs, as ComfyUI scales them
-        frame = frame.point(lambda v: v * (1 / 255))
-    return frame
-
-
 class LoadImage(Node):
     SPEC = NodeSpec(
         class_type="LoadImage", display_name="Load Image", category="image", comfy_core=True,
         inputs=(InputSpec("image", COMBO, tooltip="File name inside the input directory."),),
         outputs=(OutputSpec("IMAGE", IMAGE), OutputSpec("MASK", MASK, "1 - alpha; zeros without alpha.")),
-        description="Load an image (all same-size frames of an animation as a batch) and its alpha as a mask.",
+        description="Load an image (the first frame of an animation) and its alpha as a mask.",
     )
 
     @classmethod
     def execute(cls, ctx: ExecutionContext, image: str) -> tuple[torch.Tensor, torch.Tensor]:
-        img = _open(ctx, image)
+        img = open_image(ctx, image)
         images, masks = [], []
-        for frame in ImageSequence.Iterator(img):
-            frame = _frame_rgba(frame)
-            rgb = frame.convert("RGB")
-            if images and rgb.size != (images[0].shape[1], images[0].shape[0]):
-                continue
-            images.append(np.asarray(rgb, dtype=np.float32) / 255.0)
-            if "A" in frame.getbands():
-                masks.append(1.0 - np.asarray(frame.getchannel("A"), dtype=np.float32) / 255.0)
-            else:
-                masks.append(np.zeros(images[-1].shape[:2], dtype=np.float32))
-            if img.format == "MPO":  # ComfyUI keeps only the first picture of a multi-picture JPEG
-                break
+        for frame in frames(img, image):
+            rgb, alpha = to_float_arrays(frame)
+            if images and rgb.shape != images[0].shape:
+                continue  # later frames of another size are skipped, as in ComfyUI
+            images.append(rgb)
+            masks.append(1.0 - alpha if alpha is not None else np.zeros(rgb.shape[:2], dtype=np.float32))
+        if not images:
+            raise InvalidInputError(f"input 'image': {image!r} holds no picture")
         return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks))
 
     @classmethod
@@ -103,13 +86,15 @@ class LoadImageMask(Node):
     def execute(cls, ctx: ExecutionContext, image: str, channel: str) -> tuple[torch.Tensor]:
         if channel not in CHANNELS:
             raise InvalidInputError(f"input 'channel': {channel!r} is not one of {', '.join(CHANNELS)}")
-        frame = _frame_rgba(_open(ctx, image))
-        if frame.getbands() != ("R", "G", "B", "A"):
-            frame = frame.convert("RGBA")
-        mask = np.asarray(frame.getchannel(channel[0].upper()), dtype=np.float32) / 255.0
+        first = next(frames(open_image(ctx, image), image), None)
+        if first is None:
+            raise InvalidInputError(f"input 'image': {image!r} holds no picture")
+        rgb, alpha = to_float_arrays(first)
         if channel == "alpha":
-            mask = 1.0 - mask
-        return (torch.from_numpy(mask).unsqueeze(0),)
+            mask = 1.0 - alpha if alpha is not None else np.zeros(rgb.shape[:2], dtype=np.float32)
+        else:
+            mask = rgb[..., CHANNELS.index(channel) - 1]
+        return (torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)).unsqueeze(0),)
 
     @classmethod
     def fingerprint(cls, ctx: ExecutionContext, image: str = "", **_: Any) -> str:
@@ -122,35 +107,45 @@ def _next_counter(folder: Path, base: str) -> int:
     return max(found, default=0) + 1
 
 
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """ComfyUI's SaveImage rule: `uint8(clip(255. * x, 0, 255))` in the tensor's float precision
+    (float32 for our IMAGEs), truncating, not rounding: the same tensor, the same bytes."""
+    x = images.detach().cpu()
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    return np.clip(255.0 * x.numpy(), 0, 255).astype(np.uint8)  # (B, H, W, 3)
+
+
 def save_png_batch(ctx: ExecutionContext, images: torch.Tensor, prefix: str, subfolder: str = "",
                    compress_level: int = 4) -> list[str]:
     """Write each image as `{prefix}_{counter:05}_.png` (relative paths returned) with the workflow in
-    the `prompt` and extra_pnginfo text chunks; temp file + os.replace, so never half-written."""
+    the `prompt` and extra_pnginfo text chunks; names claimed atomically, never half-written or replaced."""
     check_graph_image(images, "input 'images'")
     if not isinstance(prefix, str) or not prefix.strip():
         raise InvalidInputError(f"input 'filename_prefix' must be a non-empty string, got {prefix!r}")
     rel_prefix = f"{subfolder}/{prefix}" if subfolder else prefix
-    probe = ctx.output_path(f"{rel_prefix}_00000_.png")  # sandbox check; creates the folder
+    try:
+        probe = ctx.output_path(f"{rel_prefix}_00000_.png")  # sandbox and name checks; creates the folder
+    except InvalidInputError as e:
+        raise InvalidInputError(f"input 'filename_prefix': {e}") from None
+    except OSError as e:
+        raise StorageError(f"cannot create the output folder for {rel_prefix!r}: {e.strerror or e}") from None
     folder, base = probe.parent, probe.name[: -len("_00000_.png")]
     meta = PngInfo()
     meta.add_text("prompt", json.dumps(ctx.prompt))
     for key, value in (ctx.extra_pnginfo or {}).items():
         meta.add_text(str(key), json.dumps(value))
-    pixels = (images.detach().float().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()  # (B, H, W, 3)
     counter = _next_counter(folder, base)
     written = []
-    for frame in pixels:
-        final = folder / f"{base}_{counter:05}_.png"
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=folder)
+    for frame in to_uint8(images):
+        buf = io.BytesIO()
+        Image.fromarray(frame).save(buf, format="PNG", pnginfo=meta, compress_level=compress_level)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                Image.fromarray(frame).save(fh, format="PNG", pnginfo=meta, compress_level=compress_level)
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            final = claim_and_write(folder, base, counter, buf.getvalue())
+        except OSError as e:
+            raise StorageError(f"cannot write {base}_*.png in {folder}: {e.strerror or e}") from None
         written.append(final.relative_to(Path(ctx.output_dir).resolve()).as_posix())
-        counter += 1
+        counter = int(final.name[len(base) + 1:-len("_.png")]) + 1
     return written
 
 
@@ -224,10 +219,12 @@ class ImageScale(Node):
         H, W = x.shape[-2:]
         width = width or max(1, round(W * height / H))
         height = height or max(1, round(H * width / W))
-        if crop == "center":
+        check_image_size(x.shape[0], height, width, "ImageScale output")
+        if crop == "center":  # ComfyUI's centre crop, but never down to zero rows / columns (it crashes there)
             old_aspect, new_aspect = W / H, width / height
             dx = round((W - W * (new_aspect / old_aspect)) / 2) if old_aspect > new_aspect else 0
             dy = round((H - H * (old_aspect / new_aspect)) / 2) if old_aspect < new_aspect else 0
+            dx, dy = min(dx, (W - 1) // 2), min(dy, (H - 1) // 2)
             x = x[:, :, dy:H - dy, dx:W - dx]
         if upscale_method == "lanczos":
             out = _lanczos(x, width, height)

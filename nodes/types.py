@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..engine.errors import InvalidInputError, MissingFileError
+from ..engine.errors import InvalidInputError, MissingFileError, UnsupportedError
+from ..engine.limits import check_batch
 from ..engine.quantize import QUANT_MODES
 from .base import FLOAT, INT, InputSpec
 
@@ -104,10 +105,13 @@ def resolve_model_name(name: str) -> str:
 def resolve_device(device: str) -> str:
     if device not in DEVICES:
         raise InvalidInputError(f"input 'device': {device!r} is not one of {', '.join(DEVICES)}")
-    if device == "auto":
-        import torch
+    import torch
 
+    if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UnsupportedError("input 'device': 'cuda' was requested but no CUDA device is available "
+                               "(or this torch build has no CUDA); use 'auto' or 'cpu'")
     return device
 
 
@@ -172,6 +176,7 @@ def match_batch(cond: Any, n: int, what: str = "image"):
 
     if not isinstance(cond, Conditioning):
         raise InvalidInputError(f"input 'cond' must come from ARClassCondition (AR_COND), got {type(cond).__name__}")
+    check_batch(max(cond.batch, n), f"input {what!r}")
     if cond.batch == n or n == 1:
         return cond
     if cond.batch == 1:

@@ -107,11 +107,28 @@ def test_failing_node_is_wrapped_once(dirs):
     with pytest.raises(NodeExecutionError) as info:
         Executor(R).run(g.build(), on_event=events.append, **dirs)
     err = info.value
-    assert str(err) == "node 2 (Fail): boom: x must be even"
+    assert str(err) == "node 2 (Fail): internal error (ValueError: boom: x must be even)"
+    assert err.internal, "a bare ValueError escaping a node is our bug, not bad input"
     assert (err.node_id, err.class_type) == ("2", "Fail")
     assert isinstance(err.__cause__, ValueError) and err.original is err.__cause__
     assert events[-1].kind == "error" and events[-1].node_id == "2"
     assert "3" not in stubs.CALLS
+
+
+def test_typed_error_in_a_node_is_a_user_error(dirs):
+    from arnodes.engine.errors import InvalidInputError
+
+    class Picky(stubs.Node):
+        SPEC = stubs.spec("Picky", [], [])
+
+        @classmethod
+        def execute(cls, ctx):
+            raise InvalidInputError("input 'x': must be even")
+
+    with pytest.raises(NodeExecutionError) as info:
+        run_workflow({"1": {"class_type": "Picky", "inputs": {}}}, {"Picky": Picky}, **dirs)
+    assert str(info.value) == "node 1 (Picky): input 'x': must be even"
+    assert not info.value.internal
 
 
 def test_wrong_output_count_names_the_node(dirs):
@@ -122,7 +139,7 @@ def test_wrong_output_count_names_the_node(dirs):
         def execute(cls, ctx):
             return (1,)
 
-    with pytest.raises(NodeExecutionError, match=r"node 1 \(Bad\): execute returned 1 output\(s\)"):
+    with pytest.raises(NodeExecutionError, match=r"node 1 \(Bad\): internal error \(TypeError: execute returned 1 output\(s\)"):
         run_workflow({"1": {"class_type": "Bad", "inputs": {}}}, {"Bad": Bad}, **dirs)
 
 

@@ -1,6 +1,7 @@
 """ComfyUI core image nodes (LoadImage, LoadImageMask, SaveImage, PreviewImage, ImageScale) and ARRegionMask."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 
@@ -9,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from arnodes.engine.errors import InvalidInputError, MissingFileError
+from arnodes.engine.errors import InvalidInputError, MissingFileError, StorageError
 from arnodes.graph import read_png_text
+from arnodes.nodes import image_files
 from arnodes.nodes.base import ExecutionContext
 from arnodes.nodes.io_image import ImageScale, LoadImage, LoadImageMask, PreviewImage, SaveImage
 from arnodes.nodes.masks import ARRegionMask
@@ -85,7 +87,7 @@ def test_save_image_png_with_workflow_chunks_and_counter(ctx):
     chunks = read_png_text(first.read_bytes())
     assert json.loads(chunks["prompt"]) == ctx.prompt and json.loads(chunks["workflow"]) == {"nodes": []}
     saved = np.asarray(Image.open(first))
-    assert saved.shape == (5, 7, 3) and np.array_equal(saved, (images[0] * 255).round().byte().numpy())
+    assert saved.shape == (5, 7, 3) and np.array_equal(saved, np.clip(255.0 * images[0].numpy(), 0, 255).astype(np.uint8))
     again = SaveImage.execute(ctx, images=images[:1], filename_prefix="run/cat")
     assert again.ui["images"] == ["run/cat_00003_.png"]
     assert sorted(p.name for p in (ctx.output_dir / "run").iterdir()) == [
@@ -97,11 +99,10 @@ def test_save_image_refuses_escapes_and_leaves_nothing_half_written(ctx, monkeyp
         with pytest.raises(InvalidInputError):
             SaveImage.execute(ctx, images=torch.rand(1, 4, 4, 3), filename_prefix=bad)
 
-    def broken_save(self, fp, *args, **kwargs):
-        fp.write(b"\x89PNG partial")
-        raise OSError("disk full")
-    monkeypatch.setattr(Image.Image, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(image_files.os, "fsync", disk_full)
+    with pytest.raises(StorageError, match="No space left on device"):
         SaveImage.execute(ctx, images=torch.rand(1, 4, 4, 3), filename_prefix="x")
     assert list(ctx.output_dir.iterdir()) == []  # no PNG, no temp file
 

@@ -84,8 +84,12 @@ def test_inpaint_keeps_unmasked_pixels_exactly(setup, name):
     (out,) = ARInpaint.execute(ctx, model=model, cond=cond, image=small, mask=center_mask(small),
                                keep_unmasked=True, **S)
     assert out.shape == small.shape and torch.equal(out[0][:8], small[0][:8])
-    with pytest.raises(InvalidInputError, match="input 'mask' is 32x32 but the image is 64x64"):
-        ARInpaint.execute(ctx, model=model, cond=cond, image=image, mask=mask[:, ::2, ::2], keep_unmasked=True, **S)
+    # a mask of another size is resized to the image (as ComfyUI does): same result as the full-size mask
+    (resized,) = ARInpaint.execute(ctx, model=model, cond=cond, image=image, mask=mask[:, ::2, ::2],
+                                   keep_unmasked=True, **S)
+    assert resized.shape == image.shape
+    assert torch.equal(resized[0, :14], image[0, :14]) and torch.equal(resized[0, 50:], image[0, 50:])
+    assert not torch.equal(resized[0, 20:44, 20:44], image[0, 20:44, 20:44])
     with pytest.raises(InvalidInputError, match="input 'mask' has 2 masks for 1 images"):
         ARInpaint.execute(ctx, model=model, cond=cond, image=image, mask=mask.repeat(2, 1, 1), keep_unmasked=True, **S)
 

@@ -1,0 +1,124 @@
+"""Size limits, checked before any work: a request too big for the machine is refused with the
+numbers, instead of allocating until the kernel kills the process.
+
+Each limit has a default and an environment variable, read at every check (a server or a test
+can change it without a restart):
+
+==========================  ==========  =====================================================
+variable                    default     what it bounds
+==========================  ==========  =====================================================
+``ARNODES_MAX_BATCH``       64          images one node makes at once (classes x batch size)
+``ARNODES_MAX_SIDE``        16384       width or height of an image a node makes or loads
+``ARNODES_MAX_PIXELS``      67108864    pixels of one batch (B x H x W) a node makes or loads
+``ARNODES_MAX_NODES``       1000        nodes in one workflow
+``ARNODES_MAX_FRAMES``      1           frames LoadImage reads from an animation (1 = the first)
+==========================  ==========  =====================================================
+
+On top of these, :func:`check_memory` refuses a request whose estimated working memory is more
+than the memory available now (``MemAvailable`` on Linux, free memory on a CUDA device).
+
+Torch-free at import time: the graph layer checks the node count with it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .errors import InvalidInputError, LimitError
+
+DEFAULTS: dict[str, int] = {
+    "ARNODES_MAX_BATCH": 64,
+    "ARNODES_MAX_SIDE": 16384,
+    "ARNODES_MAX_PIXELS": 64 * 1024 * 1024,
+    "ARNODES_MAX_NODES": 1000,
+    "ARNODES_MAX_FRAMES": 1,
+}
+_FLOAT_IMAGE_BYTES = 3 * 4  # an IMAGE pixel: 3 float32 channels
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_batch: int
+    max_side: int
+    max_pixels: int
+    max_nodes: int
+    max_frames: int
+
+
+def _env_int(name: str) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return DEFAULTS[name]
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInputError(f"{name} must be a positive integer, got {raw!r}") from None
+    if value < 1:
+        raise InvalidInputError(f"{name} must be a positive integer, got {value}")
+    return value
+
+
+def current() -> Limits:
+    """The limits in force now (environment variables over the defaults)."""
+    return Limits(_env_int("ARNODES_MAX_BATCH"), _env_int("ARNODES_MAX_SIDE"), _env_int("ARNODES_MAX_PIXELS"),
+                  _env_int("ARNODES_MAX_NODES"), _env_int("ARNODES_MAX_FRAMES"))
+
+
+def check_batch(n: int, what: str) -> None:
+    """Refuse a batch of ``n`` images before anything is allocated for it."""
+    limit = current().max_batch
+    if n > limit:
+        raise LimitError(f"{what}: a batch of {n} images is more than the limit of {limit} "
+                         f"(ARNODES_MAX_BATCH); split the request")
+
+
+def check_image_size(batch: int, height: int, width: int, what: str) -> None:
+    """Refuse an image (batch) larger than the side / pixel limits or than the memory available."""
+    lim = current()
+    if height < 1 or width < 1:
+        raise InvalidInputError(f"{what}: an image of {width}x{height} pixels is empty")
+    if max(height, width) > lim.max_side:
+        raise LimitError(f"{what}: {width}x{height} pixels exceeds the limit of {lim.max_side} pixels per side "
+                         f"(ARNODES_MAX_SIDE)")
+    total = batch * height * width
+    if total > lim.max_pixels:
+        raise LimitError(f"{what}: {batch} image(s) of {width}x{height} = {total:,} pixels exceeds the limit of "
+                         f"{lim.max_pixels:,} pixels per batch (ARNODES_MAX_PIXELS)")
+    check_memory(total * _FLOAT_IMAGE_BYTES * 4, what)  # input, output and two temporaries
+
+
+def check_node_count(n: int) -> None:
+    limit = current().max_nodes
+    if n > limit:
+        raise LimitError(f"workflow has {n} nodes, more than the limit of {limit} (ARNODES_MAX_NODES)")
+
+
+def available_bytes(device: str = "cpu") -> int | None:
+    """Memory free for new allocations on ``device`` now; None when it cannot be told."""
+    if str(device).startswith("cuda"):
+        try:
+            import torch
+
+            return int(torch.cuda.mem_get_info(device)[0]) if torch.cuda.is_available() else None
+        except (RuntimeError, AssertionError):
+            return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_memory(estimate: int, what: str, device: str = "cpu") -> None:
+    """Refuse work whose estimated memory (bytes) is more than what is available on ``device``."""
+    free = available_bytes(device)
+    if free is not None and estimate > free:
+        raise LimitError(f"{what}: needs about {_gib(estimate)} of memory but only {_gib(free)} is available on "
+                         f"{device}; make the request smaller")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2 ** 30:.1f} GiB"
