@@ -6,6 +6,8 @@ Models are built on the meta device and receive their tensors with
 from __future__ import annotations
 
 import pickle
+import stat
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, TypeVar
 
@@ -21,30 +23,54 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
 def read_checkpoint(path: str | Path) -> object:
-    """Read a checkpoint file into CPU tensors without executing arbitrary pickled code."""
+    """Read a checkpoint file into CPU tensors without executing arbitrary pickled code.
+
+    Zip-format torch files (``torch.save`` since 1.6) are memory-mapped; legacy (non-zip) ones
+    cannot be, and are read whole, still through ``weights_only`` unpickling.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"checkpoint file not found: {path}")
+    _check_file(path)
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
             return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from e
     if suffix in PICKLE_SUFFIXES:
         try:
-            return torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+            return torch.load(str(path), map_location="cpu", mmap=zipfile.is_zipfile(path), weights_only=True)
         except pickle.UnpicklingError as e:
             raise CheckpointError(
                 f"{path}: refused to unpickle: the file holds Python objects other than tensors, which "
-                f"weights_only loading does not allow ({str(e).splitlines()[0]}). Convert it to .safetensors "
+                f"weights_only loading does not allow ({_first_line(e)}). Convert it to .safetensors "
                 f"with a tool you trust.") from e
-        except (RuntimeError, EOFError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({str(e).splitlines()[0]})") from e
+        except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError,
+                IndexError, UnicodeDecodeError, zipfile.BadZipFile) as e:
+            raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({_first_line(e)})") from e
     raise CheckpointError(f"{path}: unknown checkpoint format {suffix!r}; expected one of "
                           f"{SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES}")
+
+
+def _check_file(path: Path) -> None:
+    """A readable, non-empty regular file: anything else gets an error naming the file and the problem."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise MissingFileError(f"checkpoint file not found: {path}") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot access the checkpoint ({e.strerror or e})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{path}: not a regular file (a pipe or device), refused as a checkpoint")
+    if st.st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes); the download or copy did not finish")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:300]
 
 
 def unwrap_state_dict(obj: object, nesting: Iterable[str] = ("model", "module", "state_dict"),
@@ -64,15 +90,25 @@ def unwrap_state_dict(obj: object, nesting: Iterable[str] = ("model", "module", 
 
 def check_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str,
                      optional: Iterable[str] = ()) -> None:
-    """Raise one CheckpointError listing every missing, unexpected and misshaped key."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    """Raise one short CheckpointError listing every missing, unexpected, misshaped, wrong-dtype
+    and non-finite tensor (at most 8 names per kind)."""
+    own = model.state_dict()
+    expected = {k: tuple(v.shape) for k, v in own.items()}
     optional = set(optional)
     missing = [k for k in expected if k not in sd and k not in optional]
     unexpected = [k for k in sd if k not in expected]
+    present = [k for k in expected if k in sd]
     misshaped = [f"{k}: file {tuple(sd[k].shape)} vs model {expected[k]}"
-                 for k in expected if k in sd and tuple(sd[k].shape) != expected[k]]
+                 for k in present if tuple(sd[k].shape) != expected[k]]
+    wrong_dtype = [f"{k}: file {_dtype_name(sd[k])} vs model {_dtype_name(own[k])}"
+                   for k in present if isinstance(sd[k], torch.Tensor) and not _dtype_fits(sd[k], own[k])]
+    weights = {name for name, _ in model.named_parameters()}  # buffers may hold -inf on purpose (masks)
+    non_finite = [k for k in present if k in weights and isinstance(sd[k], torch.Tensor)
+                  and sd[k].is_floating_point() and sd[k].device.type != "meta"
+                  and not bool(torch.isfinite(sd[k]).all())]
     problems = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", misshaped)):
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", misshaped),
+                         ("wrong dtypes", wrong_dtype), ("NaN or infinite values in", non_finite)):
         if items:
             more = f" ... and {len(items) - 8} more" if len(items) > 8 else ""
             problems.append(f"{label} ({len(items)}): {', '.join(items[:8])}{more}")
@@ -80,11 +116,29 @@ def check_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: s
         raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems))
 
 
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def _dtype_fits(file_t: torch.Tensor, model_t: torch.Tensor) -> bool:
+    """Float weights may come in any float precision (converted on load); integer and bool buffers
+    must stay integer / bool. Float stored as int64 (or the reverse) is a broken file."""
+    if model_t.is_floating_point():
+        return file_t.is_floating_point()
+    if model_t.dtype == torch.bool:
+        return file_t.dtype == torch.bool
+    return not file_t.is_floating_point() and not file_t.is_complex() and file_t.dtype != torch.bool
+
+
 def load_into(model: M, sd: Mapping[str, torch.Tensor], source: str, optional: Iterable[str] = ()) -> M:
-    """Strictly load ``sd`` (after :func:`check_state_dict`) by assignment; meta-built models welcome."""
+    """Strictly load ``sd`` (after :func:`check_state_dict`) by assignment; meta-built models welcome.
+
+    Float tensors stored in another float precision are converted to the model's.
+    """
     check_state_dict(model, sd, source, optional)
     own = model.state_dict()
-    full = dict(sd)
+    full = {k: v.to(own[k].dtype) if v.is_floating_point() and v.dtype != own[k].dtype else v
+            for k, v in sd.items()}
     for k in optional:  # keep the model's own value for optional buffers the file lacks
         if k not in full and k in own:
             full[k] = own[k] if own[k].device.type != "meta" else torch.zeros(own[k].shape, dtype=own[k].dtype)
