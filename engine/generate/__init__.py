@@ -36,8 +36,10 @@ def empty_canvas(bundle, batch: int) -> TokenCanvas:
 
 def generate(bundle, cond: Conditioning, canvas: TokenCanvas | None = None, params: SamplingParams | None = None,
              seed: int | None = None, generator: torch.Generator | None = None,
-             progress: Callable[[int, int], None] | None = None, trace: dict | None = None) -> TokenCanvas:
-    """Generate the unknown tokens of ``canvas`` (all of them when None) under ``cond``."""
+             progress: Callable[[int, int], None] | None = None, trace: dict | None = None,
+             compile: str | None = None) -> TokenCanvas:
+    """Generate the unknown tokens of ``canvas`` (all of them when None) under ``cond``.
+    ``compile``: "auto" | "on" | "off" for the decode step (None: the process default, generate/compiled.py)."""
     if canvas is None:
         canvas = empty_canvas(bundle, cond.batch)
     else:
@@ -51,10 +53,11 @@ def generate(bundle, cond: Conditioning, canvas: TokenCanvas | None = None, para
     if bundle.family == "var":
         from .next_scale import generate_scales
         params = params or SamplingParams(top_k=bundle.defaults.get("top_k", 0), top_p=bundle.defaults.get("top_p", 1.0))
-        return generate_scales(bundle.generator, bundle.tokenizer, cond, canvas, params, generator, progress, trace)
+        return generate_scales(bundle.generator, bundle.tokenizer, cond, canvas, params, generator, progress, trace,
+                               compile=compile)
     if bundle.family == "llamagen":
         from .next_token import generate_tokens
         params = params or SamplingParams(top_k=bundle.defaults.get("top_k", 0), top_p=bundle.defaults.get("top_p", 1.0),
                                           temperature=bundle.defaults.get("temperature", 1.0), top_p_style="llamagen")
-        return generate_tokens(bundle.generator, cond, canvas, params, generator, progress, trace)
+        return generate_tokens(bundle.generator, cond, canvas, params, generator, progress, trace, compile=compile)
     raise InvalidInputError(f"unknown model family {bundle.family!r}")

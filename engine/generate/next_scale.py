@@ -20,6 +20,7 @@ from ..models.var import VAR
 from ..sampling import SamplingParams, filter_logits, gumbel_softmax, sample_from_logits
 from ..tokenizers.msvq import MSVQTokenizer
 from .canvas import TokenCanvas
+from .compiled import step_function, wants_compile
 
 Progress = Callable[[int, int], None]
 
@@ -52,9 +53,11 @@ def scale_known_masks(keep_fine: torch.Tensor, patch_nums: tuple[int, ...]) -> l
 @torch.no_grad()
 def generate_scales(model: VAR, tokenizer: MSVQTokenizer, cond: Conditioning, canvas: TokenCanvas,
                     params: SamplingParams, generator: torch.Generator | None,
-                    progress: Progress | None = None, trace: dict | None = None) -> TokenCanvas:
+                    progress: Progress | None = None, trace: dict | None = None,
+                    compile: str | None = None) -> TokenCanvas:
     """Fill the canvas scale by scale. ``trace`` (optional) receives per-scale guided logits and
-    sampled / used tokens; ``progress(step, total)`` may raise CancelledError between scales."""
+    sampled / used tokens; ``progress(step, total)`` may raise CancelledError between scales;
+    ``compile``: "auto" | "on" | "off" for the per-scale step (None: the process default)."""
     cfg = model.cfg
     pns, S, B = cfg.patch_nums, len(cfg.patch_nums), cond.batch
     if canvas.batch != B:
@@ -70,6 +73,7 @@ def generate_scales(model: VAR, tokenizer: MSVQTokenizer, cond: Conditioning, ca
     model.setup_caches(all_labels.shape[0])
     emb = tokenizer.embedding_weight
     class_cond = model.conditioning(all_labels)  # once per image: AdaLN depends on the class only
+    step, compiled = step_function(model, "scale_step", dynamic=True), wants_compile(compile, device)
     lvl_pos = model.level_pos()
     x = model.first_tokens(class_cond.class_BD, lvl_pos)
     f_hat = emb.new_zeros(B, cfg.cvae, pns[-1], pns[-1])
@@ -77,8 +81,7 @@ def generate_scales(model: VAR, tokenizer: MSVQTokenizer, cond: Conditioning, ca
     any_known = [bool(k.any()) for k in canvas.known]  # one check up front, none inside the loop
     start = 0
     for si, pn in enumerate(pns):
-        h = model.forward_scale(x, class_cond.block_mods, start)
-        logits = model.logits(h, class_cond)  # (NB, l, V)
+        logits = step(compiled, x, class_cond.block_mods, class_cond.head_mods, start)  # (NB, l, V)
         if guided:
             logits = cfg_mix_var(logits[:B], logits[B:], schedule(cond.cfg, si, S))
         filtered = filter_logits(logits, params)

@@ -22,6 +22,7 @@ from ..errors import InvalidInputError
 from ..guidance import cfg_combine, llamagen_guided_step
 from ..sampling import SamplingParams, sample
 from .canvas import TokenCanvas
+from .compiled import step_function, wants_compile
 
 FAMILY = "llamagen"
 Progress = Callable[[int, int], None]
@@ -38,6 +39,7 @@ class _Step:
     params: SamplingParams
     generator: torch.Generator | None
     trace: dict | None
+    compiled: bool  # run the compiled decode step (static shapes: attention over the whole cache)
 
 
 def _choose(logits: torch.Tensor, t: int, s: _Step, tokens_BL: torch.Tensor, known_BL: torch.Tensor) -> torch.Tensor:
@@ -60,14 +62,16 @@ def prefill(model, labels: torch.Tensor, positions: torch.Tensor, s: _Step, toke
             known_BL: torch.Tensor) -> torch.Tensor:
     """Class token(s) -> token 0 (B,)."""
     cls = model.config.cls_token_num
-    return _choose(model.prefill(labels, positions[:cls]), 0, s, tokens_BL, known_BL)
+    return _choose(model.prefill(labels, positions[:cls], cls), 0, s, tokens_BL, known_BL)
 
 
 def decode_one_token(model, feed: torch.Tensor, t: int, positions: torch.Tensor, s: _Step,
                      tokens_BL: torch.Tensor, known_BL: torch.Tensor) -> torch.Tensor:
     """Feed token t-1 (in ``feed``, (B or 2B, 1)) at its position -> token t (B,)."""
     pos = model.config.cls_token_num + t - 1
-    logits = model.decode_step(feed, positions[pos:pos + 1])  # (B or 2B, V)
+    step = step_function(model, "decode_step")
+    kv_len = None if s.compiled else pos + 1  # eager: attend the filled prefix only
+    logits = step(s.compiled, feed, positions[pos:pos + 1], kv_len)  # (B or 2B, V)
     return _choose(logits, t, s, tokens_BL, known_BL)
 
 
@@ -126,12 +130,14 @@ def _canvas_tensors(model, canvas: TokenCanvas | None, batch: int, device: torch
 @torch.no_grad()
 def generate_tokens(model, cond: Conditioning, canvas: TokenCanvas | None, params: SamplingParams,
                     generator: torch.Generator | None, progress: Progress | None = None,
-                    trace: dict | None = None, *, tokenizer_id: str = FAMILY) -> TokenCanvas:
+                    trace: dict | None = None, *, tokenizer_id: str = FAMILY,
+                    compile: str | None = None) -> TokenCanvas:
     """Generate (or complete) a raster token grid; returns a fully known canvas (B, g, g).
 
     ``params.top_p_style`` is forced to LlamaGen's rule. ``progress(step, total)`` runs once per
     token and may raise CancelledError to stop. ``trace`` (a dict) receives per step the raw
     logits (B or 2B, V) under "raw_logits" and the guided ones (B, V) under "guided_logits".
+    ``compile``: "auto" | "on" | "off" for the decode step (None: the process default, see compiled.py).
     """
     device = model.output.weight.device
     labels, guided = _labels(model, cond, device)
@@ -142,7 +148,8 @@ def generate_tokens(model, cond: Conditioning, canvas: TokenCanvas | None, param
     L, cls = model.config.block_size, model.config.cls_token_num
     model.setup_caches(labels.shape[0], cls + L)
     positions = torch.arange(cls + L, device=device)  # (cls + L,) sliced into views per step
-    s = _Step(B, guided, float(cond.cfg), int(cond.cfg_interval), params, generator, trace)
+    s = _Step(B, guided, float(cond.cfg), int(cond.cfg_interval), params, generator, trace,
+              wants_compile(compile, device))
     first = prefill(model, labels, positions, s, tokens_BL, known_BL)
     if progress is not None:
         progress(1, L)

@@ -157,8 +157,9 @@ class Attention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, input_pos: torch.Tensor | None,
-                mask: torch.Tensor | None) -> torch.Tensor:
-        """x (B, S, D); with ``input_pos`` the keys/values go through the static cache."""
+                mask: torch.Tensor | None, kv_len: int | None = None) -> torch.Tensor:
+        """x (B, S, D); with ``input_pos`` the keys/values go through the static cache, of which the
+        first ``kv_len`` positions are attended (None: all of it, the static shape a CUDA graph needs)."""
         B, S, _ = x.shape
         qkv = self.wqkv(x)  # (B, S, (H + 2 Hkv) * hd)
         heads = self.n_head + self.n_kv_head
@@ -169,6 +170,8 @@ class Attention(nn.Module):
         if input_pos is not None:
             assert self.kv_cache is not None, "setup_caches() must run before cached attention"
             k, v = self.kv_cache.update(input_pos, k, v)  # the whole static buffers (B, Hkv, T, hd)
+            if kv_len is not None:
+                k, v = k[:, :, :kv_len], v[:, :, :kv_len]  # (B, Hkv, kv_len, hd)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                            enable_gqa=self.n_kv_head != self.n_head)  # (B, H, S, hd)
         return self.wo(y.transpose(1, 2).reshape(B, S, self.q_dim))
@@ -196,8 +199,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, input_pos: torch.Tensor | None,
-                mask: torch.Tensor | None) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), rope, input_pos, mask)
+                mask: torch.Tensor | None, kv_len: int | None = None) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), rope, input_pos, mask, kv_len)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -286,19 +289,22 @@ class LlamaGen(nn.Module):
         self._rope_on(device)
         logger.debug("LlamaGen KV cache: batch %d, length %d, %s", max_batch_size, T, dtype)
 
-    def _run_cached(self, h: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        """h (B, S, D) at positions input_pos (S,) -> logits of the last position (B, V) float32."""
+    def _run_cached(self, h: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None) -> torch.Tensor:
+        """h (B, S, D) at positions input_pos (S,) -> logits of the last position (B, V) float32.
+        ``kv_len``: attend only the first kv_len cache positions (eager decoding; None = the whole cache)."""
         assert self.causal_mask is not None, "setup_caches() must run before prefill/decode_step"
         mask = self.causal_mask[input_pos][None, None]  # (1, 1, S, T)
+        if kv_len is not None:
+            mask = mask[..., :kv_len]  # (1, 1, S, kv_len)
         rope = self.freqs_cis[input_pos]  # (S, hd/2, 2)
         for layer in self.layers:
-            h = layer(h, rope, input_pos, mask)
+            h = layer(h, rope, input_pos, mask, kv_len)
         return self.output(self.norm(h[:, -1])).float()  # (B, V)
 
-    def prefill(self, labels: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    def prefill(self, labels: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None = None) -> torch.Tensor:
         """Class tokens (B,) at positions [0, cls) -> logits (B, V) for token 0."""
-        return self._run_cached(self.cls_embedding(labels), input_pos)
+        return self._run_cached(self.cls_embedding(labels), input_pos, kv_len)
 
-    def decode_step(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    def decode_step(self, tokens: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None = None) -> torch.Tensor:
         """tokens (B, 1) at position input_pos (1,) -> logits (B, V) for the next token."""
-        return self._run_cached(self.tok_embeddings(tokens), input_pos)
+        return self._run_cached(self.tok_embeddings(tokens), input_pos, kv_len)

@@ -217,9 +217,9 @@ class VAR(nn.Module):
         sos = cond_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, self.first_l, -1)
         return sos + lvl_pos[:, :self.first_l]  # (B, first_l, C)
 
-    def logits(self, h: torch.Tensor, cond: ClassConditioning) -> torch.Tensor:
+    def logits(self, h: torch.Tensor, head_mods: torch.Tensor) -> torch.Tensor:
         """Head in the model's float dtype (in float32 the reference's path), logits in float32."""
-        return self.head(self.head_nm(h.to(self.pos_1LC.dtype), cond.head_mods)).float()  # (B, l, V)
+        return self.head(self.head_nm(h.to(self.pos_1LC.dtype), head_mods)).float()  # (B, l, V)
 
     def forward(self, labels: torch.Tensor, var_input: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: labels (B,), var_input (B, L-first_l, Cvae) -> logits (B, L, V)."""
@@ -231,7 +231,7 @@ class VAR(nn.Module):
         bias = self.attn_bias_for_masking.to(x.dtype)
         for block, mods in zip(self.blocks, cond.block_mods):
             x = block(x, mods, bias)
-        return self.logits(x, cond)
+        return self.logits(x, cond.head_mods)
 
     # --- KV-cached inference, one call per scale ---
     def setup_caches(self, batch: int, dtype: torch.dtype | None = None) -> None:
@@ -253,3 +253,9 @@ class VAR(nn.Module):
         for block, mods in zip(self.blocks, block_mods):
             x = block(x, mods, None, start)
         return x
+
+    def scale_step(self, x: torch.Tensor, block_mods: list[torch.Tensor], head_mods: torch.Tensor,
+                   start: int) -> torch.Tensor:
+        """One scale's decode step: tokens x (B, l, C) at [start, start+l) -> logits (B, l, V) float32.
+        The unit that is compiled (one graph per scale); sampling stays outside it."""
+        return self.logits(self.forward_scale(x, block_mods, start), head_mods)
