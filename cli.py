@@ -223,12 +223,19 @@ def cmd_ui(args: argparse.Namespace) -> list[Path]:
     return []
 
 
+def compile_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--compile", choices=["auto", "on", "off"], default=None,
+                    help="compile the decode step with torch.compile (auto = on CUDA only; default: "
+                         "$ARNODES_COMPILE or auto); a failed compile falls back to eager")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="arnodes", description="Autoregressive image generation as node graphs.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
     def io(sp: argparse.ArgumentParser) -> None:
+        compile_flag(sp)
         sp.add_argument("--input-dir", default="input", help="folder LoadImage reads from (sandboxed)")
         sp.add_argument("--output-dir", default="output", help="folder SaveImage writes to (sandboxed)")
         sp.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -283,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=7860)
     u.add_argument("--share", default="false", choices=["true", "false"])
+    compile_flag(u)
     u.set_defaults(func=cmd_ui)
     return p
 
@@ -308,6 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Exit 0 on success, 2 on bad input ("error: ..."), 70 on an internal error, 130 on Ctrl-C."""
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "compile", None):
+            from .engine.generate.compiled import set_default_mode
+            set_default_mode(args.compile)
         for path in args.func(args):
             print(path)
         return 0

@@ -88,3 +88,24 @@ def test_inpaint_shortcut_keeps_unmasked_pixels(capsys, models_dir, tmp_path):
     assert code == 0, err
     a, b = np.asarray(Image.open(tmp_path / "in.png")), np.asarray(Image.open(out))
     assert np.array_equal(a[:16], b[:16]) and not np.array_equal(a[16:48, 16:48], b[16:48, 16:48])
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_generate_in_half_precision_with_the_compile_switch(capsys, models_dir, tmp_path, dtype):
+    from arnodes.engine.generate import compiled
+    out = tmp_path / f"{dtype}.png"
+    try:
+        code, stdout, err = run_cli(capsys, "generate", "--model", TINY_VAR, "--class", "1", "--dtype", dtype,
+                                    "--compile", "off", "--out", str(out), "--quiet")
+        assert compiled.default_mode() == "off"
+    finally:
+        compiled.set_default_mode(None)
+    assert code == 0, err
+    assert Image.open(out).size == (64, 64)
+
+
+def test_bad_compile_mode_from_the_environment_is_a_user_error(capsys, models_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("ARNODES_COMPILE", "sometimes")
+    code, _, err = run_cli(capsys, "generate", "--model", TINY_VAR, "--class", "1", "--out",
+                           str(tmp_path / "x.png"), "--quiet")
+    assert code == 2 and err.startswith("error:") and "sometimes" in err
