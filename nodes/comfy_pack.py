@@ -12,14 +12,18 @@ The core-named nodes (LoadImage, SaveImage, ...) are not exported: ComfyUI has i
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..engine.errors import ArnodesError
 from . import REGISTRY
 from .base import COMBO, ExecutionContext, InputSpec, NodeResult, NodeSpec
+
+logger = logging.getLogger(__name__)
 
 CATEGORY_ROOT = "arnodes"
 FUNCTION_NAME = "run"
@@ -106,7 +110,14 @@ def make_comfy_class(node_cls: type) -> type:
         for i in spec.inputs:  # ComfyUI passes widget FLOATs as given; the nodes expect floats
             if i.type == "FLOAT" and isinstance(kwargs[i.name], int) and not isinstance(kwargs[i.name], bool):
                 kwargs[i.name] = float(kwargs[i.name])
-        raw = node_cls.execute(ctx, **kwargs)
+        try:
+            raw = node_cls.execute(ctx, **kwargs)
+        except ArnodesError:
+            raise  # bad input: ComfyUI shows it as this node's execution error, naming the input
+        except Exception:
+            logger.exception("arnodes: internal error in node %s (%s); this is a bug in arnodes, please report it",
+                             ctx.node_id, spec.class_type)
+            raise
         if isinstance(raw, NodeResult):
             return {"ui": raw.ui or {}, "result": tuple(raw.outputs)}
         return tuple(raw) if raw is not None else ()
