@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
-from .blocks import Downsample, FusedQKVAttnBlock, ResnetBlock, Upsample, group_norm, swish
+from .blocks import Downsample, FusedQKVAttnBlock, ResnetBlock, Upsample, decode_cpu_friendly, group_norm, swish
 
 
 @dataclass(frozen=True)
@@ -341,7 +341,7 @@ class MSVQTokenizer(nn.Module):
 
     @torch.no_grad()
     def fhat_to_img(self, f_hat: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(f_hat)).clamp_(-1, 1)
+        return decode_cpu_friendly(self.decoder, self.post_quant_conv(f_hat)).clamp_(-1, 1)
 
     @torch.no_grad()
     def decode_scales(self, codes: list[torch.Tensor], upto: int | None = None) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
-from .blocks import Downsample, ResnetBlock, SplitQKVAttnBlock, Upsample, group_norm, swish
+from .blocks import Downsample, ResnetBlock, SplitQKVAttnBlock, Upsample, decode_cpu_friendly, group_norm, swish
 
 
 @dataclass(frozen=True)
@@ -261,7 +261,7 @@ class VQTokenizer(nn.Module):
 
     def decode(self, quant: torch.Tensor) -> torch.Tensor:
         """Latent (B, E, h, w) -> image (B, 3, H, W), not clamped."""
-        return self.decoder(self.post_quant_conv(quant))
+        return decode_cpu_friendly(self.decoder, self.post_quant_conv(quant))
 
     def decode_code(self, indices: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         """Official signature: flat or gridded indices and ``shape = (B, E, h, w)``; not clamped."""
