@@ -70,12 +70,14 @@ def _worker(job: dict) -> dict:
         from arnodes.engine.loader import build_module
         from arnodes.engine.models.llamagen import LlamaGenConfig
         from arnodes.engine.sampling import SamplingParams
-        model = build_module("llamagen", LlamaGenConfig.from_official(args), sd, job["weights"], device=device)
+        model = build_module("llamagen", LlamaGenConfig.from_official(args), sd, job["weights"], device=device,
+                             dtype=getattr(torch, job["dtype"]))
         cond = Conditioning(tuple(labels), cfg=job["cfg"])
         params = SamplingParams(temperature=1.0, top_k=top_k, top_p=1.0, top_p_style="llamagen")
 
         def once(seed: int):
-            return generate_tokens(model, cond, None, params, torch.Generator(device).manual_seed(seed))
+            out = generate_tokens(model, cond, None, params, torch.Generator(device).manual_seed(seed))
+            return out.grids[0].reshape(B, -1)
     else:
         sys.path.insert(0, job["reference_src"])  # only in this subprocess, only when asked
         from autoregressive.models.generate import generate
@@ -106,12 +108,13 @@ def _worker(job: dict) -> dict:
         times = []
         for i in range(job["iters"]):
             t0 = time.perf_counter()
-            once(100 + i)
+            tokens = once(100 + i)
             sync()
             times.append(time.perf_counter() - t0)
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     best = min(times)
-    out = {k: job[k] for k in ("impl", "model", "device", "batch", "cfg", "threads")}
+    out = {k: job[k] for k in ("impl", "model", "device", "batch", "cfg", "threads", "dtype")}
+    out["last_tokens"] = tokens.reshape(B, -1).tolist()  # the same seed in both implementations
     out.update(tokens=L, seconds_best=best, seconds_median=sorted(times)[len(times) // 2],
                tokens_per_s=B * L / best, peak_rss_mb=rss1 / 1024, rss_growth_in_timed_runs_mb=(rss1 - rss0) / 1024)
     if device.type == "cuda":
@@ -135,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=2000, help="official sampler default; clipped to the vocab")
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=torch_threads_default())
+    p.add_argument("--threads", nargs="+", type=int, default=[torch_threads_default()],
+                   help="thread counts to measure (e.g. 1 2)")
+    p.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"],
+                   help="our model's dtypes (the official code runs float32)")
     p.add_argument("--reference-src", type=Path, default=None, help="FoundationVision/LlamaGen checkout")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -145,35 +151,65 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     devices = a.devices or ["cpu"] + (["cuda"] if _cuda_available() else [])
-    impls = ["arnodes"] + (["official"] if a.reference_src else [])
     if a.reference_src and not (a.reference_src / "autoregressive" / "models" / "gpt.py").is_file():
         raise SystemExit(f"error: {a.reference_src} is not a LlamaGen checkout (autoregressive/models/gpt.py missing)")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in a.models:
             weights = _weights_file(model, Path(tmp))
-            for device in devices:
-                for batch in a.batch:
-                    row = {}
-                    for impl in impls:
-                        job = dict(impl=impl, model=model, device=device, batch=batch, cfg=a.cfg, top_k=a.top_k,
-                                   iters=a.iters, warmup=a.warmup, threads=a.threads, weights=str(weights),
-                                   model_args=_model_args(model), reference_src=str(a.reference_src))
-                        r = _run_job(job)
-                        results.append(r)
-                        row[impl] = r
-                        logger.info("%-8s %-7s %-4s B=%d: %8.1f tok/s  peak RSS %.0f MB", impl, model, device, batch,
-                                    r["tokens_per_s"], r["peak_rss_mb"])
-                    if "official" in row:
-                        ratio = row["arnodes"]["tokens_per_s"] / row["official"]["tokens_per_s"]
-                        row["arnodes"]["speedup_vs_official"] = ratio
-                        logger.info("ratio arnodes/official %s %s B=%d: %.2fx", model, device, batch, ratio)
-    report = {"benchmark": "llamagen_generate", "results": results}
+            for device, threads, batch in ((d, t, b) for d in devices for t in a.threads for b in a.batch):
+                runs = [("arnodes", dt) for dt in a.dtypes] + ([("official", "float32")] if a.reference_src else [])
+                row = {}
+                for impl, dtype in runs:
+                    job = dict(impl=impl, model=model, device=device, batch=batch, cfg=a.cfg, top_k=a.top_k,
+                               iters=a.iters, warmup=a.warmup, threads=threads, weights=str(weights), dtype=dtype,
+                               model_args=_model_args(model), reference_src=str(a.reference_src))
+                    row[(impl, dtype)] = r = _run_job(job)
+                    results.append(r)
+                    logger.info("%-8s %-8s %-7s %-4s %d threads B=%d: %8.1f tok/s  peak RSS %.0f MB", impl, dtype,
+                                model, device, threads, batch, r["tokens_per_s"], r["peak_rss_mb"])
+                _compare(row)
+            for r in results:
+                r.pop("last_tokens", None)
+    report = {"benchmark": "llamagen_generate", "env": _env(), "settings": {
+        "cfg": a.cfg, "top_k": a.top_k, "iters": a.iters, "warmup": a.warmup, "threads": a.threads,
+        "dtypes": a.dtypes, "official_dtype": "float32",
+        "reference": "FoundationVision/LlamaGen" if a.reference_src else None}, "results": results}
     text = json.dumps(report, indent=2)
     print(text)
     if a.out:
         a.out.write_text(text + "\n")
     return 0
+
+
+def _compare(row: dict) -> None:
+    """Speed against the official run, and how many tokens match: ours float32 vs official (same seed),
+    ours in half precision vs ours float32."""
+    ref = row.get(("official", "float32"))
+    ours32 = row.get(("arnodes", "float32"))
+    for (impl, dtype), r in row.items():
+        if impl != "arnodes":
+            continue
+        if ref is not None:
+            r["speedup_vs_official"] = r["tokens_per_s"] / ref["tokens_per_s"]
+            if dtype == "float32":
+                r["token_agreement_vs_official"] = _agreement(r["last_tokens"], ref["last_tokens"])
+        if dtype != "float32" and ours32 is not None:
+            r["token_agreement_vs_ours_float32"] = _agreement(r["last_tokens"], ours32["last_tokens"])
+
+
+def _agreement(a: list, b: list) -> float:
+    flat_a, flat_b = [t for row in a for t in row], [t for row in b for t in row]
+    return sum(x == y for x, y in zip(flat_a, flat_b)) / max(1, len(flat_a))
+
+
+def _env() -> dict:
+    import platform
+
+    import torch
+    return {"torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def torch_threads_default() -> int:

@@ -37,6 +37,7 @@ from common import cuda_peak_bytes, env_info, maxrss_bytes, run_json_subprocess,
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "reference" / "var" / "tiny_a"
 CONFIGS = ("fixture", "d16")
+IMAGE_MATCH_ATOL = 1e-3  # decoder rounding is ~1e-5; one different token moves pixels by far more
 SAMPLING = {"greedy": {"top_k": 1, "top_p": 0.0}, "demo": {"top_k": 900, "top_p": 0.95}}
 
 
@@ -103,7 +104,10 @@ def state_dicts(name: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Ten
 
 # ---- the two implementations ----------------------------------------------------------------------
 def build_ours(name: str, vae_sd: dict, var_sd: dict, device: str, batch: int, cfg_scale: float,
-               sampling: dict, seed: int) -> Callable[[], torch.Tensor]:
+               sampling: dict, seed: int, dtype: str = "float32",
+               tokens_out: dict | None = None) -> Callable[[], torch.Tensor]:
+    """Our public path; the generator in ``dtype`` (the tokenizer stays float32). The last call's
+    tokens go to ``tokens_out["tokens"]`` (flattened over scales) when given."""
     from arnodes.engine.classes import ClassNames
     from arnodes.engine.conditioning import Conditioning
     from arnodes.engine import tasks
@@ -112,7 +116,7 @@ def build_ours(name: str, vae_sd: dict, var_sd: dict, device: str, batch: int, c
     from arnodes.engine.sampling import SamplingParams
     tok_cfg, gen_cfg = configs(name)
     tok = build_module("msvq", tok_cfg, dict(vae_sd), f"{name}:vae", device)
-    var = build_module("var", gen_cfg, dict(var_sd), f"{name}:var", device)
+    var = build_module("var", gen_cfg, dict(var_sd), f"{name}:var", device, getattr(torch, dtype))
     bundle = ModelBundle(name=name, family="var", tokenizer=tok, generator=var,
                          classes=ClassNames([str(i) for i in range(gen_cfg.num_classes)]), image_size=tok_cfg.image_size)
     cond = Conditioning(tuple(labels(batch, gen_cfg.num_classes)), cfg=cfg_scale)
@@ -121,6 +125,8 @@ def build_ours(name: str, vae_sd: dict, var_sd: dict, device: str, batch: int, c
     @torch.no_grad()
     def run() -> torch.Tensor:
         out = generate(bundle, cond, params=params, seed=seed)
+        if tokens_out is not None:
+            tokens_out["tokens"] = torch.cat([g.reshape(g.shape[0], -1) for g in out.grids], 1)
         return tasks.decode(bundle, out).add_(1).mul_(0.5)  # decodes the f_hat built while generating
     return run
 
@@ -179,11 +185,14 @@ def labels(batch: int, num_classes: int) -> list[int]:
     return [(207 + 97 * i) % num_classes for i in range(batch)]
 
 
+IMPLS = {"ours": "float32", "ours-bfloat16": "bfloat16", "ours-float16": "float16"}  # ours, per dtype
+
+
 def build(impl: str, src: Path | None, name: str, device: str, batch: int, args: argparse.Namespace,
-          sds: tuple[dict, dict]) -> Callable[[], torch.Tensor]:
+          sds: tuple[dict, dict], tokens_out: dict | None = None) -> Callable[[], torch.Tensor]:
     common = dict(device=device, batch=batch, cfg_scale=args.cfg, sampling=SAMPLING[args.sampling], seed=args.seed)
-    if impl == "ours":
-        return build_ours(name, *sds, **common)
+    if impl in IMPLS:
+        return build_ours(name, *sds, **common, dtype=IMPLS[impl], tokens_out=tokens_out)
     return build_official(src, name, *sds, **common)
 
 
@@ -215,8 +224,9 @@ def measure_memory(impl: str, name: str, device: str, batch: int, args: argparse
 
 def bench_one(name: str, device: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
     sds = state_dicts(name)
-    impls = ["ours"] + (["official"] if args.reference_src else [])
-    built = {impl: build(impl, args.reference_src, name, device, batch, args, sds) for impl in impls}
+    impls = ["ours"] + [f"ours-{d}" for d in args.dtypes if d != "float32"] + (["official"] if args.reference_src else [])
+    tokens: dict[str, dict] = {impl: {} for impl in impls}
+    built = {impl: build(impl, args.reference_src, name, device, batch, args, sds, tokens[impl]) for impl in impls}
     last: dict[str, torch.Tensor] = {}
 
     def keep_last(impl: str) -> Callable[[], None]:
@@ -225,14 +235,21 @@ def bench_one(name: str, device: str, batch: int, args: argparse.Namespace) -> d
         return run
     fns = {impl: keep_last(impl) for impl in impls}
     times = time_interleaved(fns, device, warmup=args.warmup, repeats=args.repeats)
-    row: dict[str, Any] = {"config": name, "batch": batch, "device": device,
+    row: dict[str, Any] = {"config": name, "batch": batch, "device": device, "threads": torch.get_num_threads(),
                            **{impl: summarize(times[impl], batch) for impl in impls}}
     for impl in impls:
         row[impl]["images_per_s"] = row[impl].pop("items_per_s")
+        if impl in IMPLS and impl != "ours":  # half precision: how many tokens our float32 run also chose
+            same = (tokens[impl]["tokens"] == tokens["ours"]["tokens"]).float().mean().item()
+            row[impl]["token_agreement_vs_ours_float32"] = same
     if "official" in fns:
+        for impl in impls[:-1]:
+            row[impl]["speedup_vs_official"] = row["official"]["median_s"] / row[impl]["median_s"]
         row["time_ratio_ours_over_official"] = row["ours"]["median_s"] / row["official"]["median_s"]
-        # same seed, same weights: the same images
+        # same seed, same weights: the same images (the official call returns images only; equal images
+        # within the float rounding of the decoder mean equal tokens)
         row["max_abs_image_diff"] = (last["ours"].float() - last["official"].float()).abs().max().item()
+        row["same_images_as_official"] = row["max_abs_image_diff"] < IMAGE_MATCH_ATOL
     if args.memory:
         for impl in impls:
             row[impl]["memory"] = measure_memory(impl, name, device, batch, args, built[impl])
@@ -244,7 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
     p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--threads", nargs="+", type=int, default=[torch.get_num_threads()],
+                   help="thread counts to measure, one after the other (e.g. 1 2)")
+    p.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"],
+                   help="our generator's dtypes (the official code runs float32)")
     p.add_argument("--cfg", type=float, default=1.5)
     p.add_argument("--sampling", choices=sorted(SAMPLING), default="greedy",
                    help="greedy: top_k=1; demo: the official demo's top_k=900, top_p=0.95 (seeded)")
@@ -264,19 +284,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.reference_src is not None and not (args.reference_src / "models" / "var.py").is_file():
         raise SystemExit(f"error: {args.reference_src} is not a FoundationVision/VAR checkout (no models/var.py)")
-    torch.set_num_threads(args.threads)
     results = []
-    for name in args.configs:
-        for batch in args.batch:
-            run_args = argparse.Namespace(**vars(args))
-            if name == "d16":
-                run_args.repeats = args.repeats if args.repeats_large is None else args.repeats_large
-                run_args.warmup = args.warmup if args.warmup_large is None else args.warmup_large
-            results.append(bench_one(name, args.device, batch, run_args))
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for name in args.configs:
+            for batch in args.batch:
+                run_args = argparse.Namespace(**vars(args))
+                if name == "d16":
+                    run_args.repeats = args.repeats if args.repeats_large is None else args.repeats_large
+                    run_args.warmup = args.warmup if args.warmup_large is None else args.warmup_large
+                results.append(bench_one(name, args.device, batch, run_args))
     write_json({"bench": "var_generate", "env": env_info(args.device),
                 "settings": {"cfg": args.cfg, "sampling": args.sampling, **SAMPLING[args.sampling], "seed": args.seed,
                              "warmup": args.warmup, "repeats": args.repeats, "repeats_large": args.repeats_large, "warmup_large": args.warmup_large,
-                             "dtype": "float32", "reference_src": str(args.reference_src) if args.reference_src else None},
+                             "threads": args.threads, "dtypes": args.dtypes, "official_dtype": "float32",
+                             "reference": "FoundationVision/VAR" if args.reference_src else None},
                 "results": results}, args.out)
     return 0
 
