@@ -53,6 +53,49 @@ def _weights_file(model: str, tmp: Path) -> Path:
     return path
 
 
+# ---- the two implementations, built on the same state dict ---------------------------------------
+def build_ours(args: dict, sd: dict, source: str, device, dtype, batch: int, cfg: float, top_k: int,
+               quant: str = "none", compile: str | None = None):
+    """Our ``generate_tokens`` as ``once(seed) -> tokens (B, L)``."""
+    import torch
+
+    from arnodes.engine.conditioning import Conditioning
+    from arnodes.engine.generate.next_token import generate_tokens
+    from arnodes.engine.loader import build_module
+    from arnodes.engine.models.llamagen import LlamaGenConfig
+    from arnodes.engine.quantize import quantize_model
+    from arnodes.engine.sampling import SamplingParams
+    model = quantize_model(build_module("llamagen", LlamaGenConfig.from_official(args), sd, source, device=device,
+                                        dtype=dtype), quant)
+    cond = Conditioning(tuple(i % args["num_classes"] for i in range(batch)), cfg=cfg)
+    params = SamplingParams(temperature=1.0, top_k=min(top_k, args["vocab_size"]), top_p=1.0, top_p_style="llamagen")
+
+    def once(seed: int):
+        out = generate_tokens(model, cond, None, params, torch.Generator(device).manual_seed(seed), compile=compile)
+        return out.grids[0].reshape(batch, -1)
+    once.generator = model  # what a step reads (the GPU bench counts its bytes)
+    return once
+
+
+def build_official(src: str, args: dict, sd: dict, device, dtype, batch: int, cfg: float, top_k: int):
+    """The official ``generate()`` from a FoundationVision/LlamaGen checkout, as ``once(seed) -> tokens``."""
+    import torch
+    sys.path.insert(0, src)  # only in the benchmark process, only when asked
+    from autoregressive.models.generate import generate
+    from autoregressive.models.gpt import ModelArgs, Transformer
+    full = {"cls_token_num": 1, "model_type": "c2i", **args}
+    model = Transformer(ModelArgs(**{k: v for k, v in full.items() if k in ModelArgs.__dataclass_fields__}))
+    model.load_state_dict(sd, strict=False)
+    model = model.to(device=device, dtype=dtype).eval()
+    cond_t = torch.tensor([i % args["num_classes"] for i in range(batch)], device=device)
+
+    def once(seed: int):
+        torch.manual_seed(seed)
+        return generate(model, cond_t, args["block_size"], cfg_scale=cfg, cfg_interval=-1, temperature=1.0,
+                        top_k=min(top_k, args["vocab_size"]), top_p=1.0, sample_logits=True)
+    return once
+
+
 # ---- worker: one (implementation, model, device, batch) measurement ----------------------------
 def _worker(job: dict) -> dict:
     import torch
@@ -62,36 +105,11 @@ def _worker(job: dict) -> dict:
     device = torch.device(job["device"])
     args, sd = job["model_args"], load_file(job["weights"])
     L, B = args["block_size"], job["batch"]
-    labels = [i % args["num_classes"] for i in range(B)]
-    top_k = min(job["top_k"], args["vocab_size"])
+    common = dict(device=device, dtype=getattr(torch, job["dtype"]), batch=B, cfg=job["cfg"], top_k=job["top_k"])
     if job["impl"] == "arnodes":
-        from arnodes.engine.conditioning import Conditioning
-        from arnodes.engine.generate.next_token import generate_tokens
-        from arnodes.engine.loader import build_module
-        from arnodes.engine.models.llamagen import LlamaGenConfig
-        from arnodes.engine.sampling import SamplingParams
-        model = build_module("llamagen", LlamaGenConfig.from_official(args), sd, job["weights"], device=device,
-                             dtype=getattr(torch, job["dtype"]))
-        cond = Conditioning(tuple(labels), cfg=job["cfg"])
-        params = SamplingParams(temperature=1.0, top_k=top_k, top_p=1.0, top_p_style="llamagen")
-
-        def once(seed: int):
-            out = generate_tokens(model, cond, None, params, torch.Generator(device).manual_seed(seed))
-            return out.grids[0].reshape(B, -1)
+        once = build_ours(args, sd, job["weights"], **common)
     else:
-        sys.path.insert(0, job["reference_src"])  # only in this subprocess, only when asked
-        from autoregressive.models.generate import generate
-        from autoregressive.models.gpt import ModelArgs, Transformer
-        full = {"cls_token_num": 1, "model_type": "c2i", **args}
-        model = Transformer(ModelArgs(**{k: v for k, v in full.items() if k in ModelArgs.__dataclass_fields__}))
-        model.load_state_dict(sd, strict=False)
-        model = model.to(device).eval()
-        cond_t = torch.tensor(labels, device=device)
-
-        def once(seed: int):
-            torch.manual_seed(seed)
-            return generate(model, cond_t, L, cfg_scale=job["cfg"], cfg_interval=-1, temperature=1.0,
-                            top_k=top_k, top_p=1.0, sample_logits=True)
+        once = build_official(job["reference_src"], args, sd, **common)
     del sd
 
     def sync():

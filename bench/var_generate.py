@@ -105,7 +105,7 @@ def state_dicts(name: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Ten
 # ---- the two implementations ----------------------------------------------------------------------
 def build_ours(name: str, vae_sd: dict, var_sd: dict, device: str, batch: int, cfg_scale: float,
                sampling: dict, seed: int, dtype: str = "float32",
-               tokens_out: dict | None = None) -> Callable[[], torch.Tensor]:
+               tokens_out: dict | None = None, quant: str = "none") -> Callable[[], torch.Tensor]:
     """Our public path; the generator in ``dtype`` (the tokenizer stays float32). The last call's
     tokens go to ``tokens_out["tokens"]`` (flattened over scales) when given."""
     from arnodes.engine.classes import ClassNames
@@ -113,10 +113,11 @@ def build_ours(name: str, vae_sd: dict, var_sd: dict, device: str, batch: int, c
     from arnodes.engine import tasks
     from arnodes.engine.generate import generate
     from arnodes.engine.loader import ModelBundle, build_module
+    from arnodes.engine.quantize import quantize_model
     from arnodes.engine.sampling import SamplingParams
     tok_cfg, gen_cfg = configs(name)
     tok = build_module("msvq", tok_cfg, dict(vae_sd), f"{name}:vae", device)
-    var = build_module("var", gen_cfg, dict(var_sd), f"{name}:var", device, getattr(torch, dtype))
+    var = quantize_model(build_module("var", gen_cfg, dict(var_sd), f"{name}:var", device, getattr(torch, dtype)), quant)
     bundle = ModelBundle(name=name, family="var", tokenizer=tok, generator=var,
                          classes=ClassNames([str(i) for i in range(gen_cfg.num_classes)]), image_size=tok_cfg.image_size)
     cond = Conditioning(tuple(labels(batch, gen_cfg.num_classes)), cfg=cfg_scale)
@@ -128,6 +129,7 @@ def build_ours(name: str, vae_sd: dict, var_sd: dict, device: str, batch: int, c
         if tokens_out is not None:
             tokens_out["tokens"] = torch.cat([g.reshape(g.shape[0], -1) for g in out.grids], 1)
         return tasks.decode(bundle, out).add_(1).mul_(0.5)  # decodes the f_hat built while generating
+    run.generator = var  # what a step reads (the GPU bench counts its bytes)
     return run
 
 
@@ -274,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats-large", type=int, default=None,
                    help="repeats for the d16 config (default: --repeats); it takes seconds per image on a CPU")
     p.add_argument("--warmup-large", type=int, default=None, help="warm-up calls for d16 (default: --warmup)")
+    p.add_argument("--dtypes-large", nargs="+", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="our dtypes for d16 (default: --dtypes); bf16 d16 takes minutes per image on a CPU "
+                        "without native bf16 matmuls")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--reference-src", type=Path, default=None, help="checkout of FoundationVision/VAR")
     p.add_argument("--out", default=None)
@@ -293,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "d16":
                     run_args.repeats = args.repeats if args.repeats_large is None else args.repeats_large
                     run_args.warmup = args.warmup if args.warmup_large is None else args.warmup_large
+                    run_args.dtypes = args.dtypes if args.dtypes_large is None else args.dtypes_large
                 results.append(bench_one(name, args.device, batch, run_args))
     write_json({"bench": "var_generate", "env": env_info(args.device),
                 "settings": {"cfg": args.cfg, "sampling": args.sampling, **SAMPLING[args.sampling], "seed": args.seed,

@@ -1,0 +1,193 @@
+"""Every performance figure in README.md and bench/README.md, rendered from the JSON in bench/results/.
+
+The documents hold the figures only inside marked blocks::
+
+    <!-- bench:NAME -->
+    ...generated...
+    <!-- /bench:NAME -->
+
+``python bench/report.py --write`` re-renders every block from the committed JSON; ``--check`` (and the
+test ``tests/test_bench_report.py``) fails when a block differs from what the JSON says, so a figure
+cannot drift from the run that produced it. A block whose JSON is absent says so instead of a number.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+DOCS = (BENCH.parent / "README.md", BENCH / "README.md")
+BLOCK = re.compile(r"(<!-- bench:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /bench:(?P=name) -->)", re.S)
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def f(x: float | None, digits: int = 2) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f} %"
+
+
+def _machine(env: dict | None) -> str:
+    if not env:
+        return "unknown machine"
+    gpu = env.get("gpu")
+    return (f"{gpu}" if gpu else f"{env.get('cpu_count')}-core {env.get('processor') or env.get('machine')} CPU") + \
+        f", torch {env.get('torch')}"
+
+
+def _missing(name: str, how: str) -> str:
+    return f"_No committed result yet (`bench/results/{name}`): run `{how}`._\n"
+
+
+# ---- blocks -----------------------------------------------------------------------------------------
+def block_generate() -> str:
+    """Batch 1, ours vs the official code in the same run: float32 speed-up, bf16 speed-up, agreement."""
+    var, lg = load("var_cpu.json"), load("llamagen_cpu.json")
+    if var is None and lg is None:
+        return _missing("var_cpu.json / llamagen_cpu.json", "bench/run_cpu.sh")
+    lines = ["| model | threads | ours fp32 | official fp32 | fp32 speed-up | same tokens as official | "
+             "ours bf16 speed-up | bf16 tokens = our fp32 | peak RSS ours / official |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in (var or {}).get("results", []):
+        if r.get("batch") != 1 or "official" not in r:
+            continue
+        bf = r.get("ours-bfloat16", {})
+        mem = [r[k].get("memory", {}).get("rss_peak_mb") for k in ("ours", "official")]
+        lines.append(
+            f"| VAR {r['config']} (image) | {r['threads']} | {f(r['ours']['median_s'], 3)} s | "
+            f"{f(r['official']['median_s'], 3)} s | **{f(r['ours'].get('speedup_vs_official'))}x** | "
+            f"{'yes' if r.get('same_images_as_official') else 'no'} (image diff {r['max_abs_image_diff']:.1e}) | "
+            f"{f(bf.get('speedup_vs_official'))}x | {pct(bf.get('token_agreement_vs_ours_float32'))} | "
+            f"{f(mem[0], 0)} / {f(mem[1], 0)} MB |")
+    rows = (lg or {}).get("results", [])
+    for r in rows:
+        if r["impl"] != "arnodes" or r["dtype"] != "float32" or r["batch"] != 1:
+            continue
+        same = [x for x in rows if (x["model"], x["threads"], x["batch"]) == (r["model"], r["threads"], 1)]
+        off = next((x for x in same if x["impl"] == "official"), None)
+        bf = next((x for x in same if x["impl"] == "arnodes" and x["dtype"] == "bfloat16"), {})
+        if off is None:
+            continue
+        lines.append(
+            f"| LlamaGen {r['model']} (tok/s) | {r['threads']} | {f(r['tokens_per_s'], 1)} | "
+            f"{f(off['tokens_per_s'], 1)} | **{f(r.get('speedup_vs_official'))}x** | "
+            f"{pct(r.get('token_agreement_vs_official'))} | {f(bf.get('speedup_vs_official'))}x | "
+            f"{pct(bf.get('token_agreement_vs_ours_float32'))} | {f(r['peak_rss_mb'], 0)} / {f(off['peak_rss_mb'], 0)} MB |")
+    env = (var or lg or {}).get("env")
+    return ("Batch 1, CFG as one doubled batch, seeded sampling, the same weights; the official code measured in "
+            f"the same run ({_machine(env)}). Speed-up = official time / ours.\n\n" + "\n".join(lines) + "\n")
+
+
+def block_quantize() -> str:
+    acc, size = load("quantize_accuracy.json"), load("quantize_size.json")
+    if acc is None:
+        return _missing("quantize_accuracy.json", "python bench/quantize_accuracy.py --out bench/results/quantize_accuracy.json")
+    lines = ["| model | quant | logits cosine vs float | argmax agreement (teacher-forced) | size vs all-bf16 |",
+             "|---|---|---|---|---|"]
+    sizes = {(r["model"], r["quant"]): r["ratio_total_vs_bf16"] for r in (size or {}).get("rows", [])}
+    size_name = {"var-d16 (random init, scales 1..8)": "var-d16", "llamagen-GPT-B (random init)": "llamagen-GPT-B"}
+    for r in acc["rows"]:
+        ratio = sizes.get((size_name.get(r["model"], r["model"]), r["quant"]))
+        lines.append(f"| {r['model']} | {r['quant']} | {f(r['logits_cosine'], 5)} | {pct(r['tf_token_agreement'])} | "
+                     f"{f(ratio, 3)} |")
+    for (model, quant), ratio in sizes.items():
+        if model not in size_name.values() and quant != "none":
+            lines.append(f"| {model} | {quant} | — | — | {f(ratio, 3)} |")
+    return "\n".join(lines) + "\n"
+
+
+def block_emoji() -> str:
+    gen, sr = load("emoji_generate.json"), load("emoji_super_resolve.json")
+    out = []
+    if gen is not None:
+        out.append(f"- Bundled model ({gen['model']}): one 64x64 image in {1000 * gen['median_s']:.0f} ms "
+                   f"(batch {gen['batch']}, {gen['threads']} thread, median of {gen['repeats']}), "
+                   f"after a {gen['load_s']:.1f} s load.")
+    else:
+        out.append(_missing("emoji_generate.json", "python bench/emoji_generate.py --out bench/results/emoji_generate.json"))
+    if sr is not None:
+        for r in sr["rows"]:
+            out.append(f"- Super-resolution from {r['input_px']} px (x{r['scale']}), {sr['images']} renderings: "
+                       f"{f(r['default_psnr'], 1)} dB vs bicubic {f(r['bicubic_psnr'], 1)} dB.")
+    else:
+        out.append(_missing("emoji_super_resolve.json",
+                            "python bench/emoji_super_resolve.py --out bench/results/emoji_super_resolve.json"))
+    return "\n".join(out) + "\n"
+
+
+def block_gpu() -> str:
+    gpu = load("gpu.json")
+    if gpu is None:
+        return ("_No GPU run is recorded yet: no GPU has been lent to this project so far. `bench/gpu.sh OUT_DIR` "
+                "is ready for one (its `--smoke` mode runs the same code paths in the tests)._\n")
+    lines = [f"Device: {_machine(gpu['env'])}; measured copy bandwidth {gpu['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s.\n",
+             "| model | batch | impl | quant | seconds / image batch | speed-up vs official | vs bf16 | "
+             "fraction of memory bound |", "|---|---|---|---|---|---|---|---|"]
+    for r in gpu["rows"]:
+        lines.append(f"| {r['model']} | {r['batch']} | {r['impl']} | {r['quant']} | {f(r['seconds'], 3)} | "
+                     f"{f(r.get('speedup_vs_official'))} | {f(r.get('speedup_vs_bf16'))} | {pct(r.get('fraction_of_bound'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def block_kernels() -> str:
+    k = load("linear_kernels.json")
+    if k is None:
+        return _missing("linear_kernels.json", "python bench/linear_kernels.py --out bench/results/linear_kernels.json")
+    lines = [f"{_machine(k['env'])}, torch CPU capability {k['cpu_capability']}. GPT-B-sized weights "
+             f"({k['few_rows'][0]['weight_mb']:.0f} MB float32), one pass over all of them:\n",
+             "| threads | rows | `F.linear` | `W @ x.T` | speed-up |", "|---|---|---|---|---|"]
+    for r in k["few_rows"]:
+        lines.append(f"| {r['threads']} | {r['rows']} | {f(r['linear_ms'], 1)} ms ({f(r['linear_gb_s'], 1)} GB/s) | "
+                     f"{f(r['w_at_xt_ms'], 1)} ms ({f(r['w_at_xt_gb_s'], 1)} GB/s) | {f(r['speedup'])}x |")
+    lines += ["", "| GEMM 512x1024x3072 | threads | GFLOP/s |", "|---|---|---|"]
+    lines += [f"| {g['dtype']} | {g['threads']} | {f(g['gflop_s'], 1)} |" for g in k["gemm"]]
+    return "\n".join(lines) + "\n"
+
+
+BLOCKS: dict[str, Callable[[], str]] = {"generate": block_generate, "quantize": block_quantize,
+                                        "emoji": block_emoji, "gpu": block_gpu, "kernels": block_kernels}
+
+
+# ---- documents --------------------------------------------------------------------------------------
+def render(text: str) -> str:
+    def sub(m: re.Match) -> str:
+        name = m.group("name")
+        if name not in BLOCKS:
+            raise SystemExit(f"error: unknown bench block {name!r}; known: {sorted(BLOCKS)}")
+        return m.group(1) + BLOCKS[name]() + m.group(4)
+    return BLOCK.sub(sub, text)
+
+
+def stale() -> list[str]:
+    """Documents whose blocks differ from the JSON."""
+    return [str(p) for p in DOCS if p.is_file() and render(p.read_text()) != p.read_text()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--write", action="store_true", help="re-render the blocks in place")
+    p.add_argument("--check", action="store_true", help="exit 1 if a block differs from the JSON")
+    a = p.parse_args(argv)
+    if a.write:
+        for path in DOCS:
+            path.write_text(render(path.read_text()))
+    bad = stale()
+    if bad and a.check:
+        print("stale bench blocks in: " + ", ".join(bad), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

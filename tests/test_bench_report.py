@@ -1,0 +1,60 @@
+"""Performance figures in the READMEs come from the committed benchmark JSON; the GPU script cannot rot."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+import report  # noqa: E402  (bench/ is scripts, not a package)
+
+
+def test_readme_figures_match_the_committed_json():
+    assert report.stale() == [], "run `python bench/report.py --write` after a benchmark run"
+
+
+def test_every_block_is_rendered_in_the_readmes():
+    readme = (BENCH.parent / "README.md").read_text()
+    for name in ("generate", "gpu", "emoji", "quantize"):
+        assert f"<!-- bench:{name} -->" in readme
+    assert "<!-- bench:kernels -->" in (BENCH / "README.md").read_text()
+
+
+def test_a_changed_figure_is_caught(tmp_path):
+    text = (BENCH.parent / "README.md").read_text()
+    start = text.index("<!-- bench:generate -->\n") + len("<!-- bench:generate -->\n")
+    tampered = text[:start] + "| VAR d16 | 1 | 0.1 s | 9.9 s | **99.00x** |\n" + text[start:]
+    assert report.render(tampered) != tampered
+    assert report.render(text) == text
+
+
+def test_committed_results_name_their_machine():
+    files = sorted((BENCH / "results").glob("*.json"))
+    assert files, "no committed benchmark results"
+    for path in files:
+        data = json.loads(path.read_text())
+        env = data.get("env") or {"torch": data.get("torch")}
+        assert env.get("torch"), f"{path.name}: no torch version recorded"
+        if path.name.startswith("gpu"):
+            assert env.get("gpu"), f"{path.name}: GPU figures must name the device"
+
+
+def test_gpu_script_smoke_runs_the_same_code_paths_on_cpu(tmp_path):
+    proc = subprocess.run(["bash", str(BENCH / "gpu.sh"), str(tmp_path), "--smoke"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "gpu_smoke.json").read_text())
+    ours = {(r["model"], r["quant"], r["batch"]) for r in data["rows"] if r["impl"] == "ours"}
+    assert ours == {(m, q, b) for m in ("llamagen-tiny", "var-tiny") for q in ("none", "int8") for b in (1, 2)}
+    for r in data["rows"]:
+        assert r["seconds"] > 0 and r["weight_bytes"] > 0 and 0 < r["fraction_of_bound"]
+    assert all("src" in s["why"] for s in data["skipped"]) and len(data["skipped"]) == 4  # no official checkout
+    assert data["bandwidth_bytes_per_s"] > 0 and data["env"]["device"] == "cpu"
+
+
+def test_cpu_run_script_names_what_it_needs():
+    proc = subprocess.run(["bash", str(BENCH / "run_cpu.sh")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "VAR_CHECKOUT" in proc.stderr
