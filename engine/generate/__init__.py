@@ -14,8 +14,9 @@ from ..conditioning import Conditioning
 from ..errors import InvalidInputError
 from ..sampling import SamplingParams
 from .canvas import TokenCanvas
+from .decoders import DECODERS, DecodeOptions
 
-__all__ = ["TokenCanvas", "generate", "empty_canvas", "make_generator"]
+__all__ = ["TokenCanvas", "generate", "empty_canvas", "make_generator", "DECODERS", "DecodeOptions"]
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
@@ -37,9 +38,14 @@ def empty_canvas(bundle, batch: int) -> TokenCanvas:
 def generate(bundle, cond: Conditioning, canvas: TokenCanvas | None = None, params: SamplingParams | None = None,
              seed: int | None = None, generator: torch.Generator | None = None,
              progress: Callable[[int, int], None] | None = None, trace: dict | None = None,
-             compile: str | None = None) -> TokenCanvas:
+             compile: str | None = None, decode: DecodeOptions | None = None,
+             stats: dict | None = None) -> TokenCanvas:
     """Generate the unknown tokens of ``canvas`` (all of them when None) under ``cond``.
-    ``compile``: "auto" | "on" | "off" for the decode step (None: the process default, generate/compiled.py)."""
+    ``compile``: "auto" | "on" | "off" for the decode step (None: the process default, generate/compiled.py);
+    ``decode``: the strategy (generate/decoders.py, default plain); ``stats`` receives "forwards" (model
+    forward passes) and the strategy's name."""
+    decode = decode or DecodeOptions()
+    decode.check_family(bundle.family)
     if canvas is None:
         canvas = empty_canvas(bundle, cond.batch)
     else:
@@ -53,11 +59,15 @@ def generate(bundle, cond: Conditioning, canvas: TokenCanvas | None = None, para
     if bundle.family == "var":
         from .next_scale import generate_scales
         params = params or SamplingParams(top_k=bundle.defaults.get("top_k", 0), top_p=bundle.defaults.get("top_p", 1.0))
-        return generate_scales(bundle.generator, bundle.tokenizer, cond, canvas, params, generator, progress, trace,
-                               compile=compile)
+        out = generate_scales(bundle.generator, bundle.tokenizer, cond, canvas, params, generator, progress, trace,
+                              compile=compile)
+        if stats is not None:
+            stats.update(forwards=len(out.grids), decode=decode.strategy, tokens=sum(g[0].numel() for g in out.grids))
+        return out
     if bundle.family == "llamagen":
         from .next_token import generate_tokens
         params = params or SamplingParams(top_k=bundle.defaults.get("top_k", 0), top_p=bundle.defaults.get("top_p", 1.0),
                                           temperature=bundle.defaults.get("temperature", 1.0), top_p_style="llamagen")
-        return generate_tokens(bundle.generator, cond, canvas, params, generator, progress, trace, compile=compile)
+        return generate_tokens(bundle.generator, cond, canvas, params, generator, progress, trace, compile=compile,
+                               decode=decode, stats=stats)
     raise InvalidInputError(f"unknown model family {bundle.family!r}")

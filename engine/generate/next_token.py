@@ -23,6 +23,8 @@ from ..guidance import cfg_combine, llamagen_guided_step
 from ..sampling import SamplingParams, sample
 from .canvas import TokenCanvas
 from .compiled import step_function, wants_compile
+from .decoders import DecodeOptions
+from .speculative import decode_speculative
 
 FAMILY = "llamagen"
 Progress = Callable[[int, int], None]
@@ -131,13 +133,15 @@ def _canvas_tensors(model, canvas: TokenCanvas | None, batch: int, device: torch
 def generate_tokens(model, cond: Conditioning, canvas: TokenCanvas | None, params: SamplingParams,
                     generator: torch.Generator | None, progress: Progress | None = None,
                     trace: dict | None = None, *, tokenizer_id: str = FAMILY,
-                    compile: str | None = None) -> TokenCanvas:
+                    compile: str | None = None, decode: DecodeOptions | None = None,
+                    stats: dict | None = None) -> TokenCanvas:
     """Generate (or complete) a raster token grid; returns a fully known canvas (B, g, g).
 
     ``params.top_p_style`` is forced to LlamaGen's rule. ``progress(step, total)`` runs once per
     token and may raise CancelledError to stop. ``trace`` (a dict) receives per step the raw
     logits (B or 2B, V) under "raw_logits" and the guided ones (B, V) under "guided_logits".
     ``compile``: "auto" | "on" | "off" for the decode step (None: the process default, see compiled.py).
+    ``decode``: the strategy (plain, sjd, gsd; decoders.py); ``stats`` (a dict) receives "forwards".
     """
     device = model.output.weight.device
     labels, guided = _labels(model, cond, device)
@@ -150,9 +154,18 @@ def generate_tokens(model, cond: Conditioning, canvas: TokenCanvas | None, param
     positions = torch.arange(cls + L, device=device)  # (cls + L,) sliced into views per step
     s = _Step(B, guided, float(cond.cfg), int(cond.cfg_interval), params, generator, trace,
               wants_compile(compile, device))
-    first = prefill(model, labels, positions, s, tokens_BL, known_BL)
-    if progress is not None:
-        progress(1, L)
-    decode_n_tokens(model, first, 1, L - 1, positions, s, tokens_BL, known_BL, progress)
+    decode = decode or DecodeOptions()
+    if decode.strategy == "plain":
+        first = prefill(model, labels, positions, s, tokens_BL, known_BL)
+        if progress is not None:
+            progress(1, L)
+        decode_n_tokens(model, first, 1, L - 1, positions, s, tokens_BL, known_BL, progress)
+        forwards = L
+    else:
+        forwards = decode_speculative(model, labels, positions, s, tokens_BL, known_BL, progress,
+                                      decode.speculative, lambda: prefill(model, labels, positions, s, tokens_BL,
+                                                                          known_BL))
+    if stats is not None:
+        stats.update(forwards=forwards, decode=decode.strategy, tokens=L)
     g = model.grid_size
     return TokenCanvas.from_codes(FAMILY, tok_id, [tokens_BL.view(B, g, g).clone()])

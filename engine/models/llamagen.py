@@ -289,9 +289,11 @@ class LlamaGen(nn.Module):
         self._rope_on(device)
         logger.debug("LlamaGen KV cache: batch %d, length %d, %s", max_batch_size, T, dtype)
 
-    def _run_cached(self, h: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None) -> torch.Tensor:
-        """h (B, S, D) at positions input_pos (S,) -> logits of the last position (B, V) float32.
-        ``kv_len``: attend only the first kv_len cache positions (eager decoding; None = the whole cache)."""
+    def _run_cached(self, h: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None,
+                    last_only: bool = True) -> torch.Tensor:
+        """h (B, S, D) at positions input_pos (S,) -> logits of the last position (B, V) float32, or of every
+        position (B, S, V) without ``last_only``. ``kv_len``: attend only the first kv_len cache positions
+        (eager decoding; None = the whole cache)."""
         assert self.causal_mask is not None, "setup_caches() must run before prefill/decode_step"
         mask = self.causal_mask[input_pos][None, None]  # (1, 1, S, T)
         if kv_len is not None:
@@ -299,7 +301,7 @@ class LlamaGen(nn.Module):
         rope = self.freqs_cis[input_pos]  # (S, hd/2, 2)
         for layer in self.layers:
             h = layer(h, rope, input_pos, mask, kv_len)
-        return self.output(self.norm(h[:, -1])).float()  # (B, V)
+        return self.output(self.norm(h[:, -1] if last_only else h)).float()  # (B, V) or (B, S, V)
 
     def prefill(self, labels: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None = None) -> torch.Tensor:
         """Class tokens (B,) at positions [0, cls) -> logits (B, V) for token 0."""
@@ -308,3 +310,9 @@ class LlamaGen(nn.Module):
     def decode_step(self, tokens: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None = None) -> torch.Tensor:
         """tokens (B, 1) at position input_pos (1,) -> logits (B, V) for the next token."""
         return self._run_cached(self.tok_embeddings(tokens), input_pos, kv_len)
+
+    def decode_window(self, tokens: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None = None) -> torch.Tensor:
+        """tokens (B, S) at consecutive positions input_pos (S,) -> logits (B, S, V): position i predicts the
+        token after tokens[:, i]. One forward verifies a window of drafts (speculative decoding); cache
+        entries past the accepted ones are simply overwritten by the next window."""
+        return self._run_cached(self.tok_embeddings(tokens), input_pos, kv_len, last_only=False)

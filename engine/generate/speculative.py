@@ -1,0 +1,167 @@
+"""Speculative Jacobi decoding (SJD) for raster models, and its grouped, lossy relative (GSD).
+
+A plain raster model needs one forward per token. SJD (Teng et al. 2024) keeps a window of drafted
+future tokens, runs the whole window through the model in one forward (``decode_window``), and
+verifies the drafts left to right with the speculative-sampling rule: draft ``d ~ Q`` is accepted with
+probability ``min(1, P(d) / Q(d))``, where ``P`` is the model's processed distribution at that position
+(CFG, temperature, top-k / top-p: exactly what plain sampling draws from); at the first rejection a
+token is drawn from the residual ``norm(max(0, P - Q))`` and the window moves on. Every committed
+token is an exact sample of ``P`` given the committed prefix, so the output distribution is the
+model's. The drafts that were not reached are re-drafted from the distributions this forward computed
+for them (the Jacobi step); tokens entering the window are drafted by ``init``.
+
+GSD (grouped speculative decoding, 2025) relaxes the test: a draft that falls in the most probable
+set of ``P`` covering ``group_mass`` of its probability is accepted outright, since such tokens are
+near-interchangeable in a VQ codebook; fewer forwards, no longer exact (``group_mass = 0`` is SJD).
+
+The KV cache needs no roll-back: a window writes its keys / values at its positions, and the next
+window starts at the first uncommitted position and overwrites whatever the rejected drafts left.
+Known positions (inpaint / outpaint) are never drafted: their token is fixed and always accepted.
+With a batch, all rows commit the same number of tokens per forward (the smallest row's), which keeps
+one cache position per step and leaves each row exact (rows are independent).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InvalidInputError
+from ..guidance import cfg_combine, llamagen_guided_step
+from ..sampling import filter_logits
+
+INITS = ("uniform", "above")
+
+
+@dataclass(frozen=True)
+class SpeculativeParams:
+    """``window``: drafts verified per forward; ``init``: how a token entering the window is drafted
+    ("uniform": a random token; "above": the token one grid row up, a strong guess in images);
+    ``group_mass``: GSD's relaxed acceptance (0 = exact SJD)."""
+
+    window: int = 16
+    init: str = "above"
+    group_mass: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.window <= 1024:
+            raise InvalidInputError(f"speculative window must be in [1, 1024], got {self.window!r}")
+        if self.init not in INITS:
+            raise InvalidInputError(f"draft init {self.init!r} is not one of {', '.join(INITS)}")
+        if not 0.0 <= self.group_mass < 1.0:
+            raise InvalidInputError(f"group_mass must be in [0, 1), got {self.group_mass!r}")
+
+
+def window_probs(logits: torch.Tensor, start: int, s) -> torch.Tensor:
+    """Raw window logits (B or 2B, w, V) for tokens start.. -> the distributions plain sampling would
+    draw from (B, w, V): CFG by LlamaGen's interval rule per token, then temperature / top-k / top-p."""
+    B, w = s.batch, logits.shape[1]
+    guided = logits[:B]
+    if s.guided:
+        mixed = cfg_combine(logits[:B], logits[B:], s.cfg)
+        use = torch.tensor([llamagen_guided_step(start + j, s.cfg_interval) for j in range(w)], device=logits.device)
+        guided = torch.where(use.view(1, w, 1), mixed, guided)
+    return filter_logits(guided, s.params).float().softmax(dim=-1)
+
+
+def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row of (..., V) probabilities -> (...)."""
+    lead, V = probs.shape[:-1], probs.shape[-1]
+    return torch.multinomial(probs.reshape(-1, V), 1, generator=generator).view(lead)
+
+
+def _one_hot(tokens: torch.Tensor, V: int) -> torch.Tensor:
+    return torch.zeros(*tokens.shape, V, device=tokens.device).scatter_(-1, tokens.unsqueeze(-1), 1.0)
+
+
+class _Window:
+    """Drafts (B, w) and the distributions they were drawn from (B, w, V) for positions start..start+w-1."""
+
+    def __init__(self, tokens_BL: torch.Tensor, known_BL: torch.Tensor, V: int, grid: int, init: str,
+                 generator: torch.Generator | None) -> None:
+        self.tokens_BL, self.known_BL, self.V, self.grid, self.init, self.generator = (
+            tokens_BL, known_BL, V, grid, init, generator)
+        B = tokens_BL.shape[0]
+        self.draft = tokens_BL.new_empty(B, 0)
+        self.q = torch.empty(B, 0, V, device=tokens_BL.device)
+
+    def extend(self, start: int, width: int) -> None:
+        """Draft the positions that enter the window (start+len .. start+width-1) by ``init``."""
+        have = self.draft.shape[1]
+        if width <= have:
+            return
+        B, dev = self.draft.shape[0], self.draft.device
+        cols, qs = list(self.draft.unbind(1)), [self.q]
+        for j in range(start + have, start + width):
+            src = j - self.grid  # the token one grid row up: committed, or itself a draft in the window
+            if self.init == "above" and src >= 0:
+                tok = self.tokens_BL[:, src] if src < start else cols[src - start]
+                qs.append(_one_hot(tok, self.V).unsqueeze(1))
+            else:
+                tok = torch.randint(self.V, (B,), device=dev, generator=self.generator)
+                qs.append(torch.full((B, 1, self.V), 1.0 / self.V, device=dev))
+            cols.append(torch.where(self.known_BL[:, j], self.tokens_BL[:, j], tok))  # fixed tokens: not drafted
+        self.draft, self.q = torch.stack(cols, 1), torch.cat(qs, 1)
+
+    def advance(self, start: int, committed: int, probs: torch.Tensor) -> None:
+        """Drop the committed positions; re-draft the rest of the window (now from ``start``) from this
+        forward's ``probs`` (the Jacobi step: conditioned on the old drafts, still a valid proposal)."""
+        rest = probs[:, committed:]  # (B, w - c, V)
+        draft = _draw(rest, self.generator) if rest.shape[1] else self.draft[:, :0]
+        known = self.known_BL[:, start:start + draft.shape[1]]
+        self.draft = torch.where(known, self.tokens_BL[:, start:start + draft.shape[1]], draft)
+        self.q = rest
+
+
+def verify(draft: torch.Tensor, q: torch.Tensor, p: torch.Tensor, known: torch.Tensor, group_mass: float,
+           generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(accepted (B, w) bool, the token each position gets if it is the first rejection (B, w))."""
+    p_d, q_d = p.gather(-1, draft.unsqueeze(-1)).squeeze(-1), q.gather(-1, draft.unsqueeze(-1)).squeeze(-1)
+    u = torch.rand(draft.shape, device=draft.device, generator=generator)
+    accepted = known | (u * q_d < p_d)  # u < p/q without dividing by a zero q
+    if group_mass > 0:
+        accepted |= in_top_mass(p, draft, group_mass)
+    residual = (p - q).clamp_min(0)
+    empty = residual.sum(-1, keepdim=True) <= 0
+    residual = torch.where(empty, p, residual)  # p == q there: the draft is always accepted anyway
+    return accepted, _draw(residual / residual.sum(-1, keepdim=True), generator)
+
+
+def in_top_mass(p: torch.Tensor, tokens: torch.Tensor, mass: float) -> torch.Tensor:
+    """Whether each token is among the most probable tokens of p that together hold ``mass`` (the top one always)."""
+    sorted_p, order = p.sort(dim=-1, descending=True)
+    before = sorted_p.cumsum(-1) - sorted_p  # mass strictly above each sorted token
+    inside_sorted = before < mass
+    inside = torch.zeros_like(inside_sorted).scatter_(-1, order, inside_sorted)
+    return inside.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def decode_speculative(model, labels: torch.Tensor, positions: torch.Tensor, s, tokens_BL: torch.Tensor,
+                       known_BL: torch.Tensor, progress, spec: SpeculativeParams, first_token) -> int:
+    """Fill tokens_BL (B, L) in place after token 0 (``first_token`` runs the prefill); returns forwards."""
+    cls, L, V, g = model.config.cls_token_num, model.config.block_size, model.config.vocab_size, model.grid_size
+    first_token()
+    if progress is not None:
+        progress(1, L)
+    forwards, n = 1, 1
+    copies = 2 if s.guided else 1
+    win = _Window(tokens_BL, known_BL, V, g, spec.init, s.generator)
+    while n < L:
+        w = min(spec.window, L - n)
+        win.extend(n, w)
+        inp = torch.cat([tokens_BL[:, n - 1:n], win.draft[:, :w - 1]], 1).repeat(copies, 1)  # (NB, w)
+        pos = cls + n - 1
+        logits = model.decode_window(inp, positions[pos:pos + w], pos + w)  # (NB, w, V)
+        forwards += 1
+        p = window_probs(logits, n, s)  # (B, w, V)
+        known = known_BL[:, n:n + w]
+        accepted, fallback = verify(win.draft[:, :w], win.q[:, :w], p, known, spec.group_mass, s.generator)
+        first_reject = torch.where(accepted.all(1), w, (~accepted).float().argmax(1))  # (B,)
+        c = int(torch.clamp(first_reject + 1, max=w).min())  # the one host sync per forward
+        chosen = torch.where(accepted[:, :c], win.draft[:, :c], fallback[:, :c])
+        tokens_BL[:, n:n + c] = torch.where(known[:, :c], tokens_BL[:, n:n + c], chosen)
+        n += c
+        win.advance(n, c, p)
+        if progress is not None:
+            progress(n, L)
+    return forwards

@@ -1,0 +1,151 @@
+"""Speculative decoding for raster models: SJD is lossless (checked against plain sampling, and a broken
+acceptance rule is shown to fail the same check), greedy SJD equals plain greedy, fixed tokens stay."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from arnodes.engine.conditioning import Conditioning
+from arnodes.engine.errors import InvalidInputError
+from arnodes.engine.generate import speculative
+from arnodes.engine.generate.canvas import TokenCanvas
+from arnodes.engine.generate.decoders import DecodeOptions
+from arnodes.engine.generate.next_token import generate_tokens
+from arnodes.engine.models.llamagen import LlamaGen, LlamaGenConfig
+from arnodes.engine.sampling import SamplingParams
+
+V, GRID = 12, 2
+PARAMS = SamplingParams(temperature=0.9, top_k=9, top_p=1.0, top_p_style="llamagen")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Thousands of tiny forwards: a second OpenMP thread only adds synchronisation (and stalls badly on a
+    busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """Tiny random model with peaked (but not deterministic) next-token distributions."""
+    torch.manual_seed(0)
+    m = LlamaGen(LlamaGenConfig(dim=32, n_layer=1, n_head=2, num_classes=3, vocab_size=V, block_size=GRID * GRID))
+    with torch.no_grad():
+        m.output.weight.mul_(6.0)
+    return m.eval()
+
+
+def _histograms(model, decode: DecodeOptions | None, n: int, cfg: float = 2.0) -> torch.Tensor:
+    """Counts (L, V) of tokens per position over n samples of class 1."""
+    counts = torch.zeros(GRID * GRID, V)
+    if decode is None:  # plain sampling is per-row exact: one batch
+        out = generate_tokens(model, Conditioning((1,) * n, cfg=cfg), None, PARAMS, torch.Generator().manual_seed(7))
+        toks = out.grids[0].reshape(n, -1)
+    else:  # speculative, one image at a time (the realistic case: several tokens committed per forward)
+        toks = torch.stack([generate_tokens(model, Conditioning((1,), cfg=cfg), None, PARAMS,
+                                            torch.Generator().manual_seed(1000 + i), decode=decode).grids[0].reshape(-1)
+                            for i in range(n)])
+    return counts.scatter_add_(1, toks.t(), torch.ones_like(toks.t(), dtype=torch.float))
+
+
+def _tv(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Total-variation distance per position between two count tables."""
+    return 0.5 * (a / a.sum(1, keepdim=True) - b / b.sum(1, keepdim=True)).abs().sum(1)
+
+
+@pytest.fixture(scope="module")
+def plain_counts(model):
+    return _histograms(model, None, 4000)
+
+
+@pytest.mark.parametrize("init", ["uniform", "above"])
+def test_sjd_samples_the_models_distribution(model, plain_counts, init):
+    spec_counts = _histograms(model, DecodeOptions("sjd", window=3, init=init), 1500)
+    tv = _tv(plain_counts, spec_counts)
+    print(f"TV {init}: {tv}")
+    assert tv.max() < 0.06, f"SJD ({init}) token distribution differs from plain sampling: TV per position {tv}"
+
+
+def test_a_wrong_acceptance_rule_is_caught(model, plain_counts, monkeypatch):
+    """Accepting every draft (no min(1, p/q) test) must fail the same check: the test has teeth."""
+    real = speculative.verify
+
+    def accept_all(draft, q, p, known, group_mass, generator):
+        _, fallback = real(draft, q, p, known, group_mass, generator)
+        return torch.ones_like(draft, dtype=torch.bool), fallback
+    monkeypatch.setattr(speculative, "verify", accept_all)
+    tv = _tv(plain_counts, _histograms(model, DecodeOptions("sjd", window=3, init="uniform"), 1500))
+    print(f"TV broken: {tv}")
+    assert tv.max() > 0.15, f"a broken acceptance rule went unnoticed: TV {tv}"
+
+
+def test_greedy_sjd_is_plain_greedy(model):
+    greedy = SamplingParams(top_k=1, top_p_style="llamagen")
+    cond = Conditioning((0, 1, 2), cfg=2.0)
+    plain = generate_tokens(model, cond, None, greedy, torch.Generator().manual_seed(0))
+    for init in ("uniform", "above"):
+        stats: dict = {}
+        spec = generate_tokens(model, cond, None, greedy, torch.Generator().manual_seed(0),
+                               decode=DecodeOptions("sjd", window=4, init=init), stats=stats)
+        assert torch.equal(spec.grids[0], plain.grids[0])
+        assert 1 < stats["forwards"] <= GRID * GRID and stats["decode"] == "sjd"
+
+
+def test_sjd_needs_fewer_forwards_when_drafts_are_good():
+    """A model whose next token is (nearly) the token one row up: 'above' drafts are accepted."""
+    torch.manual_seed(0)
+    m = LlamaGen(LlamaGenConfig(dim=32, n_layer=1, n_head=2, num_classes=3, vocab_size=V, block_size=64)).eval()
+    with torch.no_grad():
+        m.output.weight.zero_()  # uniform P: every draft is accepted with probability min(1, P/Q) = P(d)/1 ...
+    stats_plain: dict = {}
+    stats_sjd: dict = {}
+    cond = Conditioning((1,), cfg=1.0)
+    generate_tokens(m, cond, None, PARAMS, torch.Generator().manual_seed(0), stats=stats_plain)
+    generate_tokens(m, cond, None, PARAMS, torch.Generator().manual_seed(0),
+                    decode=DecodeOptions("sjd", window=8, init="uniform"), stats=stats_sjd)
+    # ... and uniform drafts under a uniform P are accepted with probability 1: a whole window per forward
+    assert stats_plain["forwards"] == 64 and stats_sjd["forwards"] == 1 + 63 // 8 + (63 % 8 > 0)
+
+
+def test_known_tokens_are_kept_and_never_drafted(model):
+    L = GRID * GRID
+    known = torch.tensor([[[True, False], [False, True]]])
+    grid = torch.tensor([[[5, 0], [0, 7]]])
+    canvas = TokenCanvas("llamagen", "llamagen", [grid], [known])
+    for strategy in ("sjd", "gsd"):
+        out = generate_tokens(model, Conditioning((2,), cfg=2.0), canvas, PARAMS, torch.Generator().manual_seed(3),
+                              decode=DecodeOptions(strategy, window=L))
+        assert out.grids[0][0, 0, 0] == 5 and out.grids[0][0, 1, 1] == 7
+
+
+def test_gsd_accepts_more_and_is_flagged_lossy(model):
+    from arnodes.engine.generate.decoders import DECODERS
+    assert DECODERS["sjd"].exact and not DECODERS["gsd"].exact
+    s_sjd, s_gsd = 0, 0
+    for seed in range(30):
+        a: dict = {}
+        b: dict = {}
+        generate_tokens(model, Conditioning((1,), cfg=2.0), None, PARAMS, torch.Generator().manual_seed(seed),
+                        decode=DecodeOptions("sjd", window=4), stats=a)
+        generate_tokens(model, Conditioning((1,), cfg=2.0), None, PARAMS, torch.Generator().manual_seed(seed),
+                        decode=DecodeOptions("gsd", window=4, group_mass=0.9), stats=b)
+        s_sjd, s_gsd = s_sjd + a["forwards"], s_gsd + b["forwards"]
+    assert s_gsd < s_sjd
+
+
+@pytest.mark.parametrize("kwargs,needle", [(dict(strategy="beam"), "unknown decode strategy"),
+                                           (dict(strategy="sjd", window=0), "window"),
+                                           (dict(strategy="sjd", init="zeros"), "init"),
+                                           (dict(strategy="sjd", group_mass=0.3), "gsd setting"),
+                                           (dict(strategy="gsd", group_mass=1.5), "group_mass")])
+def test_bad_options_are_user_errors(kwargs, needle):
+    with pytest.raises(InvalidInputError, match=needle):
+        DecodeOptions(**kwargs)
+
+
+def test_speculative_decoding_is_refused_for_next_scale_models():
+    with pytest.raises(InvalidInputError, match="next-scale"):
+        DecodeOptions("sjd").check_family("var")
