@@ -61,10 +61,24 @@ def _run_graph(workflow: dict, args: argparse.Namespace, input_dir: Path, output
     progress = Progress(enabled=sys.stderr.isatty() and not args.quiet)
     result = Executor(_registry()).run(workflow, input_dir=input_dir, output_dir=output_dir,
                                        extra_pnginfo=extra_pnginfo, on_event=progress)
+    if getattr(args, "stats_json", None):
+        _write_stats(Path(args.stats_json), [s for ui in result.ui.values() for s in ui.get("stats", [])])
     written = []
     for ui in result.ui.values():
         written += [output_dir / p for p in ui.get("images", [])]
     return written
+
+
+def _write_stats(path: Path, stats: list[dict]) -> None:
+    """One generation's counts as JSON (several generate nodes: their sums, and each under "nodes")."""
+    if not stats:
+        raise InvalidInputError("--stats-json: the workflow ran no generate node")
+    summary = dict(stats[0]) if len(stats) == 1 else {
+        "forwards": sum(s["forwards"] for s in stats), "seconds": sum(s["seconds"] for s in stats), "nodes": stats}
+    try:
+        path.write_text(json.dumps(summary, indent=2) + "\n")
+    except OSError as e:
+        raise InvalidInputError(f"--stats-json {str(path)!r}: cannot write ({e.strerror})") from e
 
 
 def cmd_run(args: argparse.Namespace) -> list[Path]:
@@ -134,7 +148,7 @@ def cmd_generate(args: argparse.Namespace) -> list[Path]:
     g = GraphBuilder()
     model, cond = _common_nodes(g, args)
     tokens = g.node("ARGenerate", model=model.out(0), cond=cond.out(0), batch_size=args.batch,
-                    more_smooth=False, **_sampler(args))
+                    more_smooth=False, decode=args.decode, **_sampler(args))
     image = g.node("ARDecode", model=model.out(0), tokens=tokens.out(0), scales=0)
     return _finish(g, image.out(0), args, Path(args.input_dir))
 
@@ -267,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = task("generate", cmd_generate, "generate images of a class", image=False)
     gen.add_argument("--batch", type=int, default=1, help="images per class")
+    gen.add_argument("--decode", default="plain", choices=["plain", "sjd", "gsd"],
+                     help="raster models: plain, sjd (speculative Jacobi, same distribution, fewer forwards), "
+                          "gsd (grouped, fewest forwards, slightly lossy)")
+    gen.add_argument("--stats-json", metavar="FILE",
+                     help="write {forwards, seconds, decode, tokens} of the generation to FILE")
     for name, func, help_ in (("inpaint", cmd_inpaint, "regenerate the masked area"),
                               ("edit", cmd_edit, "regenerate a region as another class")):
         sp = task(name, func, help_)

@@ -1,13 +1,15 @@
 """ARGenerate: the constrained-generation primitive as a node (class-conditional sampling)."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from ..engine.generate import generate
+from ..engine.generate import DECODERS, DecodeOptions, generate
 from ..engine.generate.canvas import TokenCanvas
 from ..engine.limits import check_batch
 from .base import (
-    AR_COND, AR_MODEL, AR_TOKENS, BOOLEAN, INT, ExecutionContext, InputSpec, Node, NodeSpec, OutputSpec,
+    AR_COND, AR_MODEL, AR_TOKENS, BOOLEAN, COMBO, INT, ExecutionContext, InputSpec, Node, NodeResult, NodeSpec,
+    OutputSpec,
 )
 from .tokenize import check_tokens
 from .types import check_model, check_range, match_batch, sampler_inputs, sampling_params
@@ -31,6 +33,9 @@ class ARGenerate(Node):
             InputSpec("batch_size", INT, default=1, min=1, max=MAX_BATCH, tooltip="Images per class."),
             InputSpec("more_smooth", BOOLEAN, default=False,
                       tooltip="VAR only: gumbel soft-embedding of the sampled tokens (smoother, less faithful)."),
+            InputSpec("decode", COMBO, default="plain", choices=tuple(DECODERS),
+                      tooltip="Raster models: plain (a forward per token), sjd (speculative Jacobi: fewer "
+                              "forwards, same distribution), gsd (grouped: fewest forwards, slightly lossy)."),
             InputSpec("tokens", AR_TOKENS, optional=True,
                       tooltip="Optional canvas whose known tokens are kept; the others are generated."),
         ),
@@ -40,9 +45,10 @@ class ARGenerate(Node):
 
     @classmethod
     def execute(cls, ctx: ExecutionContext, model: Any, cond: Any, seed: int, top_k: int, top_p: float,
-                temperature: float, batch_size: int, more_smooth: bool,
-                tokens: TokenCanvas | None = None) -> tuple[TokenCanvas]:
+                temperature: float, batch_size: int, more_smooth: bool, decode: str = "plain",
+                tokens: TokenCanvas | None = None) -> NodeResult:
         handle = check_model(model)
+        options = DecodeOptions(decode)
         check_range("seed", seed, 0, 2 ** 63 - 1)
         check_range("batch_size", batch_size, 1, MAX_BATCH)
         cond = match_batch(cond, 1)
@@ -53,8 +59,11 @@ class ARGenerate(Node):
         if tokens is not None:
             canvas = check_tokens(tokens)
             cond = match_batch(cond, canvas.batch, "tokens")
+        stats: dict = {}
         with handle.use() as bundle:
             params = sampling_params(bundle, top_k, top_p, temperature, more_smooth)
+            started = time.perf_counter()
             out = generate(bundle, cond, None if canvas is None else canvas.to(bundle.device), params=params,
-                           seed=int(seed), progress=ctx.progress)
-        return (out,)
+                           seed=int(seed), progress=ctx.progress, decode=options, stats=stats)
+            stats["seconds"] = time.perf_counter() - started
+        return NodeResult((out,), ui={"stats": [stats]})

@@ -109,3 +109,20 @@ def test_bad_compile_mode_from_the_environment_is_a_user_error(capsys, models_di
     code, _, err = run_cli(capsys, "generate", "--model", TINY_VAR, "--class", "1", "--out",
                            str(tmp_path / "x.png"), "--quiet")
     assert code == 2 and err.startswith("error:") and "sometimes" in err
+
+
+def test_generate_with_speculative_decoding_writes_stats(capsys, models_dir, tmp_path):
+    from test_workflows import TINY_LLAMAGEN
+    counts = {}
+    for strategy in ("plain", "sjd"):
+        stats = tmp_path / f"{strategy}.json"
+        code, _, err = run_cli(capsys, "generate", "--model", TINY_LLAMAGEN, "--class", "1", "--decode", strategy,
+                               "--stats-json", str(stats), "--out", str(tmp_path / f"{strategy}.png"), "--quiet")
+        assert code == 0, err
+        data = json.loads(stats.read_text())
+        assert data["decode"] == strategy and data["seconds"] > 0 and data["tokens"] == 16
+        counts[strategy] = data["forwards"]
+    assert counts["plain"] == 16 and 1 < counts["sjd"] <= 16
+    code, _, err = run_cli(capsys, "generate", "--model", TINY_VAR, "--class", "1", "--decode", "sjd",
+                           "--out", str(tmp_path / "v.png"), "--quiet")
+    assert code == 2 and "next-scale" in err

@@ -80,7 +80,9 @@ SCRIPT = textwrap.dedent('''
     (model,) = call("ARModelLoader", model=sys.argv[2], dtype="float32", quant="none", device="cpu")
     (cond,) = call("ARClassCondition", model=model, classes="red heart", cfg=3, cfg_schedule="linear")
     common = dict(seed=3, top_k=0, top_p=1.0, temperature=1.0)
-    (tokens,) = call("ARGenerate", model=model, cond=cond, batch_size=1, more_smooth=False, unique_id="7", **common)
+    generated = call("ARGenerate", model=model, cond=cond, batch_size=1, more_smooth=False, unique_id="7", **common)
+    (tokens,) = generated["result"]  # ComfyUI's dict form: the node also reports its forward count under "ui"
+    report.update(forwards=generated["ui"]["stats"][0]["forwards"])
     (image,) = call("ARDecode", model=model, tokens=tokens, scales=0)
     (mask,) = call("ARRegionMask", image=image, left=0.25, top=0.25, right=0.75, bottom=0.75, invert=False)
     (out,) = call("ARInpaint", model=model, cond=cond, image=image, mask=mask, keep_unmasked=True, **common)
@@ -129,5 +131,6 @@ def test_pack_imports_and_runs_like_comfyui(tmp_path):
     assert not CORE & set(report["names"]) and all(n.startswith("AR") for n in report["names"])
     assert all(c.startswith("arnodes/") for c in report["categories"])
     assert report["image"] == [1, 64, 64, 3] and report["out"] == [1, 64, 64, 3] and report["kept"]
+    assert report["forwards"] > 0
     assert report["progress"] and report["progress_total"] > 0
     assert report["interrupt"] == "honoured"

@@ -32,7 +32,7 @@ def setup():
         ctx = ExecutionContext("1", "X", tiny_models_dir(), tiny_models_dir())
         (model,) = ARModelLoader.execute(ctx, model=name, dtype="float32", quant="none", device="cpu")
         (cond,) = ARClassCondition.execute(ctx, model=model, classes="red heart", cfg=3.0, cfg_schedule="linear")
-        (tokens,) = ARGenerate.execute(ctx, model=model, cond=cond, batch_size=1, more_smooth=False, **S)
+        (tokens,) = ARGenerate.execute(ctx, model=model, cond=cond, batch_size=1, more_smooth=False, **S).outputs
         (image,) = ARDecode.execute(ctx, model=model, tokens=tokens, scales=0)
         out[name] = (ctx, model, cond, tokens, image)
     yield out
@@ -63,12 +63,14 @@ def test_generate_decode_tokenize(setup, name):
 def test_generate_batch_and_constrained_canvas(setup, name):
     ctx, model, cond, tokens, image = setup[name]
     (two,) = ARClassCondition.execute(ctx, model=model, classes="sun; pizza", cfg=3.0, cfg_schedule="linear")
-    (out,) = ARGenerate.execute(ctx, model=model, cond=two, batch_size=2, more_smooth=False, **S)
+    result = ARGenerate.execute(ctx, model=model, cond=two, batch_size=2, more_smooth=False, **S)
+    (out,) = result.outputs
+    assert result.ui["stats"][0]["forwards"] > 0 and result.ui["stats"][0]["decode"] == "plain"
     assert out.batch == 4 and all(k.all() for k in out.known)
     known = [torch.zeros_like(k) for k in tokens.known]
     known[0][:] = True  # keep the first grid (VAR: the 1x1 scale; LlamaGen: every token)
     (kept,) = ARGenerate.execute(ctx, model=model, cond=cond, batch_size=1, more_smooth=False,
-                                 tokens=tokens.with_known(known), **(S | {"seed": 99}))
+                                 tokens=tokens.with_known(known), **(S | {"seed": 99})).outputs
     assert torch.equal(kept.grids[0], tokens.grids[0])
 
 
@@ -148,3 +150,16 @@ def test_bad_inputs_are_named(setup):
     _, lg_model, _, lg_tokens, _ = setup[TINY_LLAMAGEN]
     with pytest.raises(InvalidInputError, match="tokens come from"):
         ARDecode.execute(ctx, model=model, tokens=lg_tokens, scales=0)
+
+
+def test_generate_node_decode_strategies(setup):
+    """Raster models take every strategy (same image size, forwards reported); next-scale ones refuse sjd."""
+    ctx, model, cond, tokens, image = setup[TINY_LLAMAGEN]
+    for strategy in ("plain", "sjd", "gsd"):
+        result = ARGenerate.execute(ctx, model=model, cond=cond, batch_size=1, more_smooth=False, decode=strategy, **S)
+        (out,) = result.outputs
+        stats = result.ui["stats"][0]
+        assert out.shapes == tokens.shapes and stats["decode"] == strategy and 1 <= stats["forwards"] <= 16
+    ctx, model, cond, *_ = setup[TINY_VAR]
+    with pytest.raises(InvalidInputError, match="next-scale"):
+        ARGenerate.execute(ctx, model=model, cond=cond, batch_size=1, more_smooth=False, decode="sjd", **S)
