@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ..engine import tasks
 from ..engine.errors import InvalidInputError
+from ..engine.limits import check_image_size
 from ..engine.image import check_graph_image, check_graph_mask, engine_to_graph, graph_to_engine, outpaint_mask, resize
 from .base import AR_COND, AR_MODEL, BOOLEAN, IMAGE, INT, MASK, ExecutionContext, InputSpec, Node, NodeSpec, OutputSpec
 from .types import check_model, check_range, match_batch, run_settings, sampler_inputs
@@ -110,6 +111,7 @@ class AROutpaint(Node):
                                     "on at least one side")
         B, H, W, _ = image.shape
         cond = match_batch(cond, B)
+        check_image_size(B, H + top + bottom, W + left + right, "AROutpaint output")
         sampler = dict(seed=seed, top_k=top_k, top_p=top_p, temperature=temperature)
         with handle.use() as bundle:
             run = run_settings(ctx, bundle, **sampler)

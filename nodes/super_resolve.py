@@ -7,6 +7,7 @@ import torch
 
 from ..engine import tasks
 from ..engine.image import check_graph_image, engine_to_graph, graph_to_engine
+from ..engine.limits import check_image_size
 from .base import AR_COND, AR_MODEL, IMAGE, INT, ExecutionContext, InputSpec, Node, NodeSpec, OutputSpec
 from .types import check_model, check_range, match_batch, run_settings, sampler_inputs
 
@@ -37,6 +38,7 @@ class ARSuperResolve(Node):
         check_graph_image(image, "input 'image'")
         check_range("scale", scale, 2, 8)
         cond = match_batch(cond, image.shape[0])
+        check_image_size(cond.batch, image.shape[1] * int(scale), image.shape[2] * int(scale), "ARSuperResolve output")
         if cond.batch != image.shape[0]:  # one image, several classes: one upscale per class
             image = image.expand(cond.batch, -1, -1, -1)
         with handle.use() as bundle:

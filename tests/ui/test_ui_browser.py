@@ -67,6 +67,11 @@ def screenshot(page, tmp_path: Path, name: str) -> Path:
     return path
 
 
+def wait_decoded(page, img) -> None:
+    """Wait until the browser has fetched and decoded the image (attached is not loaded: naturalWidth 0)."""
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img.element_handle())
+
+
 def visible_panel(page):
     return page.locator("[role=tabpanel]:visible").first
 
@@ -82,6 +87,7 @@ def test_pick_a_class_and_generate(page, tmp_path):
     panel.get_by_role("button", name="Generate", exact=True).click()
     images = panel.locator(".result-gallery img")
     images.first.wait_for()
+    wait_decoded(page, images.first)
     assert images.count() >= 2  # two classes x "images per class"
     assert images.first.evaluate("img => img.naturalWidth") > 0
     panel.get_by_text("arnodes_generate_").first.wait_for()
@@ -95,7 +101,8 @@ def test_paint_a_mask_and_inpaint(page, tmp_path):
     panel.locator("input[type=file]").first.set_input_files(str(src))
     canvas = panel.locator("canvas").first
     canvas.wait_for()
-    page.wait_for_timeout(1000)
+    # the upload has landed in the editor when its history has a step: Undo turns enabled
+    page.wait_for_function("b => !b.disabled", arg=panel.get_by_role("button", name="Undo").element_handle())
     brush = panel.get_by_role("button", name="Brush")
     if brush.count():
         brush.first.click()
@@ -106,10 +113,10 @@ def test_paint_a_mask_and_inpaint(page, tmp_path):
     for step in range(12):
         page.mouse.move(cx - 60 + step * 10, cy - 40 + (step % 3) * 30, steps=3)
     page.mouse.up()
-    page.wait_for_timeout(500)
     panel.get_by_role("button", name="Inpaint", exact=True).click()
     result = panel.locator(".result-gallery img")
     result.first.wait_for()
+    wait_decoded(page, result.first)
     assert result.first.evaluate("img => img.naturalWidth") > 0
     assert panel.get_by_text("Check the inputs").count() == 0
     assert screenshot(page, tmp_path, "inpaint.png").stat().st_size > 10_000
