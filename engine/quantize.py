@@ -118,7 +118,7 @@ def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch
     """
     N, K = w.shape
     if K % group_size or group_size % 2:
-        raise ValueError(f"int4: input width {K} is not a multiple of the group size {group_size}")
+        raise UnsupportedError(f"int4: input width {K} is not a multiple of the group size {group_size}")
     g = w.detach().float().reshape(N, K // group_size, group_size)  # (N, G, g)
     lo, hi = g.amin(dim=-1), g.amax(dim=-1)  # (N, G)
     scales = ((hi - lo) / 15.0).clamp_min(1e-8)
@@ -260,7 +260,7 @@ class WeightOnlyInt4Linear(nn.Module):
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         if in_features % group_size:
-            raise ValueError(f"int4: in_features {in_features} is not a multiple of the group size {group_size}")
+            raise UnsupportedError(f"int4: in_features {in_features} is not a multiple of the group size {group_size}")
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         self.register_buffer("weight", torch.empty(out_features, in_features // 2, dtype=torch.uint8, device=device))
         self.register_buffer("scales_and_zeros", torch.empty(in_features // group_size, out_features, 2,

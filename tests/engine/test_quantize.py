@@ -49,8 +49,10 @@ def test_int4_error_bound_and_packing(g):
 
 
 def test_int4_refuses_indivisible_width():
-    with pytest.raises(ValueError, match="group size"):
+    with pytest.raises(UnsupportedError, match="group size"):  # a typed error, never a bare ValueError
         quantize_int4(torch.randn(4, 48), 32)
+    with pytest.raises(UnsupportedError, match="in_features 48"):
+        WeightOnlyInt4Linear(48, 8, group_size=32)
 
 
 # ---- modules -----------------------------------------------------------------------------------
