@@ -140,6 +140,20 @@ def block_gpu() -> str:
     return "\n".join(lines) + "\n"
 
 
+def block_decode() -> str:
+    d = load("decode_strategies.json")
+    if d is None:
+        return _missing("decode_strategies.json", "python bench/decode_strategies.py --out bench/results/decode_strategies.json")
+    st = d["settings"]
+    lines = [f"Raster decode strategies ({_machine(d['env'])}; {st['seeds']} seeds, CFG {st['cfg']}, top-k {st['top_k']}, "
+             f"window {st['window']}, {st['threads']} thread):\n",
+             "| model | decode | forwards per image | fewer forwards than plain | seconds per image |", "|---|---|---|---|---|"]
+    for r in d["rows"]:
+        lines.append(f"| {r['model']} | {r['decode']} | {f(r['forwards_mean'], 1)} of {r['tokens']} tokens | "
+                     f"{f(r['fewer_forwards_vs_plain'])}x | {f(r['seconds_median'], 2)} |")
+    return "\n".join(lines) + "\n"
+
+
 def block_kernels() -> str:
     k = load("linear_kernels.json")
     if k is None:
@@ -156,7 +170,8 @@ def block_kernels() -> str:
 
 
 BLOCKS: dict[str, Callable[[], str]] = {"generate": block_generate, "quantize": block_quantize,
-                                        "emoji": block_emoji, "gpu": block_gpu, "kernels": block_kernels}
+                                        "emoji": block_emoji, "gpu": block_gpu, "kernels": block_kernels,
+                                        "decode": block_decode}
 
 
 # ---- documents --------------------------------------------------------------------------------------

@@ -1,0 +1,75 @@
+"""Forward passes (and wall time) of the raster decode strategies: plain, sjd, gsd.
+
+Same model, classes, seeds and sampler for each strategy; ``forwards`` counts model forward passes per
+image (plain: one per token). Models: ``fixture`` (the tiny parity LlamaGen) and ``gpt-b`` (GPT-B at
+256 px with random weights: a random model's drafts are rarely right, so it shows the floor of the
+gain, not what a trained model gets).
+
+    python bench/decode_strategies.py --models fixture gpt-b --seeds 2 --out bench/results/decode_strategies.json
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+from common import env_info, write_json
+
+GPT_B = {"dim": 768, "n_layer": 12, "n_head": 12, "num_classes": 1000, "vocab_size": 16384, "block_size": 256}
+
+
+def build(name: str):
+    from arnodes.engine.models.llamagen import LlamaGen, LlamaGenConfig
+    if name == "fixture":
+        sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tests"))
+        import parity_llamagen as pl
+        from conftest import REFERENCE_DIR
+        return pl._load(str(REFERENCE_DIR / "llamagen" / "tiny_a"))[3]
+    torch.manual_seed(0)
+    return LlamaGen(LlamaGenConfig.from_official(GPT_B)).eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from arnodes.engine.conditioning import Conditioning
+    from arnodes.engine.generate.decoders import DecodeOptions
+    from arnodes.engine.generate.next_token import generate_tokens
+    from arnodes.engine.sampling import SamplingParams
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=["fixture", "gpt-b"])
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--window", type=int, default=16)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    params = SamplingParams(top_k=2000, top_p=1.0, top_p_style="llamagen")
+    rows = []
+    for name in a.models:
+        model = build(name)
+        per = {}
+        for strategy in ("plain", "sjd", "gsd"):
+            forwards, seconds = [], []
+            for seed in range(a.seeds):
+                stats: dict = {}
+                t0 = time.perf_counter()
+                generate_tokens(model, Conditioning((seed % model.config.num_classes,), cfg=4.0), None, params,
+                                torch.Generator().manual_seed(seed), decode=DecodeOptions(strategy, window=a.window),
+                                stats=stats)
+                seconds.append(time.perf_counter() - t0)
+                forwards.append(stats["forwards"])
+            per[strategy] = {"model": name, "decode": strategy, "tokens": stats["tokens"],
+                             "forwards_mean": statistics.mean(forwards), "seconds_median": statistics.median(seconds)}
+        for strategy, row in per.items():
+            row["fewer_forwards_vs_plain"] = per["plain"]["forwards_mean"] / row["forwards_mean"]
+            rows.append(row)
+    write_json({"bench": "decode_strategies", "env": env_info("cpu"),
+                "settings": {"seeds": a.seeds, "window": a.window, "cfg": 4.0, "top_k": 2000, "threads": a.threads},
+                "rows": rows}, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
