@@ -13,7 +13,7 @@ import torch
 
 from .conditioning import Conditioning
 from .errors import InvalidInputError
-from .generate import generate
+from .generate import DecodeOptions, generate
 from .generate.canvas import TokenCanvas
 from .image import composite, mask_to_grid, outpaint_mask, pad_edges, resize, resize_mask
 from .sampling import SamplingParams
@@ -28,6 +28,8 @@ class RunSettings:
     params: SamplingParams | None = None
     seed: int | None = None
     progress: Progress | None = None
+    decode: DecodeOptions | None = None  # plain / sjd / gsd (raster models); None = plain
+    stats: dict | None = None  # receives the generation's forward count (summed over tiles)
 
 
 def model_size(bundle) -> int:
@@ -98,7 +100,12 @@ def known_lattice(canvas: TokenCanvas, strength: float) -> TokenCanvas:
 
 
 def _run(bundle, cond: Conditioning, canvas: TokenCanvas, run: RunSettings) -> torch.Tensor:
-    out = generate(bundle, cond, canvas, params=run.params, seed=run.seed, progress=run.progress)
+    stats: dict = {}
+    out = generate(bundle, cond, canvas, params=run.params, seed=run.seed, progress=run.progress,
+                   decode=run.decode, stats=stats)
+    if run.stats is not None:
+        run.stats["forwards"] = run.stats.get("forwards", 0) + stats["forwards"]
+        run.stats["decode"] = stats["decode"]
     return decode(bundle, out)
 
 

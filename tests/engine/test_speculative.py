@@ -149,3 +149,19 @@ def test_bad_options_are_user_errors(kwargs, needle):
 def test_speculative_decoding_is_refused_for_next_scale_models():
     with pytest.raises(InvalidInputError, match="next-scale"):
         DecodeOptions("sjd").check_family("var")
+
+
+def test_tasks_take_the_decode_strategy():
+    """Inpaint on the tiny raster model with sjd: the kept half is exact, the forward count is reported."""
+    from test_workflows import TINY_LLAMAGEN, tiny_models_dir
+
+    from arnodes.engine import tasks
+    from arnodes.engine.loader import load_bundle
+    bundle = load_bundle(str(tiny_models_dir() / TINY_LLAMAGEN))
+    src = torch.rand(1, 3, 64, 64) * 2 - 1
+    regen = torch.zeros(1, 64, 64)
+    regen[:, 32:] = 1
+    stats: dict = {}
+    run = tasks.RunSettings(params=PARAMS, seed=1, decode=DecodeOptions("sjd", window=4), stats=stats)
+    out = tasks.inpaint(bundle, Conditioning((1,), cfg=2.0), src, regen, run)
+    assert torch.equal(out[:, :, :32], src[:, :, :32]) and stats["decode"] == "sjd" and 1 < stats["forwards"] <= 16
