@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -50,6 +50,9 @@ class _Entry:
     last_used: float = 0.0
     offloaded: bool = False  # on CPU memory while its key's device is a GPU
     doomed: bool = False  # unload requested while pinned: drop when the last pin goes
+    # one generation at a time per loaded model: the generator holds its KV cache as module state,
+    # so two threads decoding on one bundle would overwrite each other's cache (mixed-up images)
+    busy: threading.RLock = field(default_factory=threading.RLock)
 
 
 class ModelCache:
@@ -87,11 +90,13 @@ class ModelCache:
     @contextmanager
     def use(self, name: str, *, device: str | torch.device = "cpu", dtype: str = "float32", quant: str = "none",
             models_dir: str | Path | None = None) -> Iterator[ModelBundle]:
-        """Pin the bundle for the duration of a generation: it cannot be evicted meanwhile."""
+        """Pin the bundle for the duration of a generation: it cannot be evicted meanwhile, and other
+        threads wanting the same bundle wait their turn (the model's KV cache is per-module state)."""
         key = self.make_key(name, device=device, dtype=dtype, quant=quant)
         entry = self._acquire(key, models_dir, pin=True)
         try:
-            yield entry.bundle
+            with entry.busy:
+                yield entry.bundle
         finally:
             with self._lock:
                 entry.pins -= 1
