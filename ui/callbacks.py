@@ -199,10 +199,13 @@ def readable_errors(fn: Callable) -> Callable:
         except NodeExecutionError as e:
             if isinstance(e.original, CancelledError):
                 raise gr.Error("Stopped: the run was cancelled, nothing was saved.", title="Cancelled") from None
-            if not isinstance(e.original, ArnodesError):
-                logger.exception("node %s (%s) failed", e.node_id, e.class_type)
-            raise gr.Error(f"{STEP_LABELS.get(e.class_type, e.class_type)} failed: {e.original}",
-                           title="Could not finish") from None
+            step = STEP_LABELS.get(e.class_type, e.class_type)
+            if e.internal:  # our bug, not the user's input: say so, traceback to the server log
+                logger.exception("internal error in node %s (%s)", e.node_id, e.class_type)
+                raise gr.Error(f"Internal error in {step} ({type(e.original).__name__}: {e.original}). This is a "
+                               f"bug in arnodes, not a problem with your input; the server log has details.",
+                               title="Internal error") from None
+            raise gr.Error(f"{step} failed: {e.original}", title="Could not finish") from None
         except ArnodesError as e:
             raise gr.Error(str(e), title="Check the inputs") from None
         except Exception as e:  # a bug, not bad input: log it, keep the page and the server alive

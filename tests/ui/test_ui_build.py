@@ -129,6 +129,25 @@ def test_unexpected_exceptions_become_one_line_errors():
         broken()
 
 
+def test_a_bug_inside_a_node_is_an_internal_error_not_bad_input():
+    from arnodes.engine.errors import InvalidInputError
+    from arnodes.graph import NodeExecutionError
+
+    @callbacks.readable_errors
+    def node_bug():
+        raise NodeExecutionError("3", "ARGenerate", KeyError("oops"))
+
+    @callbacks.readable_errors
+    def bad_input():
+        raise NodeExecutionError("3", "ARGenerate", InvalidInputError("input 'seed' is negative"))
+
+    with pytest.raises(gr.Error, match=r"Internal error in .*KeyError.*bug in arnodes"):
+        node_bug()
+    with pytest.raises(gr.Error, match=r"failed: input 'seed' is negative") as info:
+        bad_input()
+    assert "Internal" not in str(info.value)
+
+
 def test_cancel_board_sets_only_its_own_session():
     board = callbacks.CancelBoard()
     a, b = board.start("a"), board.start("b")
