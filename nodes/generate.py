@@ -12,7 +12,7 @@ from .base import (
     OutputSpec,
 )
 from .tokenize import check_tokens
-from .types import check_model, check_range, match_batch, sampler_inputs, sampling_params
+from .types import check_generation_memory, check_model, check_range, match_batch, sampler_inputs, sampling_params
 
 MAX_BATCH = 64
 
@@ -61,6 +61,7 @@ class ARGenerate(Node):
             cond = match_batch(cond, canvas.batch, "tokens")
         stats: dict = {}
         with handle.use() as bundle:
+            check_generation_memory(bundle, cond.batch, "ARGenerate")
             params = sampling_params(bundle, top_k, top_p, temperature, more_smooth)
             started = time.perf_counter()
             out = generate(bundle, cond, None if canvas is None else canvas.to(bundle.device), params=params,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..engine.errors import InvalidInputError, MissingFileError, UnsupportedError
-from ..engine.limits import check_batch
+from ..engine.limits import check_batch, check_memory
 from ..engine.quantize import QUANT_MODES
 from .base import FLOAT, INT, InputSpec
 
@@ -153,6 +153,31 @@ def run_settings(ctx: Any, bundle: Any, seed: int, top_k: int, top_p: float, tem
 
     check_range("seed", seed, 0, MAX_SEED)
     return RunSettings(sampling_params(bundle, top_k, top_p, temperature, more_smooth), int(seed), ctx.progress)
+
+
+def generation_bytes(bundle: Any, batch: int) -> int:
+    """Rough working memory of generating `batch` images: KV cache, activations and logits, with CFG's
+    doubled batch. An estimate for refusing what cannot fit, not a measurement."""
+    cfg = getattr(bundle.generator, "cfg", None) or getattr(bundle.generator, "config", None)
+    layers = getattr(cfg, "depth", None) or getattr(cfg, "n_layer", None)
+    dim = getattr(cfg, "embed_dim", None) or getattr(cfg, "dim", None)
+    if not layers or not dim:
+        return 0
+    if hasattr(cfg, "patch_nums"):  # next-scale: every scale's tokens; logits for the largest scale
+        tokens, last = sum(p * p for p in cfg.patch_nums), cfg.patch_nums[-1] ** 2
+    else:  # raster: the class token(s) plus the grid; logits one token at a time
+        tokens, last = getattr(cfg, "block_size", 0) + getattr(cfg, "cls_token_num", 1), 1
+    rows = 2 * batch
+    element = 4 if bundle.dtype.is_floating_point and bundle.dtype.itemsize >= 4 else 2
+    kv_cache = 2 * layers * rows * tokens * dim * element
+    activations = 16 * rows * tokens * dim * 4
+    logits = rows * last * getattr(cfg, "vocab_size", 0) * 4 * 2
+    return kv_cache + activations + logits
+
+
+def check_generation_memory(bundle: Any, batch: int, what: str) -> None:
+    """Refuse a generation whose estimated memory is more than what is free on the bundle's device."""
+    check_memory(generation_bytes(bundle, batch), f"{what} ({batch} image(s))", str(bundle.device))
 
 
 def check_range(name: str, value: Any, lo: float | None, hi: float | None) -> None:

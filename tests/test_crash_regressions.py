@@ -204,3 +204,23 @@ def test_cli_untyped_exception_outside_a_node_is_internal(tmp_path, capsys, monk
     monkeypatch.setattr(cli, "_registry", lambda: 1 / 0)
     assert main(["nodes"]) == EXIT_INTERNAL
     assert "internal error: ZeroDivisionError" in capsys.readouterr().err
+
+
+def test_generation_whose_memory_estimate_exceeds_free_memory_is_refused(tmp_path, monkeypatch):
+    from arnodes.engine import limits
+
+    monkeypatch.setattr(limits, "available_bytes", lambda device="cpu": 1 << 20)  # 1 MiB free
+    with pytest.raises(NodeExecutionError) as info:
+        run(BASE, tmp_path)
+    assert isinstance(info.value.original, LimitError)
+    assert_user_error(info.value, "node 3", "ARGenerate (1 image(s)): needs about", "GiB of memory but only 0.0 GiB")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_generation_memory_estimate_grows_with_the_batch():
+    from arnodes.engine.model_cache import default_cache
+    from arnodes.nodes.types import generation_bytes
+
+    bundle = default_cache().get("emoji-var")
+    one, eight = generation_bytes(bundle, 1), generation_bytes(bundle, 8)
+    assert 0 < one < 1 << 30 and eight == 8 * one
