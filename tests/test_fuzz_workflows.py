@@ -204,13 +204,15 @@ def test_fuzzed_workflows_end_in_a_result_or_a_user_error(tmp_path, monkeypatch)
         if took > slowest[0]:
             slowest[:] = [took, repr(source)[:300]]
         if os.environ.get("ARNODES_FUZZ_TRACE"):
+            shown = "bytes" if isinstance(source, bytes) else json.dumps(source, default=repr)[:3000]
             with open(os.environ["ARNODES_FUZZ_TRACE"], "a") as fh:
-                fh.write(f"{took:.3f}\t{json.dumps(source, default=repr)[:3000] if not isinstance(source, bytes) else 'bytes'}\n")
+                fh.write(f"{took:.3f}\t{shown}\n")
         assert sorted(os.listdir(root)) == ["cwd", "input", "output"], "a file was written outside the output folder"
         assert not os.listdir(cwd), "a file was written in the working directory"
         assert _listing(inp) == inputs_before, "the input folder changed"
 
-    check = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize="ARNODES_FUZZ_SEED" not in os.environ,
+    check = settings(max_examples=EXAMPLES, deadline=None, database=None,
+                     derandomize="ARNODES_FUZZ_SEED" not in os.environ,
                      suppress_health_check=list(HealthCheck))(given(cases())(one))
     if "ARNODES_FUZZ_SEED" in os.environ:
         check = seed(int(os.environ["ARNODES_FUZZ_SEED"]))(check)

@@ -139,7 +139,8 @@ def test_wrong_output_count_names_the_node(dirs):
         def execute(cls, ctx):
             return (1,)
 
-    with pytest.raises(NodeExecutionError, match=r"node 1 \(Bad\): internal error \(TypeError: execute returned 1 output\(s\)"):
+    expected = r"node 1 \(Bad\): internal error \(TypeError: execute returned 1 output\(s\)"
+    with pytest.raises(NodeExecutionError, match=expected):
         run_workflow({"1": {"class_type": "Bad", "inputs": {}}}, {"Bad": Bad}, **dirs)
 
 

@@ -81,7 +81,8 @@ def test_pixel_limit_is_configurable(ctx, monkeypatch):
 
 
 def test_truncated_and_fake_images_are_refused_clearly(ctx):
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(ctx.input_dir / "a.png")
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(ctx.input_dir / "a.png")
     data = (ctx.input_dir / "a.png").read_bytes()
     (ctx.input_dir / "cut.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(InvalidInputError, match="cut.png.*truncated or corrupt"):
