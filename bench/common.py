@@ -61,7 +61,14 @@ def summarize(times: list[float], items_per_call: int) -> dict[str, float | int 
 
 
 def maxrss_bytes() -> int:
-    """This process's resident-set high-water mark (Linux reports KiB, macOS bytes)."""
+    """This process's resident-set high-water mark. On Linux from /proc (VmHWM): ``ru_maxrss`` survives
+    exec, so a worker started by a large parent would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024
 

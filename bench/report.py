@@ -34,6 +34,10 @@ def f(x: float | None, digits: int = 2) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
+def ratio(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}x"
+
+
 def pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f} %"
 
@@ -68,7 +72,7 @@ def block_generate() -> str:
             f"| VAR {r['config']} (image) | {r['threads']} | {f(r['ours']['median_s'], 3)} s | "
             f"{f(r['official']['median_s'], 3)} s | **{f(r['ours'].get('speedup_vs_official'))}x** | "
             f"{'yes' if r.get('same_images_as_official') else 'no'} (image diff {r['max_abs_image_diff']:.1e}) | "
-            f"{f(bf.get('speedup_vs_official'))}x | {pct(bf.get('token_agreement_vs_ours_float32'))} | "
+            f"{ratio(bf.get('speedup_vs_official'))} | {pct(bf.get('token_agreement_vs_ours_float32'))} | "
             f"{f(mem[0], 0)} / {f(mem[1], 0)} MB |")
     rows = (lg or {}).get("results", [])
     for r in rows:
@@ -82,7 +86,7 @@ def block_generate() -> str:
         lines.append(
             f"| LlamaGen {r['model']} (tok/s) | {r['threads']} | {f(r['tokens_per_s'], 1)} | "
             f"{f(off['tokens_per_s'], 1)} | **{f(r.get('speedup_vs_official'))}x** | "
-            f"{pct(r.get('token_agreement_vs_official'))} | {f(bf.get('speedup_vs_official'))}x | "
+            f"{pct(r.get('token_agreement_vs_official'))} | {ratio(bf.get('speedup_vs_official'))} | "
             f"{pct(bf.get('token_agreement_vs_ours_float32'))} | {f(r['peak_rss_mb'], 0)} / {f(off['peak_rss_mb'], 0)} MB |")
     env = (var or lg or {}).get("env")
     return ("Batch 1, CFG as one doubled batch, seeded sampling, the same weights; the official code measured in "
@@ -145,7 +149,7 @@ def block_decode() -> str:
     if d is None:
         return _missing("decode_strategies.json", "python bench/decode_strategies.py --out bench/results/decode_strategies.json")
     st = d["settings"]
-    lines = [f"Raster decode strategies ({_machine(d['env'])}; {st['seeds']} seeds, CFG {st['cfg']}, top-k {st['top_k']}, "
+    lines = [f"Raster decode strategies ({_machine(d['env'])}; seeds: {st['seeds']}, CFG {st['cfg']}, top-k {st['top_k']}, "
              f"window {st['window']}, {st['threads']} thread):\n",
              "| model | decode | forwards per image | fewer forwards than plain | seconds per image |", "|---|---|---|---|---|"]
     for r in d["rows"]:

@@ -52,6 +52,7 @@ PRESETS: dict[str, VARConfig] = {
     "var-d36": _official(36, (1, 2, 3, 4, 6, 9, 13, 18, 24, 32), shared_aln=True),
 }
 
+
 @dataclass
 class ClassConditioning:
     """What a batch of class labels contributes, for every scale alike."""
