@@ -4,15 +4,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..engine.generate import DECODERS, DecodeOptions, generate
+from ..engine.generate import DecodeOptions, generate
 from ..engine.generate.canvas import TokenCanvas
 from ..engine.limits import check_batch
 from .base import (
-    AR_COND, AR_MODEL, AR_TOKENS, BOOLEAN, COMBO, INT, ExecutionContext, InputSpec, Node, NodeResult, NodeSpec,
-    OutputSpec,
+    AR_COND, AR_MODEL, AR_TOKENS, BOOLEAN, INT, ExecutionContext, InputSpec, Node, NodeResult, NodeSpec, OutputSpec,
 )
 from .tokenize import check_tokens
-from .types import check_generation_memory, check_model, check_range, match_batch, sampler_inputs, sampling_params
+from .types import (
+    check_generation_memory, check_model, check_range, decode_input, match_batch, sampler_inputs, sampling_params,
+)
 
 MAX_BATCH = 64
 
@@ -33,9 +34,7 @@ class ARGenerate(Node):
             InputSpec("batch_size", INT, default=1, min=1, max=MAX_BATCH, tooltip="Images per class."),
             InputSpec("more_smooth", BOOLEAN, default=False,
                       tooltip="VAR only: gumbel soft-embedding of the sampled tokens (smoother, less faithful)."),
-            InputSpec("decode", COMBO, default="plain", choices=tuple(DECODERS),
-                      tooltip="Raster models: plain (a forward per token), sjd (speculative Jacobi: fewer "
-                              "forwards, same distribution), gsd (grouped: fewest forwards, slightly lossy)."),
+            decode_input(),
             InputSpec("tokens", AR_TOKENS, optional=True,
                       tooltip="Optional canvas whose known tokens are kept; the others are generated."),
         ),

@@ -17,7 +17,7 @@ from ..engine.errors import InvalidInputError
 from ..engine.limits import check_image_size
 from ..engine.image import check_graph_image, check_graph_mask, engine_to_graph, graph_to_engine, outpaint_mask, resize
 from .base import AR_COND, AR_MODEL, BOOLEAN, IMAGE, INT, MASK, ExecutionContext, InputSpec, Node, NodeSpec, OutputSpec
-from .types import check_model, check_range, match_batch, run_settings, sampler_inputs
+from .types import check_model, check_range, decode_input, match_batch, run_settings, sampler_inputs
 
 MAX_PAD = 4096
 
@@ -65,6 +65,7 @@ class ARInpaint(Node):
             *sampler_inputs(),
             InputSpec("keep_unmasked", BOOLEAN, default=True,
                       tooltip="Paste the input back outside the mask, so those pixels are exactly unchanged."),
+            decode_input(),
         ),
         outputs=(OutputSpec("image", IMAGE, "Same size as the input image."),),
         description="Regenerate the masked region of an image; the unmasked tokens are kept.",
@@ -72,8 +73,9 @@ class ARInpaint(Node):
 
     @classmethod
     def execute(cls, ctx: ExecutionContext, model: Any, cond: Any, image: torch.Tensor, mask: torch.Tensor,
-                seed: int, top_k: int, top_p: float, temperature: float, keep_unmasked: bool) -> tuple[torch.Tensor]:
-        sampler = dict(seed=seed, top_k=top_k, top_p=top_p, temperature=temperature)
+                seed: int, top_k: int, top_p: float, temperature: float, keep_unmasked: bool,
+                decode: str = "plain") -> tuple[torch.Tensor]:
+        sampler = dict(seed=seed, top_k=top_k, top_p=top_p, temperature=temperature, decode=decode)
         return (regenerate(ctx, model, cond, image, mask, bool(keep_unmasked), sampler),)
 
 
@@ -92,6 +94,7 @@ class AROutpaint(Node):
             InputSpec("feathering", INT, default=8, min=0, max=MAX_PAD, step=1,
                       tooltip="Width of the band inside the original that is regenerated and blended."),
             *sampler_inputs(),
+            decode_input(),
         ),
         outputs=(OutputSpec("image", IMAGE, "Input size plus the padding; the original is kept outside the band."),),
         description="Extend an image beyond its borders (the new area is generated to match).",
@@ -100,7 +103,7 @@ class AROutpaint(Node):
     @classmethod
     def execute(cls, ctx: ExecutionContext, model: Any, cond: Any, image: torch.Tensor, left: int, top: int,
                 right: int, bottom: int, feathering: int, seed: int, top_k: int, top_p: float,
-                temperature: float) -> tuple[torch.Tensor]:
+                temperature: float, decode: str = "plain") -> tuple[torch.Tensor]:
         handle = check_model(model)
         check_graph_image(image, "input 'image'")
         for name, value in (("left", left), ("top", top), ("right", right), ("bottom", bottom),
@@ -112,7 +115,7 @@ class AROutpaint(Node):
         B, H, W, _ = image.shape
         cond = match_batch(cond, B)
         check_image_size(B, H + top + bottom, W + left + right, "AROutpaint output")
-        sampler = dict(seed=seed, top_k=top_k, top_p=top_p, temperature=temperature)
+        sampler = dict(seed=seed, top_k=top_k, top_p=top_p, temperature=temperature, decode=decode)
         with handle.use() as bundle:
             run = run_settings(ctx, bundle, **sampler)
             out = tasks.outpaint(bundle, cond, graph_to_engine(image).to(bundle.device), left, top, right, bottom,

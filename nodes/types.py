@@ -16,7 +16,7 @@ from typing import Any, Iterator
 from ..engine.errors import InvalidInputError, MissingFileError, UnsupportedError
 from ..engine.limits import check_batch, check_memory
 from ..engine.quantize import QUANT_MODES
-from .base import FLOAT, INT, InputSpec
+from .base import COMBO, FLOAT, INT, InputSpec
 
 DTYPES = ("float32", "bfloat16", "float16")
 QUANTS = QUANT_MODES
@@ -147,12 +147,25 @@ def sampling_params(bundle: Any, top_k: int, top_p: float, temperature: float, m
                           top_p_style=style, more_smooth=bool(more_smooth))
 
 
+def decode_input() -> InputSpec:
+    """The decode strategy (engine/generate/decoders.py); speculative ones apply to raster models."""
+    from ..engine.generate.decoders import DECODERS
+
+    return InputSpec("decode", COMBO, default="plain", choices=tuple(DECODERS),
+                     tooltip="Raster models: plain (a forward per token), sjd (speculative Jacobi: fewer forwards, "
+                             "same distribution), gsd (grouped: fewest forwards, slightly lossy).")
+
+
 def run_settings(ctx: Any, bundle: Any, seed: int, top_k: int, top_p: float, temperature: float,
-                 more_smooth: bool = False):
+                 more_smooth: bool = False, decode: str = "plain"):
+    from ..engine.generate.decoders import DecodeOptions
     from ..engine.tasks import RunSettings
 
     check_range("seed", seed, 0, MAX_SEED)
-    return RunSettings(sampling_params(bundle, top_k, top_p, temperature, more_smooth), int(seed), ctx.progress)
+    options = DecodeOptions(decode)
+    options.check_family(bundle.family)
+    return RunSettings(sampling_params(bundle, top_k, top_p, temperature, more_smooth), int(seed), ctx.progress,
+                       decode=options)
 
 
 def generation_bytes(bundle: Any, batch: int) -> int:

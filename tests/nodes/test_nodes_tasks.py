@@ -163,3 +163,19 @@ def test_generate_node_decode_strategies(setup):
     ctx, model, cond, *_ = setup[TINY_VAR]
     with pytest.raises(InvalidInputError, match="next-scale"):
         ARGenerate.execute(ctx, model=model, cond=cond, batch_size=1, more_smooth=False, decode="sjd", **S)
+
+
+def test_inpaint_and_outpaint_take_the_decode_strategy(setup):
+    """sjd on the raster model: the unmasked pixels stay exactly the input's; next-scale models refuse it."""
+    ctx, model, cond, tokens, image = setup[TINY_LLAMAGEN]
+    mask = center_mask(image)
+    (out,) = ARInpaint.execute(ctx, model=model, cond=cond, image=image, mask=mask, keep_unmasked=True,
+                               decode="sjd", **S)
+    keep = mask[0] == 0
+    assert out.shape == image.shape and torch.equal(out[0][keep], image[0][keep])
+    (wide,) = AROutpaint.execute(ctx, model=model, cond=cond, image=image, left=16, top=0, right=0, bottom=0,
+                                 feathering=4, decode="gsd", **S)
+    assert wide.shape == (1, 64, 80, 3)
+    ctx, model, cond, tokens, image = setup[TINY_VAR]
+    with pytest.raises(InvalidInputError, match="next-scale"):
+        ARInpaint.execute(ctx, model=model, cond=cond, image=image, mask=mask, keep_unmasked=True, decode="sjd", **S)
