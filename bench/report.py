@@ -50,6 +50,12 @@ def _machine(env: dict | None) -> str:
         f", torch {env.get('torch')}"
 
 
+def _table(columns: list[str], rows: list[list[str]]) -> list[str]:
+    """Markdown table lines: header, separator, one line per row."""
+    return ["| " + " | ".join(c) + " |" for c in [columns]] + ["|" + "---|" * len(columns)] + \
+        ["| " + " | ".join(r) + " |" for r in rows]
+
+
 def _missing(name: str, how: str) -> str:
     return f"_No committed result yet (`bench/results/{name}`): run `{how}`._\n"
 
@@ -135,12 +141,12 @@ def block_gpu() -> str:
     if gpu is None:
         return ("_No GPU run is recorded yet: no GPU has been lent to this project so far. `bench/gpu.sh OUT_DIR` "
                 "is ready for one (its `--smoke` mode runs the same code paths in the tests)._\n")
-    lines = [f"Device: {_machine(gpu['env'])}; measured copy bandwidth {gpu['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s.\n",
-             "| model | batch | impl | quant | seconds / image batch | speed-up vs official | vs bf16 | "
-             "fraction of memory bound |", "|---|---|---|---|---|---|---|---|"]
-    for r in gpu["rows"]:
-        lines.append(f"| {r['model']} | {r['batch']} | {r['impl']} | {r['quant']} | {f(r['seconds'], 3)} | "
-                     f"{f(r.get('speedup_vs_official'))} | {f(r.get('speedup_vs_bf16'))} | {pct(r.get('fraction_of_bound'))} |")
+    lines = [f"Device: {_machine(gpu['env'])}; measured copy bandwidth {gpu['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s.\n"]
+    lines += _table(["model", "batch", "impl", "quant", "seconds / image batch", "speed-up vs official", "vs bf16",
+                     "fraction of memory bound"],
+                    [[r["model"], str(r["batch"]), r["impl"], r["quant"], f(r["seconds"], 3),
+                      f(r.get("speedup_vs_official")), f(r.get("speedup_vs_bf16")), pct(r.get("fraction_of_bound"))]
+                     for r in gpu["rows"]])
     return "\n".join(lines) + "\n"
 
 
@@ -150,11 +156,10 @@ def block_decode() -> str:
         return _missing("decode_strategies.json", "python bench/decode_strategies.py --out bench/results/decode_strategies.json")
     st = d["settings"]
     lines = [f"Raster decode strategies ({_machine(d['env'])}; seeds: {st['seeds']}, CFG {st['cfg']}, top-k {st['top_k']}, "
-             f"window {st['window']}, {st['threads']} thread):\n",
-             "| model | decode | forwards per image | fewer forwards than plain | seconds per image |", "|---|---|---|---|---|"]
-    for r in d["rows"]:
-        lines.append(f"| {r['model']} | {r['decode']} | {f(r['forwards_mean'], 1)} of {r['tokens']} tokens | "
-                     f"{f(r['fewer_forwards_vs_plain'])}x | {f(r['seconds_median'], 2)} |")
+             f"window {st['window']}, {st['threads']} thread):\n"]
+    lines += _table(["model", "decode", "forwards per image", "fewer forwards than plain", "seconds per image"],
+                    [[r["model"], r["decode"], f"{f(r['forwards_mean'], 1)} of {r['tokens']} tokens",
+                      ratio(r["fewer_forwards_vs_plain"]), f(r["seconds_median"], 2)] for r in d["rows"]])
     return "\n".join(lines) + "\n"
 
 
@@ -163,13 +168,13 @@ def block_kernels() -> str:
     if k is None:
         return _missing("linear_kernels.json", "python bench/linear_kernels.py --out bench/results/linear_kernels.json")
     lines = [f"{_machine(k['env'])}, torch CPU capability {k['cpu_capability']}. GPT-B-sized weights "
-             f"({k['few_rows'][0]['weight_mb']:.0f} MB float32), one pass over all of them:\n",
-             "| threads | rows | `F.linear` | `W @ x.T` | speed-up |", "|---|---|---|---|---|"]
-    for r in k["few_rows"]:
-        lines.append(f"| {r['threads']} | {r['rows']} | {f(r['linear_ms'], 1)} ms ({f(r['linear_gb_s'], 1)} GB/s) | "
-                     f"{f(r['w_at_xt_ms'], 1)} ms ({f(r['w_at_xt_gb_s'], 1)} GB/s) | {f(r['speedup'])}x |")
-    lines += ["", "| GEMM 512x1024x3072 | threads | GFLOP/s |", "|---|---|---|"]
-    lines += [f"| {g['dtype']} | {g['threads']} | {f(g['gflop_s'], 1)} |" for g in k["gemm"]]
+             f"({k['few_rows'][0]['weight_mb']:.0f} MB float32), one pass over all of them:\n"]
+    lines += _table(["threads", "rows", "`F.linear`", "`W @ x.T`", "speed-up"],
+                    [[str(r["threads"]), str(r["rows"]), f"{f(r['linear_ms'], 1)} ms ({f(r['linear_gb_s'], 1)} GB/s)",
+                      f"{f(r['w_at_xt_ms'], 1)} ms ({f(r['w_at_xt_gb_s'], 1)} GB/s)", ratio(r["speedup"])]
+                     for r in k["few_rows"]])
+    lines += [""] + _table(["GEMM 512x1024x3072", "threads", "GFLOP/s"],
+                           [[g["dtype"], str(g["threads"]), f(g["gflop_s"], 1)] for g in k["gemm"]])
     return "\n".join(lines) + "\n"
 
 

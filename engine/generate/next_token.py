@@ -42,6 +42,7 @@ class _Step:
     generator: torch.Generator | None
     trace: dict | None
     compiled: bool  # run the compiled decode step (static shapes: attention over the whole cache)
+    step: Callable  # the model's decode step (compiled.StepFunction), looked up once per generation
 
 
 def _choose(logits: torch.Tensor, t: int, s: _Step, tokens_BL: torch.Tensor, known_BL: torch.Tensor) -> torch.Tensor:
@@ -71,9 +72,8 @@ def decode_one_token(model, feed: torch.Tensor, t: int, positions: torch.Tensor,
                      tokens_BL: torch.Tensor, known_BL: torch.Tensor) -> torch.Tensor:
     """Feed token t-1 (in ``feed``, (B or 2B, 1)) at its position -> token t (B,)."""
     pos = model.config.cls_token_num + t - 1
-    step = step_function(model, "decode_step")
     kv_len = None if s.compiled else pos + 1  # eager: attend the filled prefix only
-    logits = step(s.compiled, feed, positions[pos:pos + 1], kv_len)  # (B or 2B, V)
+    logits = s.step(s.compiled, feed, positions[pos:pos + 1], kv_len)  # (B or 2B, V)
     return _choose(logits, t, s, tokens_BL, known_BL)
 
 
@@ -153,7 +153,7 @@ def generate_tokens(model, cond: Conditioning, canvas: TokenCanvas | None, param
     model.setup_caches(labels.shape[0], cls + L)
     positions = torch.arange(cls + L, device=device)  # (cls + L,) sliced into views per step
     s = _Step(B, guided, float(cond.cfg), int(cond.cfg_interval), params, generator, trace,
-              wants_compile(compile, device))
+              wants_compile(compile, device), step_function(model, "decode_step"))
     decode = decode or DecodeOptions()
     if decode.strategy == "plain":
         first = prefill(model, labels, positions, s, tokens_BL, known_BL)
