@@ -106,7 +106,7 @@ def _common_nodes(g, args: argparse.Namespace):
     _apply_model_defaults(args)
     model = g.node("ARModelLoader", model=args.model, dtype=args.dtype, quant=args.quant, device=args.device)
     cond = g.node("ARClassCondition", model=model.out(0), classes=args.class_name, cfg=args.cfg,
-                  cfg_schedule="linear", negative="")
+                  cfg_schedule="linear", negative="", style=args.style)
     return model, cond
 
 
@@ -193,8 +193,9 @@ def cmd_models(args: argparse.Namespace) -> list[Path]:
     from .engine.resolve import default_models_dir, hub_offline
     rows = []
     for name, path in bundled_manifests().items():
-        rows.append({"name": name, "family": json.loads(path.read_text()).get("family"), "source": "bundled",
-                     "where": str(path), "present": True})
+        manifest = json.loads(path.read_text())
+        rows.append({"name": name, "family": manifest.get("family"), "source": "bundled",
+                     "where": str(path), "present": True, "styles": manifest.get("styles", [])})
     models_dir = Path(args.models_dir) if args.models_dir else default_models_dir()
     for name, entry in REGISTRY.items():
         files = [entry.tokenizer_file, entry.generator_file]
@@ -211,7 +212,8 @@ def cmd_models(args: argparse.Namespace) -> list[Path]:
         print(json.dumps({"models": rows, "loaded": loaded, "offline": hub_offline()}, indent=2, default=str))
     else:
         for r in rows:
-            print(f"{r['name']:<24} {r['family']:<9} {'present' if r['present'] else 'missing':<8} {r['where']}")
+            styles = f"  styles: {', '.join(r['styles'])}" if r.get("styles") else ""
+            print(f"{r['name']:<24} {r['family']:<9} {'present' if r['present'] else 'missing':<8} {r['where']}{styles}")
     return []
 
 
@@ -267,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
         sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         sp.add_argument("--class", dest="class_name", required=True, help="class name(s) or id(s)")
+        sp.add_argument("--style", default="any",
+                        help="drawing style of models trained on several sets (`arnodes models` lists them); "
+                             "'any' = the seed picks one")
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--cfg", type=float, help="guidance scale (default: the model's recommended value)")
         sp.add_argument("--top-k", type=int, help="0 = off (default: the model's recommended value)")

@@ -25,6 +25,8 @@ class Conditioning:
     cfg_interval: int = -1
     negative_class_ids: tuple[int, ...] | None = None  # None = the null class
     class_names: tuple[str, ...] = field(default=(), compare=False)
+    style_ids: tuple[int, ...] | None = None  # one per image, for models with styles; None = "any"
+    style_names: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         if not self.class_ids:
@@ -35,6 +37,8 @@ class Conditioning:
             raise InvalidInputError(f"unknown cfg schedule {self.schedule!r}; expected 'linear' or 'constant'")
         if self.negative_class_ids is not None and len(self.negative_class_ids) != len(self.class_ids):
             raise InvalidInputError("negative_class_ids must have one entry per class id")
+        if self.style_ids is not None and len(self.style_ids) != len(self.class_ids):
+            raise InvalidInputError("style_ids must have one entry per class id")
 
     @property
     def batch(self) -> int:
@@ -45,4 +49,6 @@ class Conditioning:
         ids = tuple(c for c in self.class_ids for _ in range(n))
         neg = None if self.negative_class_ids is None else tuple(c for c in self.negative_class_ids for _ in range(n))
         names = tuple(c for c in self.class_names for _ in range(n))
-        return Conditioning(ids, self.cfg, self.schedule, self.cfg_interval, neg, names)
+        styles = None if self.style_ids is None else tuple(s for s in self.style_ids for _ in range(n))
+        style_names = tuple(s for s in self.style_names for _ in range(n))
+        return Conditioning(ids, self.cfg, self.schedule, self.cfg_interval, neg, names, styles, style_names)

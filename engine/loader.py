@@ -19,9 +19,11 @@ from torch import nn
 
 from .checkpoint import build_on_meta, load_into, read_checkpoint, unwrap_state_dict
 from .classes import ClassNames, load_class_names
-from .errors import CheckpointError, InvalidInputError, MissingFileError
+from .errors import CheckpointError, InvalidInputError, MissingFileError, UnknownNameError
 from .registry import REGISTRY, bundled_manifests, get_entry
 from .resolve import resolve_file
+
+ANY_STYLE = "any"
 
 # kind -> (module relative to engine/, model class, config class); each module also has PRESETS
 KINDS: dict[str, tuple[str, str, str]] = {
@@ -43,6 +45,18 @@ class ModelBundle:
     classes: ClassNames
     image_size: int
     defaults: dict[str, Any] = field(default_factory=dict)
+    styles: tuple[str, ...] = ()  # drawing styles the generator was trained on (its style embedding rows)
+
+    def style_id(self, name: str) -> int | None:
+        """Row of style ``name`` (case-insensitive); None for "any" (the classifier-free row)."""
+        key = " ".join(str(name).split()).casefold()
+        if key in ("", ANY_STYLE):
+            return None
+        for i, s in enumerate(self.styles):
+            if s.casefold() == key:
+                return i
+        known = ", ".join((ANY_STYLE,) + self.styles)
+        raise UnknownNameError(f"unknown style {name!r} for model {self.name!r}; known: {known}")
 
     @property
     def tokenizer_id(self) -> str:
@@ -161,9 +175,22 @@ def load_manifest(path: str | Path, device="cpu", dtype=torch.float32, quant: st
         classes = load_class_names(data.get("classes", "imagenet"), base_dir=path.parent)
         return ModelBundle(name=str(data["name"]), family=str(data["family"]), tokenizer=tokenizer,
                            generator=generator, classes=classes, image_size=int(data["image_size"]),
-                           defaults=dict(data.get("defaults", {})))
+                           defaults=dict(data.get("defaults", {})), styles=_styles(data, gen_cfg, path))
     except KeyError as e:
         raise CheckpointError(f"{path}: manifest lacks the field {e.args[0]!r}") from None
+
+
+def _styles(data: dict, gen_cfg: Any, path: Path) -> tuple[str, ...]:
+    """The manifest's style names, which must match the generator's style embedding."""
+    styles = data.get("styles", [])
+    if not isinstance(styles, list) or not all(isinstance(s, str) and s.strip() for s in styles):
+        raise CheckpointError(f"{path}: 'styles' must be a list of names")
+    if len(styles) != getattr(gen_cfg, "num_styles", 0):
+        raise CheckpointError(f"{path}: {len(styles)} style names for a generator with "
+                              f"{getattr(gen_cfg, 'num_styles', 0)} styles")
+    if any(s.casefold() == ANY_STYLE for s in styles):
+        raise CheckpointError(f"{path}: {ANY_STYLE!r} is reserved for the classifier-free style")
+    return tuple(styles)
 
 
 def _read_json(path: Path) -> dict:

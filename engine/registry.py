@@ -84,6 +84,19 @@ def bundled_manifests() -> dict[str, Path]:
     return found
 
 
+def bundled_style_names() -> list[str]:
+    """Drawing styles of the bundled models (their manifests' "styles"), in order, without repeats."""
+    import json
+    names: list[str] = []
+    for path in bundled_manifests().values():
+        try:
+            styles = json.loads(path.read_text()).get("styles", [])
+        except (OSError, ValueError):
+            continue
+        names += [s for s in styles if isinstance(s, str) and s not in names]
+    return names
+
+
 def bundled_model_names() -> list[str]:
     return sorted(bundled_manifests())
 

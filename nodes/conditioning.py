@@ -7,8 +7,9 @@ from ..engine.conditioning import Conditioning
 from ..engine.errors import ArnodesError, InvalidInputError, LimitError, UnknownNameError
 from ..engine.limits import check_batch
 from ..engine.limits import current as current_limits
+from ..engine.loader import ANY_STYLE
 from .base import AR_COND, AR_MODEL, COMBO, FLOAT, STRING, ExecutionContext, InputSpec, Node, NodeSpec, OutputSpec
-from .types import check_model, check_range
+from .types import check_model, check_range, style_choices
 
 
 MAX_NAME_CHARS = 100  # per class: the longest emoji / ImageNet names are ~70 characters
@@ -55,6 +56,9 @@ class ARClassCondition(Node):
             InputSpec("negative", STRING, default="", optional=True,
                       tooltip="Class(es) to guide away from; empty = the unconditional (null) class. "
                               "One class, or one per positive class."),
+            InputSpec("style", COMBO, default=ANY_STYLE, choices=style_choices, optional=True,
+                      tooltip="Drawing style (models trained on several emoji sets); 'any' lets the seed "
+                              "pick one."),
         ),
         outputs=(OutputSpec("cond", AR_COND),),
         description="Class conditioning and guidance for the AR task nodes.",
@@ -62,7 +66,7 @@ class ARClassCondition(Node):
 
     @classmethod
     def execute(cls, ctx: ExecutionContext, model: Any, classes: str, cfg: float, cfg_schedule: str,
-                negative: str | None = "") -> tuple[Conditioning]:
+                negative: str | None = "", style: str | None = ANY_STYLE) -> tuple[Conditioning]:
         handle = check_model(model)
         check_range("cfg", cfg, 0.0, 30.0)
         if cfg_schedule not in ("linear", "constant"):
@@ -80,6 +84,10 @@ class ARClassCondition(Node):
                     raise InvalidInputError(f"input 'negative': {len(neg)} classes for {len(ids)} positive classes; "
                                             f"give one, or one per class")
             names = tuple(bundle.classes.name(i) for i in ids)
+            style_id = bundle.style_id(ANY_STYLE if style is None else str(style))
+        styles = None if style_id is None else (style_id,) * len(ids)
+        style_names = () if style_id is None else (bundle.styles[style_id],) * len(ids)
         cond = Conditioning(tuple(ids), cfg=float(cfg), schedule=cfg_schedule,
-                            negative_class_ids=None if neg is None else tuple(neg), class_names=names)
+                            negative_class_ids=None if neg is None else tuple(neg), class_names=names,
+                            style_ids=styles, style_names=style_names)
         return (cond,)

@@ -74,6 +74,14 @@ def local_manifests(directory: Path | None = None) -> dict[str, Path]:
     return found
 
 
+def style_choices() -> list[str]:
+    """'any' (the seed picks a style) and the bundled models' drawing styles."""
+    from ..engine.loader import ANY_STYLE
+    from ..engine.registry import bundled_style_names
+
+    return [ANY_STYLE] + bundled_style_names()
+
+
 def model_choices() -> list[str]:
     """The default model first (listed even before it is installed: the loader then says how to get it),
     then other bundled models, the released checkpoints, and local manifests."""

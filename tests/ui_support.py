@@ -63,6 +63,9 @@ class MockRunner:
     def class_choices(self, model: str | None) -> list[tuple[str, str]]:
         return [(f"❤️ {n}" if n == "red heart" else n, n) for n in TINY_CLASSES]
 
+    def style_choices(self) -> list[str]:
+        return ["any"]
+
     def loaded(self) -> list[dict]:
         return []
 

@@ -19,6 +19,14 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def bf16_autocast_pays(device: torch.device) -> bool:
+    """bfloat16 autocast speeds training up on CUDA and on CPUs with AVX-512 (bf16 / AMX); on an AVX2-only
+    CPU torch emulates bf16 matmuls and a step is ~50x slower (measured: 20 s vs 0.4 s), so train in float32."""
+    if device.type == "cuda":
+        return True
+    return "AVX512" in torch.backends.cpu.get_cpu_capability() and torch.backends.mkldnn.is_available()
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return a CPU generator for data sampling."""
     random.seed(seed)

@@ -1,15 +1,16 @@
-"""Emoji data set for the bundled default model.
+"""Emoji data set for the bundled models (v2: several styles of each emoji).
 
-Glyphs come from the Noto Color Emoji font (Debian ``fonts-noto-color-emoji``),
-rendered by Pillow at the font's native bitmap size (109 px, a 136x128 canvas)
-with ``embedded_color=True``, composited on white and resized to 64x64 RGB.
+Drawings come from several freely licensed emoji sets (``styles.py``: Noto Color
+Emoji from the Debian font, Twemoji and Fluent Emoji from npm packages), aligned
+by code point / CLDR name; the style of every image is recorded (``style``).
 Names and groups come from Unicode's ``emoji-test.txt`` (Debian ``unicode-data``),
-falling back to the PyPI ``emoji`` package; both are needed at build time only.
+CLDR keywords from npm ``emojibase-data``; all are needed at build time only,
+and nothing is downloaded.
 
-One class per fully-qualified emoji that is not a skin-tone variant, named by its
-CLDR short name ("red heart", "flag: Japan"). Skin-tone variants are folded into
-their base class ("waving hand: dark skin tone" -> "waving hand") and serve as
-extra samples of it.
+One class per fully-qualified emoji that is not a skin-tone variant and that the
+Noto font draws, named by its CLDR short name ("red heart", "flag: Japan").
+Skin-tone variants are folded into their base class ("waving hand: dark skin
+tone" -> "waving hand") and serve as extra samples of it.
 
 Split (``split`` array): 0 = train; held out, never used to train the
 tokenizer, are 1 = every rendering of every ``HELDOUT_CLASS_EVERY``-th class
@@ -17,8 +18,12 @@ tokenizer, are 1 = every rendering of every ``HELDOUT_CLASS_EVERY``-th class
 2 = every variant whose only qualifier is "dark skin tone". The generator needs every class, so it trains
 on the canonical and skin-tone renderings of all classes except case (b).
 
-Augmentation: each train image also gets ``n_aug`` renderings with a random
-scale in [0.8, 1.0] and a random shift of up to 4 px (``kind`` = 2).
+Renderings per drawing (``kind``): the canonical one (subject centred, longer
+side ``SUBJECT_FRACTION`` of the frame), ``n_aug`` mild augmentations (scale
+U(0.8, 1.0), shift up to 4 px), and with probability ``placed_frac`` one
+*placement*: the subject at scale U(0.35, 0.85) anywhere inside the frame, its
+box recorded (``boxes``) for the control adapter. Captions (CLDR name +
+keywords + style) are stored per image for text conditioning.
 """
 from __future__ import annotations
 
@@ -44,9 +49,10 @@ NATIVE_SIZE = 109  # the only size at which the CBDT bitmaps load
 IMAGE_SIZE = 64
 HELDOUT_CLASS_EVERY = 25
 DEFAULT_CACHE = Path(__file__).resolve().parent / ".cache"
-DATA_VERSION = 1
+DATA_VERSION = 2
+SUBJECT_FRACTION = 0.9  # longer side of a canonical subject, as a fraction of the frame
 
-KIND_CANONICAL, KIND_SKIN, KIND_AUG = 0, 1, 2
+KIND_CANONICAL, KIND_SKIN, KIND_AUG, KIND_PLACED = 0, 1, 2, 3
 SPLIT_TRAIN, SPLIT_HELDOUT_CLASS, SPLIT_HELDOUT_DARK = 0, 1, 2
 
 _LINE = re.compile(r"^([0-9A-F ]+?)\s*;\s*fully-qualified\s*#\s*\S+\s+E\d+\.\d+\s+(.+)$")
@@ -163,7 +169,7 @@ def select_classes(entries: list[EmojiEntry], max_classes: int | None = None) ->
 
 
 class GlyphRenderer:
-    """Renders emoji strings to 64x64 RGB uint8 arrays on white."""
+    """Noto glyphs from the font, and the one placement routine every style's drawing goes through."""
 
     def __init__(self, font_path: Path | None = None, size: int = IMAGE_SIZE) -> None:
         from PIL import ImageFont
@@ -188,21 +194,30 @@ class GlyphRenderer:
             return None
         return canvas
 
-    def place(self, glyph, scale: float = 1.0, shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
-        """Composite a native glyph on white, fit its cell into ``size`` (x scale), shift, return uint8 HWC."""
+    def place(self, drawing, scale: float = 1.0, shift: tuple[float, float] = (0.0, 0.0),
+              centre: tuple[float, float] | None = None) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+        """Composite an RGBA drawing on white: cropped to its visible pixels, longer side
+        ``SUBJECT_FRACTION * scale`` of the frame, centred (+ ``shift`` px) or at ``centre`` (fractions).
+        Returns uint8 HWC and the subject box (x0, y0, x1, y1) as fractions of the frame."""
         from PIL import Image
 
         big = 4 * self.size  # work at 4x then downsample once (good antialiasing)
-        w, h = glyph.size
-        fit = (big - 2 * 4) / max(w, h) * scale  # a 1 px margin at the final size
+        visible = drawing.getchannel("A").point(lambda a: 255 if a > 8 else 0).getbbox() or (0, 0, *drawing.size)
+        drawing = drawing.crop(visible)
+        w, h = drawing.size
+        fit = big * SUBJECT_FRACTION * scale / max(w, h)
         gw, gh = max(1, round(w * fit)), max(1, round(h * fit))
-        g = glyph.resize((gw, gh), Image.LANCZOS)
+        g = drawing.resize((gw, gh), Image.LANCZOS)
         bg = Image.new("RGBA", (big, big), (255, 255, 255, 255))
-        x = round((big - gw) / 2 + 4 * shift[0])
-        y = round((big - gh) / 2 + 4 * shift[1])
+        if centre is None:
+            x = round((big - gw) / 2 + 4 * shift[0])
+            y = round((big - gh) / 2 + 4 * shift[1])
+        else:
+            x, y = round(centre[0] * big - gw / 2), round(centre[1] * big - gh / 2)
         bg.paste(g, (x, y), g)  # alpha-blends colour; alpha is dropped below
         out = bg.convert("RGB").resize((self.size, self.size), Image.LANCZOS)
-        return np.asarray(out, dtype=np.uint8)
+        box = (max(x, 0) / big, max(y, 0) / big, min(x + gw, big) / big, min(y + gh, big) / big)
+        return np.asarray(out, dtype=np.uint8), box
 
 
 @dataclass
@@ -211,9 +226,13 @@ class EmojiData:
 
     images: np.ndarray
     labels: np.ndarray  # class id per image
-    kind: np.ndarray  # KIND_CANONICAL / KIND_SKIN / KIND_AUG
+    kind: np.ndarray  # KIND_CANONICAL / KIND_SKIN / KIND_AUG / KIND_PLACED
     split: np.ndarray  # SPLIT_TRAIN / SPLIT_HELDOUT_CLASS / SPLIT_HELDOUT_DARK
-    classes: list[dict]  # {"name", "emoji", "group"} in class-id order
+    classes: list[dict]  # {"name", "emoji", "group", "keywords"} in class-id order
+    style: np.ndarray  # index into ``styles`` per image
+    styles: list[str]
+    boxes: np.ndarray  # [N, 4] float32 subject box (x0, y0, x1, y1), fractions of the frame
+    captions: list[str]  # per image: CLDR name; keywords; style
 
     def select(self, mask: np.ndarray) -> np.ndarray:
         return np.nonzero(mask)[0]
@@ -227,81 +246,92 @@ class EmojiData:
         return self.select(self.split != SPLIT_TRAIN)
 
     def generator_train(self) -> np.ndarray:
-        """Canonical + skin-tone renderings of every class, minus the dark-skin-tone variants."""
+        """Every rendering of every class and style, minus the dark-skin-tone variants and the mild
+        augmentations (placements stay: they teach that a subject can be anywhere)."""
         return self.select((self.kind != KIND_AUG) & (self.split != SPLIT_HELDOUT_DARK))
 
     def reference_set(self) -> np.ndarray:
-        """Indices used as 'training images' by the nearest-neighbour evaluation."""
-        return self.generator_train()
+        """Canonical drawings (all styles, skin tones but dark): the nearest-reference judge's gallery."""
+        return self.select(((self.kind == KIND_CANONICAL) | (self.kind == KIND_SKIN))
+                           & (self.split != SPLIT_HELDOUT_DARK))
 
 
-def build_dataset(max_classes: int | None = None, n_aug: int = 2, seed: int = 0,
-                  font_path: Path | None = None, log=None) -> EmojiData:
-    """Render the data set from the font (a few seconds per thousand glyphs)."""
+def build_dataset(max_classes: int | None = None, n_aug: int = 1, seed: int = 0, font_path: Path | None = None,
+                  log=None, styles: list[str] | None = None, placed_frac: float = 0.25) -> EmojiData:
+    """Render the data set from the installed style sets (a minute or two per thousand classes)."""
+    from . import styles as style_sets
+
     renderer = GlyphRenderer(font_path)
+    sources = style_sets.load_styles(styles)
+    keywords = style_sets.load_keywords()
     entries = load_entries()
     classes: list[dict] = []
-    glyphs: dict[str, object] = {}
     for e in select_classes(entries, max_classes):
-        g = renderer.glyph(e.emoji)
-        if g is None:
+        if renderer.glyph(e.emoji) is None:  # the class list is the font's, as in v1
             continue
-        glyphs[e.emoji] = g
-        classes.append({"name": e.base_name, "emoji": e.emoji, "group": e.group})
+        classes.append({"name": e.base_name, "emoji": e.emoji, "group": e.group,
+                        "keywords": keywords.get(style_sets.keyword_key(e.emoji), [])})
     cid = {c["name"]: i for i, c in enumerate(classes)}
     rng = np.random.default_rng(seed)
-    imgs: list[np.ndarray] = []
-    labels: list[int] = []
-    kinds: list[int] = []
-    splits: list[int] = []
+    rows: dict[str, list] = {k: [] for k in ("img", "label", "kind", "split", "style", "box", "caption")}
 
-    def add(img: np.ndarray, label: int, kind: int, split: int) -> None:
-        imgs.append(img)
-        labels.append(label)
-        kinds.append(kind)
-        splits.append(split)
+    def add(placed: tuple[np.ndarray, tuple], label: int, kind: int, split: int, style: int) -> None:
+        for key, val in zip(rows, (placed[0], label, kind, split, style, placed[1],
+                                   style_sets.caption(classes[label]["name"], classes[label]["keywords"],
+                                                      sources[style].name))):
+            rows[key].append(val)
 
-    variants: list[tuple[int, EmojiEntry | None]] = [(cid[c["name"]], None) for c in classes]
-    variants += [(cid[e.base_name], e) for e in entries if e.skin and e.base_name in cid]
+    variants = [(cid[e.base_name], e) for e in entries if e.base_name in cid]
     for n, (label, e) in enumerate(variants):
-        text = classes[label]["emoji"] if e is None else e.emoji
-        g = glyphs.get(text) if e is None else renderer.glyph(text)
-        if g is None:
-            continue
-        split = SPLIT_TRAIN
-        if e is not None and e.skin == ("dark skin tone",):
-            split = SPLIT_HELDOUT_DARK
+        split = SPLIT_HELDOUT_DARK if e.skin == ("dark skin tone",) else SPLIT_TRAIN
         if label % HELDOUT_CLASS_EVERY == HELDOUT_CLASS_EVERY - 1:
             split = SPLIT_HELDOUT_CLASS
-        add(renderer.place(g), label, KIND_CANONICAL if e is None else KIND_SKIN, split)
-        for _ in range(n_aug):
-            scale = float(rng.uniform(0.8, 1.0))
-            shift = (float(rng.uniform(-4, 4)), float(rng.uniform(-4, 4)))
-            add(renderer.place(g, scale, shift), label, KIND_AUG, split)
+        for si, src in enumerate(sources):
+            drawing = src.drawing(e.emoji, e.name)
+            if drawing is None:
+                continue
+            add(renderer.place(drawing), label, KIND_SKIN if e.skin else KIND_CANONICAL, split, si)
+            for _ in range(n_aug):
+                scale = float(rng.uniform(0.8, 1.0))
+                shift = (float(rng.uniform(-4, 4)), float(rng.uniform(-4, 4)))
+                add(renderer.place(drawing, scale, shift), label, KIND_AUG, split, si)
+            if rng.uniform() < placed_frac:
+                scale = float(rng.uniform(0.35, 0.85))
+                half = SUBJECT_FRACTION * scale / 2
+                centre = (float(rng.uniform(half, 1 - half)), float(rng.uniform(half, 1 - half)))
+                add(renderer.place(drawing, scale, centre=centre), label, KIND_PLACED, split, si)
         if log is not None and n % 500 == 0:
             log(f"rendered {n}/{len(variants)}")
-    return EmojiData(np.stack(imgs), np.array(labels, np.int64), np.array(kinds, np.int8),
-                     np.array(splits, np.int8), classes)
+    return EmojiData(np.stack(rows["img"]), np.array(rows["label"], np.int64), np.array(rows["kind"], np.int8),
+                     np.array(rows["split"], np.int8), classes, np.array(rows["style"], np.int8),
+                     [s.name for s in sources], np.array(rows["box"], np.float32), rows["caption"])
 
 
-def cache_path(cache_dir: Path, max_classes: int | None, n_aug: int, seed: int) -> Path:
+def cache_path(cache_dir: Path, max_classes: int | None, n_aug: int, seed: int, styles: list[str] | None = None,
+               placed_frac: float = 0.25) -> Path:
+    from . import styles as style_sets
+
     font = find_font()
-    key = json.dumps([DATA_VERSION, max_classes, n_aug, seed, str(font), font.stat().st_size if font else 0])
+    key = json.dumps([DATA_VERSION, max_classes, n_aug, seed, str(font), font.stat().st_size if font else 0,
+                      styles or list(style_sets.STYLES), placed_frac, style_sets.NPM_PACKAGES])
     return Path(cache_dir) / f"emoji_{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
 
 
-def load_dataset(cache_dir: Path | str = DEFAULT_CACHE, max_classes: int | None = None, n_aug: int = 2,
-                 seed: int = 0, log=None) -> EmojiData:
+def load_dataset(cache_dir: Path | str = DEFAULT_CACHE, max_classes: int | None = None, n_aug: int = 1,
+                 seed: int = 0, log=None, styles: list[str] | None = None, placed_frac: float = 0.25) -> EmojiData:
     """Load the data set from ``cache_dir`` (a .npz), building and caching it on first use."""
-    path = cache_path(Path(cache_dir), max_classes, n_aug, seed)
+    path = cache_path(Path(cache_dir), max_classes, n_aug, seed, styles, placed_frac)
     if path.is_file():
         z = np.load(path, allow_pickle=False)
-        return EmojiData(z["images"], z["labels"], z["kind"], z["split"], json.loads(str(z["classes"])))
-    data = build_dataset(max_classes, n_aug, seed, log=log)
+        meta = json.loads(str(z["meta"]))
+        return EmojiData(z["images"], z["labels"], z["kind"], z["split"], meta["classes"], z["style"],
+                         meta["styles"], z["boxes"], meta["captions"])
+    data = build_dataset(max_classes, n_aug, seed, log=log, styles=styles, placed_frac=placed_frac)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
+    meta = {"classes": data.classes, "styles": data.styles, "captions": data.captions}
     np.savez_compressed(tmp, images=data.images, labels=data.labels, kind=data.kind, split=data.split,
-                        classes=np.array(json.dumps(data.classes, ensure_ascii=False)))
+                        style=data.style, boxes=data.boxes, meta=np.array(json.dumps(meta, ensure_ascii=False)))
     tmp.replace(path)
     return data
 
@@ -313,17 +343,15 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE))
     p.add_argument("--max-classes", type=int, default=None)
-    p.add_argument("--n-aug", type=int, default=2)
+    p.add_argument("--n-aug", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preview", default=None, help="write a PNG grid of the first images")
     a = p.parse_args(argv)
     d = load_dataset(a.cache_dir, a.max_classes, a.n_aug, a.seed, log=lambda s: print(s, file=sys.stderr))
-    groups: dict[str, int] = {}
-    for c in d.classes:
-        groups[c["group"]] = groups.get(c["group"], 0) + 1
-    print(f"{len(d.classes)} classes, {len(d.images)} images "
+    per_style = {name: int((d.style == i).sum()) for i, name in enumerate(d.styles)}
+    print(f"{len(d.classes)} classes, {len(d.images)} images {per_style} "
           f"(tokenizer train {len(d.tokenizer_train())}, held out {len(d.tokenizer_heldout())}, "
-          f"generator {len(d.generator_train())}); groups {groups}")
+          f"generator {len(d.generator_train())}, placed {int((d.kind == KIND_PLACED).sum())})")
     if a.preview:
         from PIL import Image
 

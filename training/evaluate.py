@@ -1,15 +1,23 @@
 """Evaluate a bundled emoji model (the manifest dir written by ``train.py --export``).
 
-    python -m arnodes.training.evaluate --weights weights [--sweep] [--write] [--samples weights/samples.png]
+    python -m arnodes.training.evaluate --weights weights [--sweep] [--write] [--samples weights/samples.png] \
+        [--bench-json bench/results/emoji_model.json]
 
 Metrics:
 - tokenizer PSNR (dB, 0-255 pixels, mean over images) on the held-out split of
-  ``data.py`` (classes never seen by the tokenizer + dark-skin-tone variants),
-  and on 500 training renderings for comparison;
-- generation: ``--eval-classes`` random classes x ``--seeds`` seeds; each sample's
-  nearest training image (pixel L2 at 32x32, among the generator's training
-  images) must be of the requested class (``nn_class_acc``); ``nn_distinct`` is
-  the number of distinct nearest classes over the number of requested classes.
+  ``data.py`` (classes never seen by the tokenizer + dark-skin-tone variants), per
+  style, and on 500 training renderings for comparison;
+- generation: ``--eval-classes`` random classes x ``--seeds`` seeds (style "any"); each
+  sample's nearest reference drawing (pixel L2 at 32x32, among the canonical drawings
+  of the model's classes in every shipped style) must be of the requested class
+  (``nn_class_acc``); ``nn_distinct`` is the number of distinct nearest classes over
+  the number of requested classes;
+- seeds: for ``--seed-classes`` classes, seeds 0..3; two samples are *visibly different*
+  when their mean absolute pixel difference exceeds ``DISTINCT_MAD`` (0-255 scale);
+  ``seed_distinct_mean`` is the mean number of distinct drawings among the 4 (greedy
+  clustering), and the same seed run twice must give identical pixels;
+- style: a small CNN (``style_judge.py``) trained on the style sets judges samples
+  generated with each style named; ``style_acc[NAME]`` is the share judged NAME.
 """
 from __future__ import annotations
 
@@ -53,15 +61,15 @@ def tokenizer_psnr(tok, images: np.ndarray, batch: int = 100) -> float:
 
 @torch.no_grad()
 def generate(bundle, class_ids: list[int], seed: int, cfg: float, top_k: int, top_p: float,
-             batch: int = 100) -> np.ndarray:
-    """uint8 [N,64,64,3] samples for ``class_ids`` through the engine's next-scale generation."""
+             batch: int = 100, style: int | None = None) -> np.ndarray:
+    """uint8 [N,64,64,3] samples for ``class_ids`` (in ``style``; None = any) through the engine."""
     model, tok = bundle.generator, bundle.tokenizer
     gen = torch.Generator().manual_seed(seed)
     params = SamplingParams(top_k=top_k, top_p=top_p)
     out = []
     for i in range(0, len(class_ids), batch):
         ids = tuple(class_ids[i:i + batch])
-        cond = Conditioning(class_ids=ids, cfg=cfg)
+        cond = Conditioning(class_ids=ids, cfg=cfg, style_ids=None if style is None else (style,) * len(ids))
         canvas = TokenCanvas.empty("var", "emoji", [(p, p) for p in model.cfg.patch_nums], len(ids))
         res = generate_scales(model, tok, cond, canvas, params, gen)
         out.append(to_uint8(tok.decode_scales(res.grids)))
@@ -84,8 +92,63 @@ def nn_metrics(samples: np.ndarray, requested: list[int], ref: torch.Tensor, ref
             "nn_distinct": float(len(set(nearest.tolist())) / len(set(req.tolist())))}
 
 
+DISTINCT_MAD = 10.0  # mean absolute pixel difference (0-255) above which two samples are different drawings
+
+
+def distinct_drawings(samples: np.ndarray, threshold: float = DISTINCT_MAD) -> int:
+    """How many different drawings among uint8 [n,H,W,3] samples: greedy, a sample is new when it
+    differs from every drawing kept so far by more than ``threshold`` mean absolute difference."""
+    kept: list[np.ndarray] = []
+    for x in samples.astype(np.float32):
+        if all(np.abs(x - k).mean() > threshold for k in kept):
+            kept.append(x)
+    return len(kept)
+
+
+def seed_metrics(bundle, class_ids: list[int], defaults: dict[str, Any], seeds: int = 4) -> dict[str, Any]:
+    """Distinct drawings over ``seeds`` seeds per class, min pairwise difference, same-seed repeatability."""
+    runs = np.stack([generate(bundle, class_ids, s, float(defaults["cfg"]), int(defaults["top_k"]),
+                              float(defaults["top_p"])) for s in range(seeds)], axis=1)  # [K, seeds, H, W, 3]
+    again = generate(bundle, class_ids, 0, float(defaults["cfg"]), int(defaults["top_k"]), float(defaults["top_p"]))
+    counts = [distinct_drawings(r) for r in runs]
+    pair = [np.abs(r[a].astype(np.float32) - r[b].astype(np.float32)).mean()
+            for r in runs for a in range(seeds) for b in range(a + 1, seeds)]
+    return {"seed_distinct_mean": float(np.mean(counts)), "seed_classes": len(class_ids), "seeds_per_class": seeds,
+            "seed_distinct_hist": {str(k): int(counts.count(k)) for k in range(1, seeds + 1)},
+            "seed_pair_mad_mean": float(np.mean(pair)), "seed_pair_mad_min": float(np.min(pair)),
+            "distinct_mad_threshold": DISTINCT_MAD, "same_seed_identical": bool(np.array_equal(runs[:, 0], again))}
+
+
+def style_metrics(bundle, d: emoji_data.EmojiData, remap: np.ndarray, n_classes: int,
+                  defaults: dict[str, Any]) -> dict[str, Any]:
+    """Per named style: the share of samples the style judge puts in that style (classes drawn in every style)."""
+    from .style_judge import train_judge
+
+    judge = train_judge(d)
+    out: dict[str, Any] = {"style_judge_heldout_acc": judge.heldout_accuracy,
+                           "style_judge_heldout_images": judge.heldout_images}
+    if not bundle.styles:
+        return out
+    canon = d.kind == emoji_data.KIND_CANONICAL
+    have = [set(remap[d.labels[canon & (d.style == i)]].tolist()) for i in range(len(d.styles))]
+    common = sorted(set.intersection(*have) - {-1})
+    ids = sorted(np.random.default_rng(99).choice(common, size=min(n_classes, len(common)), replace=False).tolist())
+    acc: dict[str, float] = {}
+    for name in bundle.styles:
+        sid = bundle.styles.index(name)
+        samples = generate(bundle, ids, 0, float(defaults["cfg"]), int(defaults["top_k"]), float(defaults["top_p"]),
+                           style=sid)
+        acc[name] = float((judge.predict(samples) == d.styles.index(name)).mean())
+    any_pred = judge.predict(generate(bundle, ids, 0, float(defaults["cfg"]), int(defaults["top_k"]),
+                                      float(defaults["top_p"])))
+    out.update({"style_acc": acc, "style_acc_min": min(acc.values()), "style_classes": len(ids),
+                "style_any_share": {s: float((any_pred == i).mean()) for i, s in enumerate(d.styles)}})
+    return out
+
+
 def evaluate(weights: Path, data_cache: Path, eval_classes: int, seeds: list[int], sweep: bool,
-             samples_path: Path | None, write: bool) -> dict[str, Any]:
+             samples_path: Path | None, write: bool, seed_classes: int = 100,
+             style_classes: int = 100) -> dict[str, Any]:
     torch.set_num_threads(2)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     manifest = weights / MANIFEST
@@ -104,13 +167,16 @@ def evaluate(weights: Path, data_cache: Path, eval_classes: int, seeds: list[int
     train = train[np.random.default_rng(0).permutation(len(train))[:500]]
     metrics["tokenizer_psnr_heldout"] = tokenizer_psnr(bundle.tokenizer, d.images[held])
     metrics["tokenizer_psnr_heldout_n"] = int(len(held))
+    metrics["tokenizer_psnr_heldout_by_style"] = {
+        s: tokenizer_psnr(bundle.tokenizer, d.images[held[d.style[held] == i]]) for i, s in enumerate(d.styles)}
     metrics["tokenizer_psnr_train"] = tokenizer_psnr(bundle.tokenizer, d.images[train])
-    log(f"tokenizer PSNR held-out {metrics['tokenizer_psnr_heldout']:.2f} dB ({len(held)} images), "
-        f"train {metrics['tokenizer_psnr_train']:.2f} dB")
+    log(f"tokenizer PSNR held-out {metrics['tokenizer_psnr_heldout']:.2f} dB ({len(held)} images) "
+        f"{metrics['tokenizer_psnr_heldout_by_style']}, train {metrics['tokenizer_psnr_train']:.2f} dB")
 
-    ref_idx = d.generator_train()
+    ref_idx = d.reference_set()
     ref_idx = ref_idx[remap[d.labels[ref_idx]] >= 0]
     ref, ref_labels = small(d.images[ref_idx]), remap[d.labels[ref_idx]]
+    metrics["reference_drawings"] = int(len(ref_idx))
     n_cls = len(classes)
     rng = np.random.default_rng(1234)
     picked = sorted(rng.choice(n_cls, size=min(eval_classes, n_cls), replace=False).tolist())
@@ -138,20 +204,28 @@ def evaluate(weights: Path, data_cache: Path, eval_classes: int, seeds: list[int
     m = score(float(defaults["cfg"]), int(defaults["top_k"]), float(defaults["top_p"]), seeds, picked)
     metrics.update(m)
     metrics["eval_classes"], metrics["seeds"] = len(picked), seeds
-    metrics["defaults"] = defaults
     log(f"generation with {defaults}: {m}")
+    seed_ids = sorted(np.random.default_rng(4321).choice(n_cls, size=min(seed_classes, n_cls), replace=False).tolist())
+    metrics.update(seed_metrics(bundle, seed_ids, defaults))
+    log(f"seeds: {metrics['seed_distinct_mean']:.2f} distinct drawings of 4 "
+        f"(same seed identical: {metrics['same_seed_identical']})")
+    metrics.update(style_metrics(bundle, d, remap, style_classes, defaults))
+    log(f"styles: judge {metrics['style_judge_heldout_acc']:.3f} on held-out classes; {metrics.get('style_acc')}")
+    metrics["defaults"] = defaults
 
     if samples_path is not None:
-        ids = sorted(np.random.default_rng(7).choice(n_cls, size=min(64, n_cls), replace=False).tolist())
-        ids = (ids * 64)[:64]
-        imgs = generate(bundle, ids, 0, float(defaults["cfg"]), int(defaults["top_k"]), float(defaults["top_p"]))
+        ids = sorted(np.random.default_rng(7).choice(n_cls, size=min(16, n_cls), replace=False).tolist())
+        rows = [generate(bundle, ids, s, float(defaults["cfg"]), int(defaults["top_k"]), float(defaults["top_p"]))
+                for s in range(4)]  # 16 classes x seeds 0..3, two classes per grid row
+        imgs = np.stack(rows, axis=1).reshape(64, 64, 64, 3)
         grid = imgs.reshape(8, 8, 64, 64, 3).transpose(0, 2, 1, 3, 4).reshape(512, 512, 3)
         from PIL import Image
 
         Image.fromarray(grid).save(samples_path)
         (samples_path.with_suffix(".txt")).write_text(
-            "\n".join(f"{r * 8 + c}: {classes[ids[r * 8 + c]]['name']}" for r in range(8) for c in range(8)) + "\n",
-            encoding="utf-8")
+            "8x8 grid: each row holds two classes x seeds 0..3 (style any)\n"
+            + "\n".join(f"row {r} left: {classes[ids[2 * r]]['name']}; right: {classes[ids[2 * r + 1]]['name']}"
+                        for r in range(8)) + "\n", encoding="utf-8")
     metrics["eval_seconds"] = round(time.time() - t0, 1)
     if write:
         set_defaults(manifest, defaults, {k: v for k, v in metrics.items() if k != "defaults"})
@@ -164,12 +238,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-cache", default=str(emoji_data.DEFAULT_CACHE))
     p.add_argument("--eval-classes", type=int, default=200)
     p.add_argument("--seeds", default="0,1")
+    p.add_argument("--seed-classes", type=int, default=100, help="classes for the distinct-drawings-across-seeds metric")
+    p.add_argument("--style-classes", type=int, default=100, help="classes per style for the style accuracy")
     p.add_argument("--sweep", action="store_true", help="choose cfg / top_k / top_p on other seeds first")
     p.add_argument("--samples", default=None, help="write an 8x8 grid of samples here")
     p.add_argument("--write", action="store_true", help="store defaults + metrics in the manifest")
+    p.add_argument("--bench-json", default=None, help="also write the metrics (and the machine) to this JSON")
     a = p.parse_args(argv)
     m = evaluate(Path(a.weights), Path(a.data_cache), a.eval_classes, [int(s) for s in a.seeds.split(",")],
-                 a.sweep, Path(a.samples) if a.samples else None, a.write)
+                 a.sweep, Path(a.samples) if a.samples else None, a.write, a.seed_classes, a.style_classes)
+    if a.bench_json:
+        import platform
+
+        out = {"model": json.loads((Path(a.weights) / MANIFEST).read_text(encoding="utf-8"))["name"],
+               "metrics": m, "env": {"machine": platform.machine(), "torch": torch.__version__}}
+        Path(a.bench_json).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(m, indent=2))
 
 

@@ -29,12 +29,12 @@ def _jsonable(cfg: Any) -> dict[str, Any]:
 
 def export_weights(out: Path, tok: nn.Module, var: nn.Module, classes: list[dict], *,
                    defaults: dict[str, Any] | None = None, meta: dict[str, Any] | None = None,
-                   var_dtype: torch.dtype = torch.float32) -> Path:
+                   var_dtype: torch.dtype = torch.float32, styles: list[str] | None = None) -> Path:
     """Write the four files of the bundle into ``out``; returns the manifest path."""
     out.mkdir(parents=True, exist_ok=True)
     save_file(_state(tok, torch.float32), str(out / TOKENIZER_FILE), metadata={"format": "pt"})
     save_file(_state(var, var_dtype), str(out / GENERATOR_FILE), metadata={"format": "pt"})
-    rows = [{"name": c["name"], "emoji": c["emoji"], "group": c["group"]} for c in classes]
+    rows = [{k: c[k] for k in ("name", "emoji", "group", "keywords") if k in c} for c in classes]
     (out / CLASSES_FILE).write_text(json.dumps(rows, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
     manifest: dict[str, Any] = {
         "name": "emoji-var",
@@ -45,6 +45,8 @@ def export_weights(out: Path, tok: nn.Module, var: nn.Module, classes: list[dict
         "classes": CLASSES_FILE,
         "defaults": dict(defaults or DEFAULTS),
     }
+    if styles:
+        manifest["styles"] = list(styles)
     if meta:
         manifest["training"] = meta
     path = out / MANIFEST

@@ -19,13 +19,13 @@ from safetensors.torch import save_file
 
 from ..engine.loader import load_manifest
 from . import data as emoji_data
-from .common import Progress, StageClock, ThreadTuner, cosine_lr, seed_everything
+from .common import Progress, bf16_autocast_pays, StageClock, ThreadTuner, cosine_lr, seed_everything
 from .export import MANIFEST, _state
 from .tokenizer_stage import autocast, to_model_images
 
 
 def finetune_decoder(weights: Path, data_cache: Path, steps: int, minutes: float, batch: int, lr: float,
-                     seed: int, threads: int = 2) -> dict[str, float]:
+                     seed: int, threads: int = 2, record_as: str = "decoder_finetune") -> dict[str, float]:
     """Fine-tune and overwrite the bundle's tokenizer file; returns timing / last-PSNR info."""
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     info = json.loads((weights / MANIFEST).read_text(encoding="utf-8"))
@@ -39,7 +39,7 @@ def finetune_decoder(weights: Path, data_cache: Path, steps: int, minutes: float
         p.requires_grad_(True)
     tok.decoder.train()
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95))
-    amp = torch.backends.mkldnn.is_available()
+    amp = bf16_autocast_pays(torch.device("cpu"))
     clock = StageClock(steps, 60 * minutes, 0.0)
     tuner = ThreadTuner(threads)
     bar = Progress(steps, "decoder")
@@ -72,8 +72,8 @@ def finetune_decoder(weights: Path, data_cache: Path, steps: int, minutes: float
     tok.eval().requires_grad_(False)
     file = weights / info["tokenizer"]["file"]
     save_file(_state(tok, torch.float32), str(file), metadata={"format": "pt"})
-    info.setdefault("training", {})["decoder_finetune"] = {"steps": step, "seconds": round(clock.spent()),
-                                                           "batch": batch, "lr": lr, "seed": seed}
+    info.setdefault("training", {})[record_as] = {"steps": step, "seconds": round(clock.spent()), "batch": batch,
+                                                  "lr": lr, "seed": seed, "images": int(len(images))}
     (weights / MANIFEST).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return {"steps": step, "seconds": clock.spent(), "last_psnr": psnr}
 
@@ -88,10 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--record-as", default="decoder_finetune", help="manifest key the run is recorded under")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     print(json.dumps(finetune_decoder(Path(a.weights), Path(a.data_cache), a.steps, a.minutes, a.batch, a.lr,
-                                      a.seed, a.threads)))
+                                      a.seed, a.threads, a.record_as)))
 
 
 if __name__ == "__main__":

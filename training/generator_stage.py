@@ -2,7 +2,9 @@
 
 Every training image is tokenised once; VAR is then trained teacher-forced
 (``MSVQTokenizer.scales_to_var_input``) with cross-entropy on all scales' tokens.
-10% of labels are replaced by the null class so classifier-free guidance works.
+10% of labels are replaced by the null class so classifier-free guidance works; on a
+model with styles, ``style_drop`` of the style labels are replaced by "any" (the
+style embedding's last row), so a class can be asked for without a style.
 """
 from __future__ import annotations
 
@@ -58,8 +60,10 @@ def init_var(model: VAR, std: float = 0.02) -> None:
 def train_generator(model: VAR, var_input: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor,
                     state: dict[str, Any], *, steps: int, batch: int, lr: float, gen: torch.Generator,
                     device: torch.device, amp: bool, cond_drop: float, save: Callable[[], None],
-                    ckpt_every: int, budget_s: float = 0.0, threads: int = 2, tune_threads: bool = True) -> None:
-    """Train ``model`` for ``steps``; resumes from ``state['var_step']`` / ``state['var_opt']``."""
+                    ckpt_every: int, budget_s: float = 0.0, threads: int = 2, tune_threads: bool = True,
+                    styles: torch.Tensor | None = None, style_drop: float = 0.5) -> None:
+    """Train ``model`` for ``steps``; resumes from ``state['var_step']`` / ``state['var_opt']``.
+    ``styles`` (N,): each image's style id, for a model with ``num_styles`` > 0."""
     model.train().to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_" not in n and "emb" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_" not in n and "emb" not in n)]
@@ -82,9 +86,14 @@ def train_generator(model: VAR, var_input: torch.Tensor, targets: torch.Tensor, 
             idx = torch.randint(0, len(labels), (batch,), generator=gen)
             lab = labels[idx].clone()
             lab[torch.rand(batch, generator=gen) < cond_drop] = null
+            sty = None
+            if styles is not None:
+                sty = styles[idx].clone()
+                sty[torch.rand(batch, generator=gen) < style_drop] = model.cfg.num_styles
+                sty = sty.to(device)
             x, y = var_input[idx].to(device), targets[idx].to(device)
             with autocast(device, amp):
-                logits = model(lab.to(device), x)
+                logits = model(lab.to(device), x, sty)
             loss = F.cross_entropy(logits.float().view(-1, V), y.view(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -21,7 +21,7 @@ import torch
 from ..engine.models.var import VAR, VARConfig
 from ..engine.tokenizers.msvq import MSVQConfig, MSVQTokenizer
 from . import data as emoji_data
-from .common import load_checkpoint, pick_device, rng_state, save_checkpoint, seed_everything, set_rng_state
+from .common import bf16_autocast_pays, load_checkpoint, pick_device, rng_state, save_checkpoint, seed_everything, set_rng_state
 from .export import export_weights
 from .generator_stage import init_var, tokenize, train_generator
 from .tokenizer_stage import train_tokenizer
@@ -97,7 +97,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     """Train (or resume) both stages; returns the final state dict (also saved to ``<out>/ckpt.pt``)."""
     torch.set_num_threads(a.threads)
     device = pick_device(a.device)
-    amp = not a.no_amp and (device.type == "cuda" or torch.backends.mkldnn.is_available())
+    amp = not a.no_amp and bf16_autocast_pays(device)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "ckpt.pt"

@@ -109,6 +109,8 @@ def build_app(runner: Any) -> gr.Blocks:
                         "and upscale, each as a node graph you can download and replay.", scale=4)
             model = gr.Dropdown(model_names, value=default_model, label="Model", scale=1, min_width=220,
                                 allow_custom_value=True)
+            style = gr.Dropdown(runner.style_choices(), value="any", label="Style", scale=1, min_width=160,
+                                info="Drawing style (models trained on several emoji sets); any = the seed picks")
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
                 gr.Markdown(presets.TIPS["generate"], elem_classes="tip")
@@ -217,21 +219,21 @@ def build_app(runner: Any) -> gr.Blocks:
         # ---- wiring: tasks ----
         outs = lambda r, s: [r.gallery, r.files, s.seed]  # noqa: E731
         _jobs = {
-            "generate": gen_run.click(cb.generate, [model, gen.classes, *gen.after_classes, batch], outs(gen_out, gen),
+            "generate": gen_run.click(cb.generate, [model, gen.classes, *gen.after_classes, batch, style], outs(gen_out, gen),
                                       api_name="generate", **DEVICE),
-            "inpaint": inp_run.click(cb.inpaint, [model, editor, inp.classes, *inp.after_classes],
+            "inpaint": inp_run.click(cb.inpaint, [model, editor, inp.classes, *inp.after_classes, style],
                                      outs(inp_out, inp), api_name="inpaint", **DEVICE),
-            "outpaint": out_run.click(cb.outpaint, [model, editor, inp.classes, pad["left"], pad["top"], pad["right"],
+            "outpaint": out_run.click(cb.outpaint, [model, editor, inp.classes, pad["left", style], pad["top"], pad["right"],
                                                     pad["bottom"], feather, *inp.after_classes],
                                       outs(inp_out, inp), api_name="outpaint", **DEVICE),
-            "edit": ed_run.click(cb.edit, [model, edit_image, ed.classes, box["left"], box["top"], box["right"],
+            "edit": ed_run.click(cb.edit, [model, edit_image, ed.classes, box["left", style], box["top"], box["right"],
                                            box["bottom"], invert, *ed.after_classes], outs(ed_out, ed),
                                  api_name="edit", **DEVICE),
-            "superres": sr_run.click(cb.super_resolve, [model, sr_image, sr.classes, scale, *sr.after_classes],
+            "superres": sr_run.click(cb.super_resolve, [model, sr_image, sr.classes, scale, *sr.after_classes, style],
                                      outs(sr_out, sr), api_name="super_resolve", **DEVICE),
-            "control": ctl_run.click(cb.control, [model, ctl_image, ctl.classes, strength, *ctl.after_classes],
+            "control": ctl_run.click(cb.control, [model, ctl_image, ctl.classes, strength, *ctl.after_classes, style],
                                      outs(ctl_out, ctl), api_name="control", **DEVICE),
-            "variation": var_run.click(cb.variation, [model, ctl_image, ctl.classes, strength, *ctl.after_classes],
+            "variation": var_run.click(cb.variation, [model, ctl_image, ctl.classes, strength, *ctl.after_classes, style],
                                        outs(ctl_out, ctl), api_name="variation", **DEVICE),
             "workflow": wf_run.click(cb.workflow_run, [wf_file, wf_table, wf_inputs], [wf_out.gallery, wf_out.files],
                                      api_name="workflow_run", **DEVICE),

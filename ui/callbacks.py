@@ -136,6 +136,11 @@ class WorkflowRunner:
         """(label, value) pairs for the class picker; the label shows the emoji when the model has one."""
         return list(_class_choices(model or "", _models_key()))
 
+    def style_choices(self) -> list[str]:
+        """'any' and the bundled models' drawing styles (the node's list)."""
+        from ..nodes.types import style_choices
+        return style_choices()
+
     def loaded(self) -> list[dict]:
         try:
             from ..engine.model_cache import default_cache
@@ -338,12 +343,13 @@ class Callbacks:
 
     # --- shared plumbing ---
 
-    def _base(self, g: GraphBuilder, model: str | None, classes: Any, cfg: float) -> tuple[Any, Any]:
+    def _base(self, g: GraphBuilder, model: str | None, classes: Any, cfg: float,
+              style: str | None = "any") -> tuple[Any, Any]:
         if not model:
             raise InvalidInputError("pick a model first (Models tab lists what is available)")
         m = g.node("ARModelLoader", model=model, dtype="float32", quant="none", device="auto")
         c = g.node("ARClassCondition", model=m.out(0), classes=join_classes(classes), cfg=float(cfg),
-                   cfg_schedule="linear", negative="")
+                   cfg_schedule="linear", negative="", style=style or "any")
         return m, c
 
     def _execute(self, g: GraphBuilder, result: Any, prefix: str, request: gr.Request | None,
@@ -375,12 +381,12 @@ class Callbacks:
 
     @readable_errors
     def generate(self, model: str, classes: Any, seed: float, randomize: bool, cfg: float, top_k: float,
-                 top_p: float, temperature: float, batch: float, request: gr.Request = None,
+                 top_p: float, temperature: float, batch: float, style: str = "any", request: gr.Request = None,
                  progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Class-conditional generation: one image per class and batch slot."""
         seed = pick_seed(seed, randomize)
         g = GraphBuilder()
-        m, c = self._base(g, model, classes, cfg)
+        m, c = self._base(g, model, classes, cfg, style)
         t = g.node("ARGenerate", model=m.out(0), cond=c.out(0), batch_size=int(batch), more_smooth=False,
                    **self._sampler(seed, top_k, top_p, temperature))
         image = g.node("ARDecode", model=m.out(0), tokens=t.out(0), scales=0)
@@ -388,13 +394,13 @@ class Callbacks:
 
     @readable_errors
     def inpaint(self, model: str, editor: dict, classes: Any, seed: float, randomize: bool, cfg: float,
-                top_k: float, top_p: float, temperature: float, request: gr.Request = None,
+                top_k: float, top_p: float, temperature: float, style: str = "any", request: gr.Request = None,
                 progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Regenerate the painted area; the rest of the image is kept token for token."""
         mask = mask_from_editor(editor)
         seed = pick_seed(seed, randomize)
         g = GraphBuilder()
-        m, c = self._base(g, model, classes, cfg)
+        m, c = self._base(g, model, classes, cfg, style)
         image = self._load(g, editor)
         mask_node = g.node("LoadImageMask", image=self.runner.save_input(mask, "mask"), channel="red")
         out = g.node("ARInpaint", model=m.out(0), cond=c.out(0), image=image.out(0), mask=mask_node.out(0),
@@ -404,14 +410,14 @@ class Callbacks:
     @readable_errors
     def outpaint(self, model: str, editor: dict, classes: Any, left: float, top: float, right: float,
                  bottom: float, feathering: float, seed: float, randomize: bool, cfg: float, top_k: float,
-                 top_p: float, temperature: float, request: gr.Request = None,
+                 top_p: float, temperature: float, style: str = "any", request: gr.Request = None,
                  progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Extend the canvas on the chosen sides and generate the new border."""
         if not any((left, top, right, bottom)):
             raise InvalidInputError("set at least one side to extend (left, top, right or bottom > 0)")
         seed = pick_seed(seed, randomize)
         g = GraphBuilder()
-        m, c = self._base(g, model, classes, cfg)
+        m, c = self._base(g, model, classes, cfg, style)
         image = self._load(g, editor)
         out = g.node("AROutpaint", model=m.out(0), cond=c.out(0), image=image.out(0), left=int(left), top=int(top),
                      right=int(right), bottom=int(bottom), feathering=int(feathering),
@@ -421,7 +427,7 @@ class Callbacks:
     @readable_errors
     def edit(self, model: str, image: Any, classes: Any, left: float, top: float, right: float, bottom: float,
              invert: bool, seed: float, randomize: bool, cfg: float, top_k: float, top_p: float,
-             temperature: float, request: gr.Request = None,
+             temperature: float, style: str = "any", request: gr.Request = None,
              progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Regenerate a box of the image as another class (box edges in % of the image)."""
         if left >= right or top >= bottom:
@@ -429,7 +435,7 @@ class Callbacks:
                                     f"top {top}% < bottom {bottom}%")
         seed = pick_seed(seed, randomize)
         g = GraphBuilder()
-        m, c = self._base(g, model, classes, cfg)
+        m, c = self._base(g, model, classes, cfg, style)
         img = self._load(g, image)
         region = g.node("ARRegionMask", image=img.out(0), left=left / 100, top=top / 100, right=right / 100,
                         bottom=bottom / 100, invert=bool(invert))
@@ -439,12 +445,12 @@ class Callbacks:
 
     @readable_errors
     def super_resolve(self, model: str, image: Any, classes: Any, scale: float, seed: float, randomize: bool,
-                      cfg: float, top_k: float, top_p: float, temperature: float, request: gr.Request = None,
+                      cfg: float, top_k: float, top_p: float, temperature: float, style: str = "any", request: gr.Request = None,
                       progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Training-free super-resolution: keep the coarse scales of the upsampled image, generate the fine ones."""
         seed = pick_seed(seed, randomize)
         g = GraphBuilder()
-        m, c = self._base(g, model, classes, cfg)
+        m, c = self._base(g, model, classes, cfg, style)
         img = self._load(g, image)
         out = g.node("ARSuperResolve", model=m.out(0), cond=c.out(0), image=img.out(0), scale=int(scale),
                      **self._sampler(seed, top_k, top_p, temperature))
@@ -452,12 +458,12 @@ class Callbacks:
 
     @readable_errors
     def control(self, model: str, image: Any, classes: Any, strength: float, seed: float, randomize: bool,
-                cfg: float, top_k: float, top_p: float, temperature: float, request: gr.Request = None,
+                cfg: float, top_k: float, top_p: float, temperature: float, style: str = "any", request: gr.Request = None,
                 progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """New image of the class that follows the control image's layout (strength = how closely)."""
         seed = pick_seed(seed, randomize)
         g = GraphBuilder()
-        m, c = self._base(g, model, classes, cfg)
+        m, c = self._base(g, model, classes, cfg, style)
         img = self._load(g, image, "control image")
         out = g.node("ARControl", model=m.out(0), cond=c.out(0), control_image=img.out(0), strength=float(strength),
                      **self._sampler(seed, top_k, top_p, temperature))
@@ -465,12 +471,12 @@ class Callbacks:
 
     @readable_errors
     def variation(self, model: str, image: Any, classes: Any, strength: float, seed: float, randomize: bool,
-                  cfg: float, top_k: float, top_p: float, temperature: float, request: gr.Request = None,
+                  cfg: float, top_k: float, top_p: float, temperature: float, style: str = "any", request: gr.Request = None,
                   progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Img2img: keep the image's first scales (fewer with more strength) and resample the rest."""
         seed = pick_seed(seed, randomize)
         g = GraphBuilder()
-        m, c = self._base(g, model, classes, cfg)
+        m, c = self._base(g, model, classes, cfg, style)
         img = self._load(g, image)
         out = g.node("ARVariation", model=m.out(0), cond=c.out(0), image=img.out(0), strength=float(strength),
                      **self._sampler(seed, top_k, top_p, temperature))

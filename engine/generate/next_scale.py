@@ -37,6 +37,21 @@ def class_labels(model: VAR, cond: Conditioning, device: torch.device) -> tuple[
     return labels, torch.tensor(neg, dtype=torch.int64, device=device)
 
 
+def style_labels(model: VAR, cond: Conditioning, device: torch.device, guided: bool) -> torch.Tensor | None:
+    """Style ids for the (cond [+ uncond]) rows, or None ("any" everywhere). The unconditional branch
+    uses the "any" style, so guidance pushes towards the asked style as well as the class."""
+    if cond.style_ids is None:
+        return None
+    n = model.cfg.num_styles
+    if n == 0:
+        raise InvalidInputError("this model has no styles: use style 'any'")
+    bad = [s for s in cond.style_ids if not 0 <= int(s) <= n]
+    if bad:
+        raise InvalidInputError(f"style ids {bad} out of range: this model has styles 0..{n - 1} (and {n} = any)")
+    ids = list(cond.style_ids) + ([n] * cond.batch if guided else [])
+    return torch.tensor(ids, dtype=torch.int64, device=device)
+
+
 def scale_known_masks(keep_fine: torch.Tensor, patch_nums: tuple[int, ...]) -> list[torch.Tensor]:
     """Per-scale known-masks from a keep-mask on the finest grid (B, h, w), as the official zero-shot
     editing notebook derives them: bilinear resize, threshold 0.5, and scales of <= 3 tokens all kept."""
@@ -72,7 +87,8 @@ def generate_scales(model: VAR, tokenizer: MSVQTokenizer, cond: Conditioning, ca
     schedule = VAR_SCHEDULES[cond.schedule]
     model.setup_caches(all_labels.shape[0])
     emb = tokenizer.embedding_weight
-    class_cond = model.conditioning(all_labels)  # once per image: AdaLN depends on the class only
+    styles = style_labels(model, cond, device, guided)
+    class_cond = model.conditioning(all_labels, styles)  # once per image: AdaLN depends on the class only
     step, compiled = step_function(model, "scale_step", dynamic=True), wants_compile(compile, device)
     lvl_pos = model.level_pos()
     x = model.first_tokens(class_cond.class_BD, lvl_pos)

@@ -93,6 +93,8 @@ def decode_n_tokens(model, first: torch.Tensor, start: int, n: int, positions: t
 
 def _labels(model, cond: Conditioning, device: torch.device) -> tuple[torch.Tensor, bool]:
     """(B,) or (2B,) labels ([cond; uncond] when guided) and whether guidance runs."""
+    if cond.style_ids is not None:
+        raise InvalidInputError("raster (LlamaGen) models have no styles: use style 'any'")
     labels = torch.tensor(cond.class_ids, dtype=torch.long)
     model.check_labels(labels)
     guided = cond.cfg > 1.0

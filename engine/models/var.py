@@ -32,6 +32,7 @@ class VARConfig:
     patch_nums: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
     vocab_size: int = 4096
     cvae: int = 32
+    num_styles: int = 0  # > 0: a style embedding added to the class embedding (row num_styles = "any")
 
     @property
     def tokens_per_image(self) -> int:
@@ -169,6 +170,8 @@ class VAR(nn.Module):
         self.num_classes = cfg.num_classes
         self.word_embed = nn.Linear(cfg.cvae, C)
         self.class_emb = nn.Embedding(cfg.num_classes + 1, C)  # row num_classes = the null class
+        if cfg.num_styles > 0:  # absent in the official layout; the "any" row is classifier-free
+            self.style_emb = nn.Embedding(cfg.num_styles + 1, C)
         self.pos_start = nn.Parameter(torch.empty(1, self.first_l, C))
         self.pos_1LC = nn.Parameter(torch.empty(1, L, C))
         self.lvl_embed = nn.Embedding(S, C)
@@ -201,10 +204,15 @@ class VAR(nn.Module):
             b.attn.zero_k_bias = torch.zeros(self.cfg.embed_dim, dtype=b.attn.q_bias.dtype)
 
     # --- shared pieces of the teacher-forced and the cached path ---
-    def conditioning(self, labels: torch.Tensor) -> ClassConditioning:
+    def conditioning(self, labels: torch.Tensor, styles: torch.Tensor | None = None) -> ClassConditioning:
         """Everything that depends on the class alone, computed once per image (not once per scale):
-        the class embedding and the AdaLN modulation of every block and of the head."""
+        the class embedding and the AdaLN modulation of every block and of the head. ``styles`` (B,)
+        (models with styles only; None = "any") adds a style embedding to the class embedding."""
         cond_BD = self.class_emb(labels)  # (B, C)
+        if self.cfg.num_styles > 0:
+            if styles is None:
+                styles = torch.full_like(labels, self.cfg.num_styles)
+            cond_BD = cond_BD + self.style_emb(styles)
         shared = self.shared_ada_lin(cond_BD)
         dtype = self.pos_1LC.dtype  # a float parameter: the head may be quantized
         return ClassConditioning(cond_BD, [b.modulation(shared) for b in self.blocks],
@@ -222,9 +230,10 @@ class VAR(nn.Module):
         """Head in the model's float dtype (in float32 the reference's path), logits in float32."""
         return self.head(self.head_nm(h.to(self.pos_1LC.dtype), head_mods)).float()  # (B, l, V)
 
-    def forward(self, labels: torch.Tensor, var_input: torch.Tensor) -> torch.Tensor:
+    def forward(self, labels: torch.Tensor, var_input: torch.Tensor,
+                styles: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher forcing: labels (B,), var_input (B, L-first_l, Cvae) -> logits (B, L, V)."""
-        cond = self.conditioning(labels)
+        cond = self.conditioning(labels, styles)
         lvl_pos = self.level_pos()
         first = self.first_tokens(cond.class_BD, lvl_pos)
         rest = self.word_embed(var_input.to(self.word_embed.weight.dtype)) + lvl_pos[:, self.first_l:]

@@ -57,7 +57,7 @@ def test_training_bundle_super_resolve_beats_bicubic(low: int) -> None:
     classes = json.loads((WEIGHTS / "emoji_classes.json").read_text(encoding="utf-8"))
     renderer = data.GlyphRenderer()
     ids = list(range(0, len(classes), len(classes) // 12))[:12]
-    truth = np.stack([renderer.place(renderer.glyph(classes[i]["emoji"])) for i in ids])
+    truth = np.stack([renderer.place(renderer.glyph(classes[i]["emoji"]))[0] for i in ids])
     gt = torch.from_numpy(truth).permute(0, 3, 1, 2).float().div(127.5).sub(1)
     small = resize(gt, low, low)
 

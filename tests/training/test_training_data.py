@@ -1,14 +1,16 @@
-"""The emoji data pipeline renders real glyphs with names, groups and a held-out split."""
+"""The emoji data pipeline (v2) renders every emoji in several styles, with names, captions, placements
+and a held-out split."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from arnodes.training import data
+from arnodes.training import data, styles
 
 pytestmark = pytest.mark.skipif(
-    data.find_font() is None or data.find_emoji_test() is None,
-    reason="needs the Noto Color Emoji font (fonts-noto-color-emoji) and emoji-test.txt (unicode-data)",
+    data.find_font() is None or data.find_emoji_test() is None or styles.find_package("fluentui-emoji") is None,
+    reason="needs the Noto Color Emoji font (fonts-noto-color-emoji), emoji-test.txt (unicode-data) and the npm "
+           f"emoji sets ({styles.install_hint()})",
 )
 
 
@@ -27,17 +29,63 @@ def test_training_select_classes_spans_groups() -> None:
     assert "red heart" in {e.name for e in entries}
 
 
-def test_training_build_small_dataset(tmp_path) -> None:
-    d = data.load_dataset(tmp_path, max_classes=30, n_aug=1, seed=0)
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> data.EmojiData:
+    return data.load_dataset(tmp_path_factory.mktemp("emoji"), max_classes=30, n_aug=1, seed=0, placed_frac=0.5)
+
+
+def test_training_build_small_dataset(small, tmp_path_factory) -> None:
+    d = small
     assert d.images.dtype == np.uint8 and d.images.shape[1:] == (64, 64, 3)
-    assert len(d.classes) == 30 and set(d.classes[0]) == {"name", "emoji", "group"}
+    assert len(d.classes) == 30 and {"name", "emoji", "group", "keywords"} <= set(d.classes[0])
     assert d.labels.max() == 29
-    # white background, coloured glyph in the middle
+    # white background, coloured drawing in the middle
     canon = d.images[(d.kind == data.KIND_CANONICAL)]
     assert (canon[:, 0, 0] > 245).all()
     assert canon[:, 24:40, 24:40].std() > 10
     assert len(d.tokenizer_heldout()) > 0 and len(d.generator_train()) >= 30
-    # second load comes from the cache and is identical
-    d2 = data.load_dataset(tmp_path, max_classes=30, n_aug=1, seed=0)
-    assert np.array_equal(d.images, d2.images) and d2.classes == d.classes
-    assert list(tmp_path.glob("emoji_*.npz"))
+    # second load comes from the cache and is identical (the build is deterministic)
+    again = data.load_dataset(tmp_path_factory.mktemp("emoji2"), max_classes=30, n_aug=1, seed=0, placed_frac=0.5)
+    assert np.array_equal(d.images, again.images) and again.classes == d.classes
+    assert again.captions == d.captions and np.array_equal(again.boxes, d.boxes)
+
+
+def test_training_every_style_draws_the_same_emoji_differently(small) -> None:
+    d = small
+    assert d.styles == list(styles.STYLES) and len(d.styles) >= 3
+    canon = d.kind == data.KIND_CANONICAL
+    per_class = [{int(s) for s in d.style[canon & (d.labels == c)]} for c in range(len(d.classes))]
+    assert np.mean([len(s) for s in per_class]) >= 3  # aligned by code point: most classes in 3+ styles
+    for c in range(len(d.classes)):  # the styles' drawings of one emoji are different pictures
+        rows = np.nonzero(canon & (d.labels == c))[0]
+        imgs = d.images[rows].astype(np.float32)
+        for a in range(len(rows)):
+            for b in range(a + 1, len(rows)):
+                assert np.abs(imgs[a] - imgs[b]).mean() > 3, (d.classes[c]["name"], d.style[rows[a]], d.style[rows[b]])
+
+
+def test_training_captions_name_keywords_and_style(small) -> None:
+    d = small
+    assert len(d.captions) == len(d.images)
+    for i in range(0, len(d.images), 37):
+        cls = d.classes[d.labels[i]]
+        assert d.captions[i].startswith(cls["name"]) and d.captions[i].endswith(f"{d.styles[d.style[i]]} style")
+    heart = styles.caption("red heart", ["emotion", "heart", "love"], "twemoji")
+    assert heart == "red heart; emotion, heart, love; twemoji style"
+
+
+def test_training_placements_move_and_shrink_the_subject(small) -> None:
+    d = small
+    placed = np.nonzero(d.kind == data.KIND_PLACED)[0]
+    canon = np.nonzero(d.kind == data.KIND_CANONICAL)[0]
+    assert len(placed) >= len(canon) // 4
+    size = lambda b: np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])  # noqa: E731
+    assert np.allclose(size(d.boxes[canon]), data.SUBJECT_FRACTION, atol=0.02)
+    assert size(d.boxes[placed]).max() < 0.8 and size(d.boxes[placed]).min() > 0.25
+    centres = (d.boxes[placed, :2] + d.boxes[placed, 2:]) / 2
+    assert np.abs(centres - 0.5).max() > 0.2  # some are far off-centre
+    for i in placed[:20]:  # the box is where the drawing is: outside it the frame is white
+        x0, y0, x1, y1 = (d.boxes[i] * 64).round().astype(int)
+        outside = d.images[i].copy()
+        outside[max(y0 - 1, 0):y1 + 1, max(x0 - 1, 0):x1 + 1] = 255
+        assert outside.min() > 240
