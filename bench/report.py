@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
-DOCS = (BENCH.parent / "README.md", BENCH / "README.md")
+DOCS = (BENCH.parent / "README.md", BENCH / "README.md", BENCH.parent / "weights" / "MODEL_CARD.md")
 BLOCK = re.compile(r"(<!-- bench:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /bench:(?P=name) -->)", re.S)
 
 
@@ -136,6 +136,44 @@ def block_emoji() -> str:
     return "\n".join(out) + "\n"
 
 
+def block_emoji_model() -> str:
+    e = load("emoji_model.json")
+    if e is None:
+        return _missing("emoji_model.json", "python -m arnodes.training.evaluate --weights weights --write "
+                                            "--bench-json bench/results/emoji_model.json")
+    m = e["metrics"]
+    rows = [["tokenizer PSNR, held-out images (all styles)", f"{f(m['tokenizer_psnr_heldout'])} dB "
+             f"({m['tokenizer_psnr_heldout_n']} images)", ""]]
+    rows += [[f"tokenizer PSNR, held-out, {s}", f"{f(v)} dB", ""] for s, v in m["tokenizer_psnr_heldout_by_style"].items()]
+    rows += [["nearest-reference class accuracy (style any)",
+              f"{pct(m['nn_class_acc'])} ({m['eval_classes']} classes x seeds {m['seeds']})", ">= 90 %"],
+             ["distinct-image rate across classes", pct(m["nn_distinct"]), ""],
+             ["distinct drawings among 4 seeds, same class (mean)",
+              f"{f(m['seed_distinct_mean'])} ({m['seed_classes']} classes; different = mean abs. difference "
+              f"> {m['distinct_mad_threshold']:.0f}/255)", ">= 3"],
+             ["same seed twice gives identical pixels", "yes" if m["same_seed_identical"] else "NO", "yes"],
+             ["style judge accuracy on held-out classes' drawings",
+              f"{pct(m['style_judge_heldout_acc'])} ({m['style_judge_heldout_images']} images)", ""]]
+    rows += [[f"samples judged in the asked style: {s}", f"{pct(v)} ({m['style_classes']} classes)", ">= 80 %"]
+             for s, v in m.get("style_acc", {}).items()]
+    rows += [["style any: share of samples per style",
+              ", ".join(f"{s} {pct(v)}" for s, v in m.get("style_any_share", {}).items()), ""]]
+    data, tr = m["data"], e.get("training", {})
+    lines = [f"Data v{data['version']}: {data['classes']} classes, {data['images']} images ("
+             + ", ".join(f"{s} {n}" for s, n in data["images_by_style"].items())
+             + f"), of which {data['placed']} placements and {data['heldout']} held out; the generator's "
+               f"classes have {data['generator_images']} training images.\n"]
+    for run in tr.get("restyle_runs", []):
+        lines.append(f"- Style fine-tune (`training/restyle.py`): {run['steps']} steps, batch {run['batch']}, "
+                     f"lr {run['lr']}, {run['seconds']} s.")
+    if "decoder_finetune_v2" in tr:
+        r = tr["decoder_finetune_v2"]
+        lines.append(f"- Decoder fine-tune on all styles (`training/finetune_decoder.py`): {r['steps']} steps, "
+                     f"batch {r['batch']}, {r['seconds']} s.")
+    lines.append(f"\nMeasured on a {_machine(e['env'])} (evaluation {m['eval_seconds']:.0f} s):\n")
+    return "\n".join(lines + _table(["metric (`training/evaluate.py`)", "value", "target"], rows)) + "\n"
+
+
 def block_gpu() -> str:
     gpu = load("gpu.json")
     if gpu is None:
@@ -180,7 +218,7 @@ def block_kernels() -> str:
 
 BLOCKS: dict[str, Callable[[], str]] = {"generate": block_generate, "quantize": block_quantize,
                                         "emoji": block_emoji, "gpu": block_gpu, "kernels": block_kernels,
-                                        "decode": block_decode}
+                                        "decode": block_decode, "emoji-model": block_emoji_model}
 
 
 # ---- documents --------------------------------------------------------------------------------------

@@ -84,7 +84,10 @@ class ARClassCondition(Node):
                     raise InvalidInputError(f"input 'negative': {len(neg)} classes for {len(ids)} positive classes; "
                                             f"give one, or one per class")
             names = tuple(bundle.classes.name(i) for i in ids)
-            style_id = bundle.style_id(ANY_STYLE if style is None else str(style))
+            try:
+                style_id = bundle.style_id(ANY_STYLE if style is None else str(style))
+            except UnknownNameError as e:
+                raise UnknownNameError(f"input 'style': {e}") from None
         styles = None if style_id is None else (style_id,) * len(ids)
         style_names = () if style_id is None else (bundle.styles[style_id],) * len(ids)
         cond = Conditioning(tuple(ids), cfg=float(cfg), schedule=cfg_schedule,

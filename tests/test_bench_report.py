@@ -21,6 +21,7 @@ def test_every_block_is_rendered_in_the_readmes():
     for name in ("generate", "gpu", "emoji", "quantize"):
         assert f"<!-- bench:{name} -->" in readme
     assert "<!-- bench:kernels -->" in (BENCH / "README.md").read_text()
+    assert "<!-- bench:emoji-model -->" in (BENCH.parent / "weights" / "MODEL_CARD.md").read_text()
 
 
 def test_a_changed_figure_is_caught(tmp_path):

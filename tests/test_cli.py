@@ -64,6 +64,7 @@ def test_set_override_changes_the_image(capsys, models_dir, tmp_path):
 @pytest.mark.parametrize("argv,needle", [
     (("generate", "--model", TINY_VAR, "--class", "no such class"), "no such class"),
     (("generate", "--model", "no-such-model", "--class", "1"), "no-such-model"),
+    (("generate", "--model", TINY_VAR, "--class", "1", "--style", "comic"), "'comic'"),
     (("run", "missing.json"), "missing.json"),
     (("inpaint", "--model", TINY_VAR, "--class", "1", "--image", "nope.png", "--mask", "m.png"), "nope.png"),
 ])

@@ -161,7 +161,11 @@ def evaluate(weights: Path, data_cache: Path, eval_classes: int, seeds: list[int
     by_emoji = {c["emoji"]: i for i, c in enumerate(classes)}
     remap = np.array([by_emoji.get(c["emoji"], -1) for c in d.classes])
     t0 = time.time()
-    metrics: dict[str, Any] = {}
+    metrics: dict[str, Any] = {"data": {
+        "classes": len(d.classes), "images": int(len(d.images)), "version": emoji_data.DATA_VERSION,
+        "images_by_style": {s: int((d.style == i).sum()) for i, s in enumerate(d.styles)},
+        "placed": int((d.kind == emoji_data.KIND_PLACED).sum()), "heldout": int(len(d.tokenizer_heldout())),
+        "generator_images": int((remap[d.labels[d.generator_train()]] >= 0).sum())}}
     held = d.tokenizer_heldout()
     train = d.tokenizer_train()
     train = train[np.random.default_rng(0).permutation(len(train))[:500]]
@@ -238,7 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-cache", default=str(emoji_data.DEFAULT_CACHE))
     p.add_argument("--eval-classes", type=int, default=200)
     p.add_argument("--seeds", default="0,1")
-    p.add_argument("--seed-classes", type=int, default=100, help="classes for the distinct-drawings-across-seeds metric")
+    p.add_argument("--seed-classes", type=int, default=100, 
+                   help="classes for the distinct-drawings-across-seeds metric")
     p.add_argument("--style-classes", type=int, default=100, help="classes per style for the style accuracy")
     p.add_argument("--sweep", action="store_true", help="choose cfg / top_k / top_p on other seeds first")
     p.add_argument("--samples", default=None, help="write an 8x8 grid of samples here")
@@ -248,10 +253,13 @@ def main(argv: list[str] | None = None) -> None:
     m = evaluate(Path(a.weights), Path(a.data_cache), a.eval_classes, [int(s) for s in a.seeds.split(",")],
                  a.sweep, Path(a.samples) if a.samples else None, a.write, a.seed_classes, a.style_classes)
     if a.bench_json:
+        import os
         import platform
 
-        out = {"model": json.loads((Path(a.weights) / MANIFEST).read_text(encoding="utf-8"))["name"],
-               "metrics": m, "env": {"machine": platform.machine(), "torch": torch.__version__}}
+        env = {"machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+               "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+        manifest = json.loads((Path(a.weights) / MANIFEST).read_text(encoding="utf-8"))
+        out = {"model": manifest["name"], "metrics": m, "training": manifest.get("training", {}), "env": env}
         Path(a.bench_json).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(m, indent=2))
 

@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     var_input, targets = tokenize(bundle.tokenizer, d.images[idx], torch.device("cpu"))
     state: dict = {}
     train_generator(var, var_input, targets, torch.from_numpy(labels), state, steps=a.steps, batch=a.batch,
-                    lr=a.lr, gen=gen, device=torch.device("cpu"), amp=bf16_autocast_pays(torch.device("cpu")), cond_drop=0.1, save=lambda: None,
+                    lr=a.lr, gen=gen, device=torch.device("cpu"), amp=bf16_autocast_pays(torch.device("cpu")),
+                    cond_drop=0.1, save=lambda: None,
                     ckpt_every=10 ** 9, threads=a.threads)
     meta = dict(manifest.get("training", {}))
     meta["extend_classes"] = {"added": missing, "steps": a.steps, "seconds": round(time.time() - t0),

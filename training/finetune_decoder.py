@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from ..engine.loader import load_manifest
 from . import data as emoji_data
-from .common import Progress, bf16_autocast_pays, StageClock, ThreadTuner, cosine_lr, seed_everything
+from .common import Progress, StageClock, bf16_autocast_pays, ThreadTuner, cosine_lr, seed_everything
 from .export import MANIFEST, _state
 from .tokenizer_stage import autocast, to_model_images
 

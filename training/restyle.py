@@ -31,10 +31,13 @@ from .generator_stage import tokenize, train_generator
 
 
 def add_style_table(var: VAR, num_styles: int) -> VAR:
-    """A copy of ``var`` with a zero-initialised style embedding of ``num_styles`` + 1 ("any") rows."""
+    """A float32 copy of ``var`` with a style embedding of ``num_styles`` + 1 ("any") rows: zero-initialised,
+    or kept when ``var`` already has that many styles (so a second run continues the first)."""
     new = VAR(dataclasses.replace(var.cfg, num_styles=num_styles))
-    sd = {k: v.float() for k, v in var.state_dict().items() if not k.startswith("style_emb.")}
-    sd["style_emb.weight"] = torch.zeros(num_styles + 1, var.cfg.embed_dim)
+    sd = {k: v.float() for k, v in var.state_dict().items()}
+    if var.cfg.num_styles != num_styles:
+        sd.pop("style_emb.weight", None)
+        sd["style_emb.weight"] = torch.zeros(num_styles + 1, var.cfg.embed_dim)
     new.load_state_dict(sd, strict=True)
     return new
 
@@ -82,14 +85,16 @@ def main(argv: list[str] | None = None) -> None:
     tokenize_s = time.time() - t0
     state: dict = {}
     train_generator(var, var_input, targets, torch.from_numpy(labels), state, steps=a.steps, batch=a.batch,
-                    lr=a.lr, gen=gen, device=torch.device("cpu"), amp=bf16_autocast_pays(torch.device("cpu")), cond_drop=0.1, save=lambda: None,
+                    lr=a.lr, gen=gen, device=torch.device("cpu"), amp=bf16_autocast_pays(torch.device("cpu")),
+                    cond_drop=0.1, save=lambda: None,
                     ckpt_every=10 ** 9, budget_s=60 * a.minutes, threads=a.threads,
                     styles=torch.from_numpy(d.style[idx].astype(np.int64)), style_drop=a.style_drop)
     meta = dict(manifest.get("training", {}))
-    meta["restyle"] = {"styles": d.styles, "images": int(len(idx)), "images_per_style": per_style,
-                       "steps": int(state.get("var_step", 0)), "seconds": round(state.get("var_time", 0.0)),
-                       "tokenize_seconds": round(tokenize_s), "batch": a.batch, "lr": a.lr,
-                       "style_drop": a.style_drop, "seed": a.seed, "data_version": emoji_data.DATA_VERSION}
+    run = {"styles": d.styles, "images": int(len(idx)), "images_per_style": per_style,
+           "steps": int(state.get("var_step", 0)), "seconds": round(state.get("var_time", 0.0)),
+           "tokenize_seconds": round(tokenize_s), "batch": a.batch, "lr": a.lr, "style_drop": a.style_drop,
+           "seed": a.seed, "data_version": emoji_data.DATA_VERSION}
+    meta["restyle_runs"] = list(meta.get("restyle_runs", [])) + [run]  # each run continues the previous one
     export_weights(weights, bundle.tokenizer.float(), var.cpu().eval(), classes, defaults=manifest.get("defaults"),
                    meta=meta, var_dtype=torch.float16, styles=d.styles)
     log(f"exported {len(classes)} classes x {len(d.styles)} styles to {weights}")

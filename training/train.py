@@ -21,7 +21,8 @@ import torch
 from ..engine.models.var import VAR, VARConfig
 from ..engine.tokenizers.msvq import MSVQConfig, MSVQTokenizer
 from . import data as emoji_data
-from .common import bf16_autocast_pays, load_checkpoint, pick_device, rng_state, save_checkpoint, seed_everything, set_rng_state
+from .common import (bf16_autocast_pays, load_checkpoint, pick_device, rng_state, save_checkpoint, seed_everything,
+                     set_rng_state)
 from .export import export_weights
 from .generator_stage import init_var, tokenize, train_generator
 from .tokenizer_stage import train_tokenizer

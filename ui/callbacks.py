@@ -381,7 +381,8 @@ class Callbacks:
 
     @readable_errors
     def generate(self, model: str, classes: Any, seed: float, randomize: bool, cfg: float, top_k: float,
-                 top_p: float, temperature: float, batch: float, style: str = "any", request: gr.Request = None,
+                 top_p: float, temperature: float, batch: float, style: str = "any",
+                 request: gr.Request = None,
                  progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Class-conditional generation: one image per class and batch slot."""
         seed = pick_seed(seed, randomize)
@@ -394,7 +395,8 @@ class Callbacks:
 
     @readable_errors
     def inpaint(self, model: str, editor: dict, classes: Any, seed: float, randomize: bool, cfg: float,
-                top_k: float, top_p: float, temperature: float, style: str = "any", request: gr.Request = None,
+                top_k: float, top_p: float, temperature: float, style: str = "any",
+                request: gr.Request = None,
                 progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Regenerate the painted area; the rest of the image is kept token for token."""
         mask = mask_from_editor(editor)
@@ -410,7 +412,8 @@ class Callbacks:
     @readable_errors
     def outpaint(self, model: str, editor: dict, classes: Any, left: float, top: float, right: float,
                  bottom: float, feathering: float, seed: float, randomize: bool, cfg: float, top_k: float,
-                 top_p: float, temperature: float, style: str = "any", request: gr.Request = None,
+                 top_p: float, temperature: float, style: str = "any",
+                 request: gr.Request = None,
                  progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Extend the canvas on the chosen sides and generate the new border."""
         if not any((left, top, right, bottom)):
@@ -427,7 +430,8 @@ class Callbacks:
     @readable_errors
     def edit(self, model: str, image: Any, classes: Any, left: float, top: float, right: float, bottom: float,
              invert: bool, seed: float, randomize: bool, cfg: float, top_k: float, top_p: float,
-             temperature: float, style: str = "any", request: gr.Request = None,
+             temperature: float, style: str = "any",
+             request: gr.Request = None,
              progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Regenerate a box of the image as another class (box edges in % of the image)."""
         if left >= right or top >= bottom:
@@ -445,7 +449,8 @@ class Callbacks:
 
     @readable_errors
     def super_resolve(self, model: str, image: Any, classes: Any, scale: float, seed: float, randomize: bool,
-                      cfg: float, top_k: float, top_p: float, temperature: float, style: str = "any", request: gr.Request = None,
+                      cfg: float, top_k: float, top_p: float, temperature: float, style: str = "any",
+                      request: gr.Request = None,
                       progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Training-free super-resolution: keep the coarse scales of the upsampled image, generate the fine ones."""
         seed = pick_seed(seed, randomize)
@@ -458,7 +463,8 @@ class Callbacks:
 
     @readable_errors
     def control(self, model: str, image: Any, classes: Any, strength: float, seed: float, randomize: bool,
-                cfg: float, top_k: float, top_p: float, temperature: float, style: str = "any", request: gr.Request = None,
+                cfg: float, top_k: float, top_p: float, temperature: float, style: str = "any",
+                request: gr.Request = None,
                 progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """New image of the class that follows the control image's layout (strength = how closely)."""
         seed = pick_seed(seed, randomize)
@@ -471,7 +477,8 @@ class Callbacks:
 
     @readable_errors
     def variation(self, model: str, image: Any, classes: Any, strength: float, seed: float, randomize: bool,
-                  cfg: float, top_k: float, top_p: float, temperature: float, style: str = "any", request: gr.Request = None,
+                  cfg: float, top_k: float, top_p: float, temperature: float, style: str = "any",
+                  request: gr.Request = None,
                   progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Img2img: keep the image's first scales (fewer with more strength) and resample the rest."""
         seed = pick_seed(seed, randomize)

@@ -97,3 +97,7 @@ def test_class_condition_errors_name_the_input(ctx):
         ARClassCondition.execute(ctx, classes="sun", **(run | {"cfg": 31.0}))
     with pytest.raises(InvalidInputError, match="ARModelLoader"):
         ARClassCondition.execute(ctx, classes="sun", **(run | {"model": "tiny"}))
+    with pytest.raises(UnknownNameError, match="input 'style': unknown style 'comic'.*known: any"):
+        ARClassCondition.execute(ctx, classes="sun", **(run | {"style": "comic"}))
+    (cond,) = ARClassCondition.execute(ctx, classes="sun", **(run | {"style": "Any"}))
+    assert cond.style_ids is None

@@ -2,6 +2,8 @@
 and a held-out split."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -89,3 +91,10 @@ def test_training_placements_move_and_shrink_the_subject(small) -> None:
         outside = d.images[i].copy()
         outside[max(y0 - 1, 0):y1 + 1, max(x0 - 1, 0):x1 + 1] = 255
         assert outside.min() > 240
+
+
+def test_training_ci_installs_the_npm_sets_the_data_build_reads() -> None:
+    ci = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for package in styles.NPM_PACKAGES:
+        assert package in ci and package in readme, package

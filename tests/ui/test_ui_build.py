@@ -76,6 +76,17 @@ def test_generate_builds_the_cli_graph(cb, mock):
     assert by_class["ARGenerate"]["seed"] == 7 and by_class["ARGenerate"]["batch_size"] == 3
     assert by_class["SaveImage"]["filename_prefix"] == "arnodes_generate"
     assert by_class["ARModelLoader"]["model"] == "mock-model"
+    assert by_class["ARClassCondition"]["style"] == "any"
+
+
+def test_style_control_reaches_every_task_graph(cb, mock, tmp_path):
+    src = Image.open(ui_support.sample_image(tmp_path / "s.png"))
+    cb.generate("mock-model", ["red heart"], *sampler(), 1, "twemoji")
+    cb.edit("mock-model", src, ["sun"], 10, 10, 60, 60, False, *sampler(), "fluent-flat")
+    cb.variation("mock-model", src, ["sun"], 0.5, *sampler(), "noto")
+    styles = [n["inputs"]["style"] for wf in mock.workflows for n in wf.values()
+              if n["class_type"] == "ARClassCondition"]
+    assert styles == ["twemoji", "fluent-flat", "noto"]
 
 
 def test_random_seed_is_drawn_and_returned(cb, mock):
