@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from .engine.choices import DECODE_STRATEGIES, DEVICES, DTYPES, QUANTS
 from .engine.errors import ArnodesError, InvalidInputError
 from .graph.errors import NodeExecutionError
 from .engine.registry import DEFAULT_MODEL
@@ -265,9 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     def task(name: str, func, help_: str, image: bool = True) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("--model", default=DEFAULT_MODEL)
-        sp.add_argument("--quant", default="none", help="none, int8, int4-g32, int4-g64, int4-g128")
-        sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-        sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        sp.add_argument("--quant", default="none", help=", ".join(QUANTS))
+        sp.add_argument("--dtype", default="float32", choices=DTYPES)
+        sp.add_argument("--device", default="auto", choices=DEVICES)
         sp.add_argument("--class", dest="class_name", required=True, help="class name(s) or id(s)")
         sp.add_argument("--style", default="any",
                         help="drawing style of models trained on several sets (`arnodes models` lists them); "
@@ -286,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = task("generate", cmd_generate, "generate images of a class", image=False)
     gen.add_argument("--batch", type=int, default=1, help="images per class")
-    gen.add_argument("--decode", default="plain", choices=["plain", "sjd", "gsd"],
+    gen.add_argument("--decode", default="plain", choices=DECODE_STRATEGIES,
                      help="raster models: plain, sjd (speculative Jacobi, same distribution, fewer forwards), "
                           "gsd (grouped, fewest forwards, slightly lossy)")
     gen.add_argument("--stats-json", metavar="FILE",

@@ -42,12 +42,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .choices import QUANTS
 from .checkpoint import check_state_dict
 from .errors import CheckpointError, UnknownNameError, UnsupportedError
 
 logger = logging.getLogger(__name__)
 
-QUANT_MODES = ("none", "int8", "int4-g32", "int4-g64", "int4-g128")
+QUANT_MODES = QUANTS  # the one list (engine/choices.py)
 FORMAT = "arnodes-quantized"
 FORMAT_VERSION = "1"
 SERVED_DEVICE_TYPES = ("cpu", "cuda")  # the dequantize path runs on both; kernels are used when present

@@ -15,12 +15,9 @@ from typing import Any, Iterator
 
 from ..engine.errors import InvalidInputError, MissingFileError, UnsupportedError
 from ..engine.limits import check_batch, check_memory
-from ..engine.quantize import QUANT_MODES
+from ..engine.choices import DECODE_STRATEGIES, DEVICES, DTYPES, QUANTS
 from .base import COMBO, FLOAT, INT, InputSpec
 
-DTYPES = ("float32", "bfloat16", "float16")
-QUANTS = QUANT_MODES
-DEVICES = ("auto", "cpu", "cuda")
 MAX_SEED = 2 ** 63 - 1
 
 
@@ -157,9 +154,7 @@ def sampling_params(bundle: Any, top_k: int, top_p: float, temperature: float, m
 
 def decode_input() -> InputSpec:
     """The decode strategy (engine/generate/decoders.py); speculative ones apply to raster models."""
-    from ..engine.generate.decoders import DECODERS
-
-    return InputSpec("decode", COMBO, default="plain", choices=tuple(DECODERS),
+    return InputSpec("decode", COMBO, default="plain", choices=DECODE_STRATEGIES,
                      tooltip="Raster models: plain (a forward per token), sjd (speculative Jacobi: fewer forwards, "
                              "same distribution), gsd (grouped: fewest forwards, slightly lossy).")
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import gradio as gr
 
+from ..engine.choices import DEVICES, DTYPES, QUANTS
 from . import presets
 from .callbacks import MAX_UI_SEED, Callbacks, WorkflowRunner
 from .theme import CSS, theme
@@ -207,10 +208,10 @@ def build_app(runner: Any) -> gr.Blocks:
                 with gr.Row():
                     pick = gr.Dropdown([r["name"] for r in runner.models()], value=default_model, label="Model",
                                        allow_custom_value=True, scale=2)
-                    dtype = gr.Dropdown(["float32", "bfloat16", "float16"], value="float32", label="Precision")
-                    quant = gr.Dropdown(["none", "int8", "int4-g32", "int4-g64", "int4-g128"], value="none",
+                    dtype = gr.Dropdown(list(DTYPES), value="float32", label="Precision")
+                    quant = gr.Dropdown(list(QUANTS), value="none",
                                         label="Quantization")
-                    device = gr.Dropdown(["auto", "cpu", "cuda"], value="auto", label="Device")
+                    device = gr.Dropdown(list(DEVICES), value="auto", label="Device")
                 with gr.Row():
                     load_btn = gr.Button("Load", variant="primary")
                     unload_btn = gr.Button("Unload")

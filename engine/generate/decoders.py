@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..choices import DECODE_STRATEGIES
 from ..errors import InvalidInputError
 from .speculative import SpeculativeParams
 
@@ -28,6 +29,10 @@ DECODERS: dict[str, Decoder] = {
     "gsd": Decoder("gsd", ("llamagen",), False, "grouped speculative decoding: SJD that also accepts drafts among "
                    "the most probable tokens (group_mass); fewer forwards, not exact", group_mass=0.5),
 }
+
+
+if tuple(DECODERS) != DECODE_STRATEGIES:  # the front ends list engine/choices.py
+    raise ImportError(f"engine/choices.py lists decoders {DECODE_STRATEGIES}, the registry has {tuple(DECODERS)}")
 
 
 @dataclass(frozen=True)
