@@ -1,4 +1,5 @@
-"""ARClassCondition: class names or ids plus classifier-free guidance settings -> AR_COND."""
+"""ARClassCondition: class names or ids plus classifier-free guidance settings -> AR_COND;
+ARClassPicker: a searchable list of the known class names, for front ends without our class menu."""
 from __future__ import annotations
 
 from typing import Any
@@ -9,7 +10,7 @@ from ..engine.limits import check_batch
 from ..engine.limits import current as current_limits
 from ..engine.loader import ANY_STYLE
 from .base import AR_COND, AR_MODEL, COMBO, FLOAT, STRING, ExecutionContext, InputSpec, Node, NodeSpec, OutputSpec
-from .types import check_model, check_range, style_choices
+from .types import check_model, check_range, class_name_choices, style_choices
 
 
 MAX_NAME_CHARS = 100  # per class: the longest emoji / ImageNet names are ~70 characters
@@ -94,3 +95,27 @@ class ARClassCondition(Node):
                             negative_class_ids=None if neg is None else tuple(neg), class_names=names,
                             style_ids=styles, style_names=style_names)
         return (cond,)
+
+
+class ARClassPicker(Node):
+    """ComfyUI shows ARClassCondition's classes as free text: this node's menu lists the bundled models'
+    class names and ImageNet's, and its output can feed that input (names are still checked there,
+    against the model that is actually loaded)."""
+
+    SPEC = NodeSpec(
+        class_type="ARClassPicker", display_name="AR Class Picker", category="conditioning",
+        inputs=(
+            InputSpec("class_name", COMBO, default="red heart", choices=class_name_choices,
+                      tooltip="Type to search the bundled models' classes and ImageNet's."),
+            InputSpec("more", STRING, default="", optional=True,
+                      tooltip="More classes to append (names or ids, separated by ';'): one image each."),
+        ),
+        outputs=(OutputSpec("classes", STRING, "For ARClassCondition's 'classes' input."),),
+        description="Pick a class by name from a list; wire the output into ARClassCondition's classes.",
+    )
+
+    @classmethod
+    def execute(cls, ctx: ExecutionContext, class_name: str, more: str | None = "") -> tuple[str]:
+        extra = "" if more is None else str(more).strip()
+        _check_size(extra, "more")
+        return (f"{class_name}; {extra}" if extra else str(class_name),)

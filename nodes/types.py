@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..engine.errors import InvalidInputError, MissingFileError, UnsupportedError
+from ..engine.errors import ArnodesError, InvalidInputError, MissingFileError, UnsupportedError
 from ..engine.limits import check_batch, check_memory
 from ..engine.choices import DECODE_STRATEGIES, DEVICES, DTYPES, QUANTS
 from .base import COMBO, FLOAT, INT, InputSpec
@@ -69,6 +69,25 @@ def local_manifests(directory: Path | None = None) -> dict[str, Path]:
         if isinstance(data, dict) and "family" in data and "generator" in data:
             found[path.name] = path
     return found
+
+
+def class_name_choices() -> list[str]:
+    """Every class name a picker can offer: the bundled models' classes first, then ImageNet's 1,000
+    (the released checkpoints' classes), without repeats."""
+    import json
+
+    from ..engine.classes import load_class_names
+    from ..engine.registry import bundled_manifests
+
+    names: list[str] = []
+    for path in bundled_manifests().values():
+        try:
+            spec = json.loads(path.read_text()).get("classes", "imagenet")
+            names += load_class_names(str(spec), base_dir=path.parent).names
+        except (OSError, ValueError, ArnodesError):
+            continue  # a broken manifest is reported when that model is loaded, not here
+    names += load_class_names("imagenet").names
+    return list(dict.fromkeys(names))
 
 
 def style_choices() -> list[str]:

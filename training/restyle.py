@@ -3,7 +3,7 @@
 The v1 generator saw one Noto drawing per class, so every seed drew the same picture. This step
 gives the generator a style embedding (``VARConfig.num_styles``; its extra "any" row is the
 classifier-free style, initialised at zero so the model starts as it was), then fine-tunes the
-whole generator on all shipped styles of its classes (``data.py`` v2, placements included).
+whole generator on all shipped styles of its classes (``data.py`` v2: canonical and skin-tone drawings).
 Style labels are dropped to "any" half of the time, so without a style the seed picks one.
 Class names and ids are unchanged. The tokenizer is unchanged (run ``finetune_decoder`` on the
 v2 data before or after: it does not change tokens).
@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     run = {"styles": d.styles, "images": int(len(idx)), "images_per_style": per_style,
            "steps": int(state.get("var_step", 0)), "seconds": round(state.get("var_time", 0.0)),
            "tokenize_seconds": round(tokenize_s), "batch": a.batch, "lr": a.lr, "style_drop": a.style_drop,
-           "seed": a.seed, "data_version": emoji_data.DATA_VERSION}
+           "seed": a.seed, "data_version": emoji_data.DATA_VERSION,
+           "generator_set": emoji_data.EmojiData.generator_train.__doc__.split(",")[0].strip()}
     meta["restyle_runs"] = list(meta.get("restyle_runs", [])) + [run]  # each run continues the previous one
     export_weights(weights, bundle.tokenizer.float(), var.cpu().eval(), classes, defaults=manifest.get("defaults"),
                    meta=meta, var_dtype=torch.float16, styles=d.styles)

@@ -101,3 +101,27 @@ def test_class_condition_errors_name_the_input(ctx):
         ARClassCondition.execute(ctx, classes="sun", **(run | {"style": "comic"}))
     (cond,) = ARClassCondition.execute(ctx, classes="sun", **(run | {"style": "Any"}))
     assert cond.style_ids is None
+
+
+def test_class_picker_lists_known_names_and_feeds_class_condition(ctx, tmp_path):
+    from arnodes.graph import Executor, LRUCache
+    from arnodes.nodes.conditioning import ARClassPicker
+
+    choices = ARClassPicker.SPEC.inputs[0].choice_list()
+    assert {"red heart", "cat face", "golden retriever", "tench"} <= set(choices)  # bundled + ImageNet names
+    assert len(choices) == len(set(choices))
+    (text,) = ARClassPicker.execute(ctx, class_name="red heart", more="cat face; 3")
+    (cond,) = ARClassCondition.execute(ctx, model=load(ctx, TINY_VAR), classes=text, cfg=1.0, cfg_schedule="linear",
+                                       negative="")
+    assert cond.class_names == ("red heart", "cat face", "red apple")
+    # in a graph: the picker's output wired into the condition's classes input
+    wf = {"1": {"class_type": "ARModelLoader", "inputs": {"model": TINY_VAR}},
+          "2": {"class_type": "ARClassPicker", "inputs": {"class_name": "cat face"}},
+          "3": {"class_type": "ARClassCondition", "inputs": {"model": ["1", 0], "classes": ["2", 0], "cfg": 1.0,
+                                                              "cfg_schedule": "linear"}}}
+    assert validate(wf, default_registry()) == []
+    result = Executor(default_registry(), LRUCache(8)).run(wf, input_dir=tmp_path / "in", output_dir=tmp_path / "out")
+    assert result.outputs["3"][0].class_names == ("cat face",)
+    problems = validate({"2": {"class_type": "ARClassPicker", "inputs": {"class_name": "no such"}}},
+                        default_registry())
+    assert [(p.type, p.input_name) for p in problems] == [("bad_choice", "class_name")]
