@@ -34,7 +34,7 @@ def test_training_smoke_end_to_end(tmp_path, capsys) -> None:
     assert manifest["family"] == "var" and manifest["image_size"] == 64
     assert manifest["tokenizer"]["config"]["vocab_size"] == 32
     classes = json.loads((export / manifest["classes"]).read_text())
-    assert len(classes) == 6 and set(classes[0]) == {"name", "emoji", "group"}
+    assert len(classes) == 6 and set(classes[0]) == {"name", "emoji", "group", "keywords"}
     assert manifest["generator"]["config"]["num_classes"] == 6
 
     bundle = load_manifest(export / "emoji.json")
