@@ -61,3 +61,13 @@ def set_defaults(manifest: Path, defaults: dict[str, Any], metrics: dict[str, An
     if metrics is not None:
         data["metrics"] = metrics
     manifest.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def read_bundle(weights: Path) -> tuple[Any, dict[str, Any], list[dict]]:
+    """(loaded bundle, manifest dict, class rows) of an exported bundle folder: what every stage that
+    continues from an export starts with."""
+    from ..engine.loader import load_manifest
+
+    manifest = json.loads((weights / MANIFEST).read_text(encoding="utf-8"))
+    classes = json.loads((weights / manifest["classes"]).read_text(encoding="utf-8"))
+    return load_manifest(weights / MANIFEST), manifest, classes

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,11 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..engine.loader import load_manifest
 from ..engine.models.var import VAR
 from . import data as emoji_data
 from .common import bf16_autocast_pays, seed_everything
-from .export import MANIFEST, export_weights
+from .export import export_weights, read_bundle
 from .generator_stage import tokenize, train_generator
 
 REQUIRED_CLASSES = ("red heart", "grinning face", "cat face", "dog face", "red apple", "pizza", "fire", "sun",
@@ -58,9 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(a.threads)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     weights = Path(a.weights)
-    bundle = load_manifest(weights / MANIFEST)
-    manifest = json.loads((weights / MANIFEST).read_text())
-    classes = json.loads((weights / manifest["classes"]).read_text())
+    bundle, manifest, classes = read_bundle(weights)
     d = emoji_data.load_dataset(a.data_cache, None, seed=0, log=log)
     by_name = {c["name"]: i for i, c in enumerate(d.classes)}
     have = {c["name"] for c in classes}

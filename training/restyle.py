@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..engine.loader import load_manifest
 from ..engine.models.var import VAR
 from . import data as emoji_data
 from .common import bf16_autocast_pays, seed_everything
-from .export import MANIFEST, export_weights
+from .export import export_weights, read_bundle
 from .generator_stage import tokenize, train_generator
 
 
@@ -69,9 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(a.threads)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     weights = Path(a.weights)
-    bundle = load_manifest(weights / MANIFEST)
-    manifest = json.loads((weights / MANIFEST).read_text(encoding="utf-8"))
-    classes = json.loads((weights / manifest["classes"]).read_text(encoding="utf-8"))
+    bundle, manifest, classes = read_bundle(weights)
     d = emoji_data.load_dataset(a.data_cache, None, seed=0, log=log)
     idx, labels = generator_images(d, classes)
     keywords = {c["emoji"]: c.get("keywords", []) for c in d.classes}  # for captions / text prompts
