@@ -82,11 +82,12 @@ def test_float16_generates(name):
 
 def test_bf16_greedy_tokens_agree_with_float32_on_the_bundled_model():
     """A trained model (the bundled emoji VAR), greedy decoding, 16 classes: bf16 picks the float32 token
-    at the large majority of positions (measured 98 %; float16 100 %)."""
+    at the large majority of positions. Measured: v1 bundle 98 %; v2 bundle (four styles, flatter logits,
+    so more near-ties, and a first disagreement changes every later scale's input) 88 %; float16 100 %."""
     cond = Conditioning(tuple(range(0, 400, 25)), cfg=1.0)
     greedy = SamplingParams(top_k=1)
     ref = generate(load_bundle("emoji-var"), cond, params=greedy, seed=0)
-    for dtype, floor in ((torch.bfloat16, 0.95), (torch.float16, 0.98)):
+    for dtype, floor in ((torch.bfloat16, 0.85), (torch.float16, 0.98)):
         out = generate(load_bundle("emoji-var", dtype=dtype), cond, params=greedy, seed=0)
         same = sum(int((a == b).sum()) for a, b in zip(ref.grids, out.grids))
         total = sum(a.numel() for a in ref.grids)
