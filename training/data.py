@@ -249,7 +249,7 @@ class EmojiData:
     def generator_train(self) -> np.ndarray:
         """The canonical and skin-tone drawings of every class in every style, minus the dark-skin-tone
         variants. Placements are for control adapters: with them the small class generator's samples
-        were mush (41% nearest-reference accuracy after 1600 steps, weights/MODEL_CARD.md)."""
+        were mostly shapeless blobs after 1600 steps (weights/MODEL_CARD.md, Recipe)."""
         return self.select(((self.kind == KIND_CANONICAL) | (self.kind == KIND_SKIN))
                            & (self.split != SPLIT_HELDOUT_DARK))
 
