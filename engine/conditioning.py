@@ -1,10 +1,13 @@
 """Class conditioning and classifier-free-guidance settings (the AR_COND graph type)."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
 from .errors import InvalidInputError
 
-from dataclasses import dataclass, field
-from typing import Literal
+if TYPE_CHECKING:
+    from .control import ControlCondition
 
 CfgSchedule = Literal["linear", "constant"]
 
@@ -16,7 +19,8 @@ class Conditioning:
     ``cfg`` follows each family's own convention (VAR: ``(1+t)cond - t*uncond`` with
     ``t`` ramped by ``schedule``; LlamaGen: ``uncond + s*(cond-uncond)``, guidance
     only when ``cfg > 1``). ``cfg_interval`` is LlamaGen's: -1 = guide every token.
-    ``control`` optionally carries control tokens (a TokenCanvas) for control nodes.
+    ``control`` optionally adds a control adapter's condition (control/__init__.py); every task
+    then runs under it.
     """
 
     class_ids: tuple[int, ...]
@@ -27,6 +31,7 @@ class Conditioning:
     class_names: tuple[str, ...] = field(default=(), compare=False)
     style_ids: tuple[int, ...] | None = None  # one per image, for models with styles; None = "any"
     style_names: tuple[str, ...] = field(default=(), compare=False)
+    control: "ControlCondition | None" = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.class_ids:
@@ -51,4 +56,5 @@ class Conditioning:
         names = tuple(c for c in self.class_names for _ in range(n))
         styles = None if self.style_ids is None else tuple(s for s in self.style_ids for _ in range(n))
         style_names = tuple(s for s in self.style_names for _ in range(n))
-        return Conditioning(ids, self.cfg, self.schedule, self.cfg_interval, neg, names, styles, style_names)
+        control = None if self.control is None else self.control.repeat(n)
+        return Conditioning(ids, self.cfg, self.schedule, self.cfg_interval, neg, names, styles, style_names, control)

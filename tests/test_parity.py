@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import parity_controlar
 import parity_llamagen
 import parity_var
 from conftest import REFERENCE_DIR
@@ -19,6 +20,7 @@ from conftest import REFERENCE_DIR
 FAMILIES = {
     "var": (("vae.safetensors", "var.safetensors", "cases.safetensors"), parity_var.CHECKS),
     "llamagen": (("vq.safetensors", "gpt.safetensors", "cases.safetensors"), parity_llamagen.CHECKS),
+    "controlar": (("gpt.safetensors", "cases.safetensors"), parity_controlar.CHECKS),  # no tokenizer: after llamagen
 }
 
 
@@ -56,7 +58,7 @@ def _params():
 
 def test_reference_cases_present():
     found = {family_of(c) for c in discover_cases()}
-    assert {"var", "llamagen"} <= found, f"reference fixtures missing: found families {found}"
+    assert {"var", "llamagen", "controlar"} <= found, f"reference fixtures missing: found families {found}"
 
 
 @pytest.mark.parametrize("case_dir,check", _params())

@@ -89,6 +89,7 @@ def generate_scales(model: VAR, tokenizer: MSVQTokenizer, cond: Conditioning, ca
     emb = tokenizer.embedding_weight
     styles = style_labels(model, cond, device, guided)
     class_cond = model.conditioning(all_labels, styles)  # once per image: AdaLN depends on the class only
+    control = cond.control.signal(model, B, guided) if cond.control is not None else None
     step, compiled = step_function(model, "scale_step", dynamic=True), wants_compile(compile, device)
     lvl_pos = model.level_pos()
     x = model.first_tokens(class_cond.class_BD, lvl_pos)
@@ -97,7 +98,7 @@ def generate_scales(model: VAR, tokenizer: MSVQTokenizer, cond: Conditioning, ca
     any_known = [bool(k.any()) for k in canvas.known]  # one check up front, none inside the loop
     start = 0
     for si, pn in enumerate(pns):
-        logits = step(compiled, x, class_cond.block_mods, class_cond.head_mods, start)  # (NB, l, V)
+        logits = step(compiled, x, class_cond.block_mods, class_cond.head_mods, start, control)  # (NB, l, V)
         if guided:
             logits = cfg_mix_var(logits[:B], logits[B:], schedule(cond.cfg, si, S))
         filtered = filter_logits(logits, params)

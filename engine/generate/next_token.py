@@ -21,6 +21,7 @@ from ..conditioning import Conditioning
 from ..errors import InvalidInputError
 from ..guidance import cfg_combine, llamagen_guided_step
 from ..sampling import SamplingParams, sample
+from ..control.signal import ControlSignal
 from .canvas import TokenCanvas
 from .compiled import step_function, wants_compile
 from .decoders import DecodeOptions
@@ -43,6 +44,7 @@ class _Step:
     trace: dict | None
     compiled: bool  # run the compiled decode step (static shapes: attention over the whole cache)
     step: Callable  # the model's decode step (compiled.StepFunction), looked up once per generation
+    control: ControlSignal | None = None  # condition tokens of a control adapter (ControlAR)
 
 
 def _choose(logits: torch.Tensor, t: int, s: _Step, tokens_BL: torch.Tensor, known_BL: torch.Tensor) -> torch.Tensor:
@@ -65,7 +67,7 @@ def prefill(model, labels: torch.Tensor, positions: torch.Tensor, s: _Step, toke
             known_BL: torch.Tensor) -> torch.Tensor:
     """Class token(s) -> token 0 (B,)."""
     cls = model.config.cls_token_num
-    return _choose(model.prefill(labels, positions[:cls], cls), 0, s, tokens_BL, known_BL)
+    return _choose(model.prefill(labels, positions[:cls], cls, control=s.control), 0, s, tokens_BL, known_BL)
 
 
 def decode_one_token(model, feed: torch.Tensor, t: int, positions: torch.Tensor, s: _Step,
@@ -73,7 +75,7 @@ def decode_one_token(model, feed: torch.Tensor, t: int, positions: torch.Tensor,
     """Feed token t-1 (in ``feed``, (B or 2B, 1)) at its position -> token t (B,)."""
     pos = model.config.cls_token_num + t - 1
     kv_len = None if s.compiled else pos + 1  # eager: attend the filled prefix only
-    logits = s.step(s.compiled, feed, positions[pos:pos + 1], kv_len)  # (B or 2B, V)
+    logits = s.step(s.compiled, feed, positions[pos:pos + 1], kv_len, s.control)  # (B or 2B, V)
     return _choose(logits, t, s, tokens_BL, known_BL)
 
 
@@ -154,8 +156,9 @@ def generate_tokens(model, cond: Conditioning, canvas: TokenCanvas | None, param
     L, cls = model.config.block_size, model.config.cls_token_num
     model.setup_caches(labels.shape[0], cls + L)
     positions = torch.arange(cls + L, device=device)  # (cls + L,) sliced into views per step
+    control = cond.control.signal(model, B, guided) if cond.control is not None else None
     s = _Step(B, guided, float(cond.cfg), int(cond.cfg_interval), params, generator, trace,
-              wants_compile(compile, device), step_function(model, "decode_step"))
+              wants_compile(compile, device), step_function(model, "decode_step"), control)
     decode = decode or DecodeOptions()
     if decode.strategy == "plain":
         first = prefill(model, labels, positions, s, tokens_BL, known_BL)

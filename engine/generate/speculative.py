@@ -151,7 +151,7 @@ def decode_speculative(model, labels: torch.Tensor, positions: torch.Tensor, s, 
         win.extend(n, w)
         inp = torch.cat([tokens_BL[:, n - 1:n], win.draft[:, :w - 1]], 1).repeat(copies, 1)  # (NB, w)
         pos = cls + n - 1
-        logits = model.decode_window(inp, positions[pos:pos + w], pos + w)  # (NB, w, V)
+        logits = model.decode_window(inp, positions[pos:pos + w], pos + w, control=s.control)  # (NB, w, V)
         forwards += 1
         p = window_probs(logits, n, s)  # (B, w, V)
         known = known_BL[:, n:n + w]

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..control.signal import ControlSignal, add_control
 from ..errors import InvalidInputError, UnsupportedError
 from ..kv_cache import KVCache
 from ..layers import Linear, RMSNorm, find_multiple
@@ -260,16 +261,17 @@ class LlamaGen(nn.Module):
             raise InvalidInputError(f"{kind} must be in [0, {hi}); got {labels.tolist()}")
 
     # ---- teacher-forced forward (no cache) --------------------------------------------------
-    def forward(self, labels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """labels (B,), tokens (B, T) with T <= L -> logits (B, T, V) float32; [:, t] predicts token t."""
+    def forward(self, labels: torch.Tensor, tokens: torch.Tensor, control: ControlSignal | None = None) -> torch.Tensor:
+        """labels (B,), tokens (B, T) with T <= L -> logits (B, T, V) float32; [:, t] predicts token t.
+        ``control``: condition tokens per sequence position (ControlAR), added before the adapter's blocks."""
         B, T = tokens.shape
         if labels.shape != (B,) or not 1 <= T <= self.config.block_size:
             raise InvalidInputError(f"forward: labels {tuple(labels.shape)} / tokens {tuple(tokens.shape)}: need "
                                     f"labels (B,) and tokens (B, T) with 1 <= T <= {self.config.block_size}")
         h = torch.cat([self.cls_embedding(labels), self.tok_embeddings(tokens[:, :-1])], dim=1)  # (B, T, D)
         rope = self._rope_on(h.device)[:T]  # (T, hd/2, 2)
-        for layer in self.layers:
-            h = layer(h, rope, None, None)
+        for i, layer in enumerate(self.layers):
+            h = layer(add_control(control, i, h, slice(0, T)), rope, None, None)
         return self.output(self.norm(h)).float()  # (B, T, V)
 
     # ---- cached inference ---------------------------------------------------------------------
@@ -290,7 +292,7 @@ class LlamaGen(nn.Module):
         logger.debug("LlamaGen KV cache: batch %d, length %d, %s", max_batch_size, T, dtype)
 
     def _run_cached(self, h: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None,
-                    last_only: bool = True) -> torch.Tensor:
+                    last_only: bool = True, control: ControlSignal | None = None) -> torch.Tensor:
         """h (B, S, D) at positions input_pos (S,) -> logits of the last position (B, V) float32, or of every
         position (B, S, V) without ``last_only``. ``kv_len``: attend only the first kv_len cache positions
         (eager decoding; None = the whole cache)."""
@@ -299,20 +301,23 @@ class LlamaGen(nn.Module):
         if kv_len is not None:
             mask = mask[..., :kv_len]  # (1, 1, S, kv_len)
         rope = self.freqs_cis[input_pos]  # (S, hd/2, 2)
-        for layer in self.layers:
-            h = layer(h, rope, input_pos, mask, kv_len)
+        for i, layer in enumerate(self.layers):
+            h = layer(add_control(control, i, h, input_pos), rope, input_pos, mask, kv_len)
         return self.output(self.norm(h[:, -1] if last_only else h)).float()  # (B, V) or (B, S, V)
 
-    def prefill(self, labels: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None = None) -> torch.Tensor:
+    def prefill(self, labels: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None = None,
+                control: ControlSignal | None = None) -> torch.Tensor:
         """Class tokens (B,) at positions [0, cls) -> logits (B, V) for token 0."""
-        return self._run_cached(self.cls_embedding(labels), input_pos, kv_len)
+        return self._run_cached(self.cls_embedding(labels), input_pos, kv_len, control=control)
 
-    def decode_step(self, tokens: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None = None) -> torch.Tensor:
+    def decode_step(self, tokens: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None = None,
+                    control: ControlSignal | None = None) -> torch.Tensor:
         """tokens (B, 1) at position input_pos (1,) -> logits (B, V) for the next token."""
-        return self._run_cached(self.tok_embeddings(tokens), input_pos, kv_len)
+        return self._run_cached(self.tok_embeddings(tokens), input_pos, kv_len, control=control)
 
-    def decode_window(self, tokens: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None = None) -> torch.Tensor:
+    def decode_window(self, tokens: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None = None,
+                      control: ControlSignal | None = None) -> torch.Tensor:
         """tokens (B, S) at consecutive positions input_pos (S,) -> logits (B, S, V): position i predicts the
         token after tokens[:, i]. One forward verifies a window of drafts (speculative decoding); cache
         entries past the accepted ones are simply overwritten by the next window."""
-        return self._run_cached(self.tok_embeddings(tokens), input_pos, kv_len, last_only=False)
+        return self._run_cached(self.tok_embeddings(tokens), input_pos, kv_len, last_only=False, control=control)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..control.signal import ControlSignal, add_control
 from ..kv_cache import KVCache
 from ..layers import Linear
 
@@ -231,16 +232,17 @@ class VAR(nn.Module):
         return self.head(self.head_nm(h.to(self.pos_1LC.dtype), head_mods)).float()  # (B, l, V)
 
     def forward(self, labels: torch.Tensor, var_input: torch.Tensor,
-                styles: torch.Tensor | None = None) -> torch.Tensor:
-        """Teacher forcing: labels (B,), var_input (B, L-first_l, Cvae) -> logits (B, L, V)."""
+                styles: torch.Tensor | None = None, control: ControlSignal | None = None) -> torch.Tensor:
+        """Teacher forcing: labels (B,), var_input (B, L-first_l, Cvae) -> logits (B, L, V).
+        ``control``: condition tokens over all L positions, added before the adapter's blocks."""
         cond = self.conditioning(labels, styles)
         lvl_pos = self.level_pos()
         first = self.first_tokens(cond.class_BD, lvl_pos)
         rest = self.word_embed(var_input.to(self.word_embed.weight.dtype)) + lvl_pos[:, self.first_l:]
         x = torch.cat((first, rest), dim=1)  # (B, L, C)
         bias = self.attn_bias_for_masking.to(x.dtype)
-        for block, mods in zip(self.blocks, cond.block_mods):
-            x = block(x, mods, bias)
+        for i, (block, mods) in enumerate(zip(self.blocks, cond.block_mods)):
+            x = block(add_control(control, i, x, slice(None)), mods, bias)
         return self.logits(x, cond.head_mods)
 
     # --- KV-cached inference, one call per scale ---
@@ -258,14 +260,16 @@ class VAR(nn.Module):
         for b in self.blocks:
             b.attn.kv_cache = None
 
-    def forward_scale(self, x: torch.Tensor, block_mods: list[torch.Tensor], start: int) -> torch.Tensor:
+    def forward_scale(self, x: torch.Tensor, block_mods: list[torch.Tensor], start: int,
+                      control: ControlSignal | None = None) -> torch.Tensor:
         """Run one scale's tokens x (B, l, C) at positions [start, start+l) against the cache."""
-        for block, mods in zip(self.blocks, block_mods):
-            x = block(x, mods, None, start)
+        span = slice(start, start + x.shape[1])
+        for i, (block, mods) in enumerate(zip(self.blocks, block_mods)):
+            x = block(add_control(control, i, x, span), mods, None, start)
         return x
 
     def scale_step(self, x: torch.Tensor, block_mods: list[torch.Tensor], head_mods: torch.Tensor,
-                   start: int) -> torch.Tensor:
+                   start: int, control: ControlSignal | None = None) -> torch.Tensor:
         """One scale's decode step: tokens x (B, l, C) at [start, start+l) -> logits (B, l, V) float32.
         The unit that is compiled (one graph per scale); sampling stays outside it."""
-        return self.logits(self.forward_scale(x, block_mods, start), head_mods)
+        return self.logits(self.forward_scale(x, block_mods, start, control), head_mods)

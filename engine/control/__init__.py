@@ -1,0 +1,112 @@
+"""Control adapters: a control map -> condition tokens added inside the generator (DESIGN.md section 3).
+
+Table-driven like the model loader: an adapter ``kind`` names a module, its adapter class and
+config class. ``var-cnn`` is arnodes' CAR-style adapter for next-scale models (the bundled
+emoji model's); ``controlar`` is ControlAR's branch for LlamaGen, in the official layout.
+Importing this package loads no model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import InvalidInputError
+
+ADAPTER_KINDS: dict[str, tuple[str, str, str]] = {
+    "var-cnn": (".var_cnn", "VARControlAdapter", "VARControlConfig"),
+    "controlar": (".controlar", "ControlARAdapter", "ControlARConfig"),
+}
+
+
+def adapter_classes(kind: str) -> tuple[type, type]:
+    if kind not in ADAPTER_KINDS:
+        raise InvalidInputError(f"unknown control adapter kind {kind!r}; known: {sorted(ADAPTER_KINDS)}")
+    mod_name, adapter_cls, cfg_cls = ADAPTER_KINDS[kind]
+    mod = importlib.import_module(mod_name, package=__package__)
+    return getattr(mod, adapter_cls), getattr(mod, cfg_cls)
+
+
+def adapter_config(kind: str, data: dict[str, Any]):
+    """A config from its JSON form (lists become tuples, nested dataclasses are built by the config)."""
+    _, cfg_cls = adapter_classes(kind)
+    names = {f.name for f in dataclasses.fields(cfg_cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise InvalidInputError(f"{kind} control config has unknown fields {unknown}; known: {sorted(names)}")
+    if hasattr(cfg_cls, "from_dict"):
+        return cfg_cls.from_dict(data)
+    return cfg_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def build_adapter(kind: str, config, state_dict: dict[str, torch.Tensor] | None, source: str,
+                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """Build on meta and load strictly (after the kind's ``remap_state_dict``); None: fresh weights."""
+    from ..checkpoint import build_on_meta, load_into
+
+    adapter_cls, _ = adapter_classes(kind)
+    if state_dict is None:
+        module = adapter_cls(config)
+    else:
+        module = build_on_meta(lambda: adapter_cls(config))
+        sd = adapter_cls.remap_state_dict(state_dict) if hasattr(adapter_cls, "remap_state_dict") else state_dict
+        load_into(module, sd, source)
+    return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """How a source image becomes this adapter's control map (the map itself: ``none``)."""
+
+    type: str = "none"  # "canny" | "none"
+    low_threshold: float = 0.4
+    high_threshold: float = 0.8
+
+
+@dataclass
+class ControlAdapter:
+    """A loaded adapter, as a bundle carries it: the module plus how to make its maps."""
+
+    name: str  # e.g. "canny"
+    module: torch.nn.Module
+    preprocessor: Preprocessor
+
+    def check_generator(self, generator: torch.nn.Module) -> None:
+        self.module.check_generator(generator)
+
+
+@dataclass
+class ControlCondition:
+    """What AR_COND carries for control: which adapter, the control maps (B or 1, 3, H, W) in [-1, 1]
+    (already preprocessed) and how strongly the condition is added (0 = uncontrolled)."""
+
+    adapter: ControlAdapter
+    maps: torch.Tensor
+    strength: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.strength) <= 2.0:
+            raise InvalidInputError(f"control strength must be in [0, 2], got {self.strength}")
+        if self.maps.ndim != 4 or self.maps.shape[1] != 3:
+            raise InvalidInputError(f"control maps must be [B, 3, H, W], got {tuple(self.maps.shape)}")
+
+    def repeat(self, n: int) -> "ControlCondition":
+        return ControlCondition(self.adapter, self.maps.repeat_interleave(n, dim=0), self.strength)
+
+    def signal(self, generator: torch.nn.Module, batch: int, guided: bool):
+        """The ControlSignal for a (B or doubled 2B) batch, or None at strength 0 (plain generation)."""
+        if self.strength == 0.0:
+            return None
+        self.adapter.check_generator(generator)
+        maps = self.maps
+        if maps.shape[0] == 1 and batch > 1:
+            maps = maps.expand(batch, -1, -1, -1)
+        if maps.shape[0] != batch:
+            raise InvalidInputError(f"{maps.shape[0]} control maps for {batch} images; give one per image or one")
+        module = self.adapter.module
+        param = next(module.parameters())
+        sig = module(maps.to(device=param.device, dtype=param.dtype))
+        return sig.scaled(float(self.strength)).with_null_rows(guided)
