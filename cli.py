@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from .engine.choices import DECODE_STRATEGIES, DEVICES, DTYPES, QUANTS
+from .engine.choices import CONTROL_TYPES, DECODE_STRATEGIES, DEVICES, DTYPES, QUANTS
 from .engine.errors import ArnodesError, InvalidInputError
 from .graph.errors import NodeExecutionError
 from .engine.registry import DEFAULT_MODEL
@@ -189,6 +189,25 @@ def cmd_upscale(args):
     return _image_task(args, "ARSuperResolve", scale=args.scale)
 
 
+def cmd_control(args: argparse.Namespace) -> list[Path]:
+    """The image is turned into the control map by ``--type`` (``none``: it already is one), then
+    the model's control adapter draws the class along it."""
+    from .graph import GraphBuilder
+    image_path = Path(args.image)
+    if not image_path.is_file():
+        raise InvalidInputError(f"--image {args.image!r}: file not found")
+    g = GraphBuilder()
+    model, cond = _common_nodes(g, args)
+    control_map = _load_image_node(g, args.image)
+    if args.type == "canny":
+        control_map = g.node("Canny", image=control_map.out(0), low_threshold=args.low_threshold,
+                             high_threshold=args.high_threshold)
+    adapter = args.adapter or ("canny" if args.type == "none" else args.type)
+    node = g.node("ARControl", model=model.out(0), cond=cond.out(0), control_image=control_map.out(0),
+                  control_type=adapter, strength=args.strength, **_sampler(args))
+    return _finish(g, node.out(0), args, image_path.resolve().parent)
+
+
 def cmd_models(args: argparse.Namespace) -> list[Path]:
     from .engine.registry import REGISTRY, bundled_manifests
     from .engine.resolve import default_models_dir, hub_offline
@@ -303,6 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--feather", type=int, default=4)
     up = task("upscale", cmd_upscale, "training-free super-resolution")
     up.add_argument("--scale", type=int, default=2)
+    ct = task("control", cmd_control, "draw a class along the structure of an image (its edges)")
+    ct.add_argument("--type", default="canny", choices=CONTROL_TYPES,
+                    help="how the image becomes the control map: canny edges, or none (it already is the map)")
+    ct.add_argument("--adapter", help="the model's control adapter to use (default: the one named by --type; "
+                                      "with --type none, canny)")
+    ct.add_argument("--strength", type=float, default=1.0, help="0 = uncontrolled, 1 = as trained (max 2)")
+    ct.add_argument("--low-threshold", type=float, default=0.4, help="Canny: weak-edge threshold")
+    ct.add_argument("--high-threshold", type=float, default=0.8, help="Canny: strong-edge threshold")
 
     m = sub.add_parser("models", help="known models, where each resolves, whether it is present")
     m.add_argument("--json", action="store_true")

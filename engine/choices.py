@@ -10,3 +10,4 @@ DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 QUANTS = ("none", "int8", "int4-g32", "int4-g64", "int4-g128")  # engine/quantize.py
 DECODE_STRATEGIES = ("plain", "sjd", "gsd")  # engine/generate/decoders.py
+CONTROL_TYPES: tuple[str, ...] = ("canny", "none")  # how a picture becomes a control map ("none": it is one)

@@ -19,6 +19,7 @@ from torch import nn
 
 from .checkpoint import build_on_meta, load_into, read_checkpoint, unwrap_state_dict
 from .classes import ClassNames, load_class_names
+from .control import load_controls
 from .errors import CheckpointError, InvalidInputError, MissingFileError, UnknownNameError
 from .registry import REGISTRY, bundled_manifests, get_entry
 from .resolve import resolve_file
@@ -46,6 +47,14 @@ class ModelBundle:
     image_size: int
     defaults: dict[str, Any] = field(default_factory=dict)
     styles: tuple[str, ...] = ()  # drawing styles the generator was trained on (its style embedding rows)
+    controls: dict[str, Any] = field(default_factory=dict)  # name -> control.ControlAdapter
+
+    def control(self, name: str):
+        """The control adapter ``name`` this model ships (e.g. "canny")."""
+        if name not in self.controls:
+            known = ", ".join(sorted(self.controls)) or "none"
+            raise UnknownNameError(f"model {self.name!r} has no control adapter {name!r}; it has: {known}")
+        return self.controls[name]
 
     def style_id(self, name: str) -> int | None:
         """Row of style ``name`` (case-insensitive); None for "any" (the classifier-free row)."""
@@ -71,7 +80,7 @@ class ModelBundle:
         return next(self.generator.parameters()).dtype
 
     def resident_bytes(self) -> int:
-        mods = (self.tokenizer, self.generator)
+        mods = (self.tokenizer, self.generator, *(c.module for c in self.controls.values()))
         return sum(t.numel() * t.element_size() for m in mods for t in list(m.parameters()) + list(m.buffers()))
 
 
@@ -173,9 +182,11 @@ def load_manifest(path: str | Path, device="cpu", dtype=torch.float32, quant: st
         tokenizer = load_module_file(tok["kind"], tok_cfg, path.parent / tok["file"], device, torch.float32)
         generator = load_generator_file(gen["kind"], gen_cfg, path.parent / gen["file"], device, dtype, quant)
         classes = load_class_names(data.get("classes", "imagenet"), base_dir=path.parent)
+        controls = load_controls(data.get("controls"), path.parent, str(path), device)
         return ModelBundle(name=str(data["name"]), family=str(data["family"]), tokenizer=tokenizer,
                            generator=generator, classes=classes, image_size=int(data["image_size"]),
-                           defaults=dict(data.get("defaults", {})), styles=_styles(data, gen_cfg, path))
+                           defaults=dict(data.get("defaults", {})), styles=_styles(data, gen_cfg, path),
+                           controls=controls)
     except KeyError as e:
         raise CheckpointError(f"{path}: manifest lacks the field {e.args[0]!r}") from None
 

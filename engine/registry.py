@@ -97,6 +97,19 @@ def bundled_style_names() -> list[str]:
     return names
 
 
+def bundled_control_names() -> list[str]:
+    """Control adapters the bundled models ship (their manifests' "controls"), in order, without repeats."""
+    import json
+    names: list[str] = []
+    for path in bundled_manifests().values():
+        try:
+            controls = json.loads(path.read_text()).get("controls", {})
+        except (OSError, ValueError):
+            continue
+        names += [c for c in controls if isinstance(c, str) and c not in names] if isinstance(controls, dict) else []
+    return names
+
+
 def bundled_model_names() -> list[str]:
     return sorted(bundled_manifests())
 

@@ -6,6 +6,7 @@ next-token models). Images are engine images ``[B, 3, H, W]`` in ``[-1, 1]``.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -87,16 +88,6 @@ def known_prefix(canvas: TokenCanvas, fraction: float) -> TokenCanvas:
         known = [torch.zeros_like(g, dtype=torch.bool)]
         known[0][:, :rows] = True
     return canvas.with_known(known)
-
-
-def known_lattice(canvas: TokenCanvas, strength: float) -> TokenCanvas:
-    """Raster-model layout guidance: keep tokens on a regular lattice, denser for higher strength."""
-    g = canvas.grids[0]
-    known = torch.zeros_like(g, dtype=torch.bool)
-    if strength > 0:
-        stride = max(1, round(1.0 / strength ** 0.5))
-        known[:, ::stride, ::stride] = True
-    return canvas.with_known([known])
 
 
 def _run(bundle, cond: Conditioning, canvas: TokenCanvas, run: RunSettings) -> torch.Tensor:
@@ -193,12 +184,13 @@ def back_project(out: torch.Tensor, low: torch.Tensor, steps: int = BACK_PROJECT
     return out.clamp(-1, 1)
 
 
-def control(bundle, cond: Conditioning, control_img: torch.Tensor, strength: float, run: RunSettings) -> torch.Tensor:
-    """Structure from a control image: its coarse scales (or a token lattice) are kept, the class
-    decides the rest. strength 0 = ignore the control image, 1 = keep it entirely."""
-    canvas = encode(bundle, control_img)
-    canvas = known_prefix(canvas, strength) if bundle.family == "var" else known_lattice(canvas, strength)
-    return _run(bundle, cond, canvas, run)
+def control(bundle, cond: Conditioning, control_map: torch.Tensor, adapter: str, strength: float,
+            run: RunSettings) -> torch.Tensor:
+    """A new image whose structure follows ``control_map`` (already preprocessed, e.g. Canny edges):
+    the bundle's control adapter ``adapter`` adds the map's condition inside the generator, the class
+    draws the content. Any other task runs under control the same way (``Conditioning.control``)."""
+    from .control import ControlCondition
+    return _run(bundle, dataclasses.replace(cond, control=ControlCondition(adapter, control_map, strength)), None, run)
 
 
 def variation(bundle, cond: Conditioning, img: torch.Tensor, strength: float, run: RunSettings) -> torch.Tensor:

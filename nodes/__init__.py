@@ -9,8 +9,8 @@ import importlib
 from typing import Any
 
 #: Modules whose Node subclasses make up the registry, in display order.
-NODE_MODULES = ("loaders", "conditioning", "tokenize", "generate", "inpaint", "edit", "super_resolve", "control",
-                "masks", "io_image")
+NODE_MODULES = ("loaders", "conditioning", "tokenize", "generate", "inpaint", "edit", "super_resolve", "preprocess",
+                "control", "masks", "io_image")
 
 _registry: dict[str, type] | None = None
 

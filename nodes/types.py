@@ -98,6 +98,13 @@ def style_choices() -> list[str]:
     return [ANY_STYLE] + bundled_style_names()
 
 
+def control_choices() -> list[str]:
+    """The bundled models' control adapters (e.g. "canny"); a model without that adapter says so when it runs."""
+    from ..engine.registry import bundled_control_names
+
+    return bundled_control_names() or ["canny"]
+
+
 def model_choices() -> list[str]:
     """The default model first (listed even before it is installed: the loader then says how to get it),
     then other bundled models, the released checkpoints, and local manifests."""

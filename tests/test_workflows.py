@@ -27,6 +27,7 @@ EMOJI_MANIFEST = REPO / "weights" / "emoji.json"
 TINY_CLASSES = ["red heart", "grinning face", "cat face", "red apple", "sun", "pizza", "dog face", "fire", "star",
                 "rainbow"]
 TINY_VAR, TINY_LLAMAGEN = "tiny-var.json", "tiny-llamagen.json"
+TINY_CONTROLAR = "tiny-controlar.json"  # the ControlAR fixture's GPT + branch with the LlamaGen fixture's VQ
 
 
 def _write(path: Path, data) -> None:
@@ -47,7 +48,7 @@ def tiny_models_dir() -> Path:
     from arnodes.engine.tokenizers.vq import VQConfig
 
     var_dir, lg_dir = REFERENCE / "var" / "tiny_a", REFERENCE / "llamagen" / "tiny_a"
-    key = hashlib.sha256(f"{REPO}|{TINY_CLASSES}|v1".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{REPO}|{TINY_CLASSES}|v2".encode()).hexdigest()[:12]
     out = Path(tempfile.gettempdir()) / f"arnodes-tiny-models-{key}"
     out.mkdir(parents=True, exist_ok=True)
     _write(out / "classes.json", TINY_CLASSES)
@@ -58,7 +59,7 @@ def tiny_models_dir() -> Path:
                       "config": dataclasses.asdict(msvq_config(vcfg))},
         "generator": {"kind": "var", "file": str(var_dir / "var.safetensors"),
                       "config": dataclasses.asdict(var_config(vcfg))},
-        "classes": "classes.json", "defaults": {}})
+        "classes": "classes.json", "defaults": {}, "controls": {"canny": _tiny_var_control(out, var_config(vcfg))}})
     lcfg = json.loads((lg_dir / "config.json").read_text())
     vq = VQConfig.from_official(lcfg["vq_model_args"], lcfg.get("vq_encoder_decoder_kwargs"), lcfg["image_size"])
     _write(out / TINY_LLAMAGEN, {
@@ -67,7 +68,37 @@ def tiny_models_dir() -> Path:
         "generator": {"kind": "llamagen", "file": str(lg_dir / "gpt.safetensors"),
                       "config": dataclasses.asdict(LlamaGenConfig.from_official(lcfg["gpt_model_args"]))},
         "classes": "classes.json", "defaults": {}})
+    ccfg = json.loads((REFERENCE / "controlar" / "tiny_a" / "config.json").read_text())
+    gpt_file = str(REFERENCE / "controlar" / "tiny_a" / "gpt.safetensors")  # GPT and branch in one file, as released
+    _write(out / TINY_CONTROLAR, {
+        "name": "tiny-controlar", "family": "llamagen", "image_size": lcfg["image_size"],
+        "tokenizer": {"kind": "vq", "file": str(lg_dir / "vq.safetensors"), "config": dataclasses.asdict(vq)},
+        "generator": {"kind": "llamagen", "file": gpt_file,
+                      "config": dataclasses.asdict(LlamaGenConfig.from_official(ccfg["gpt_model_args"]))},
+        "classes": "classes.json", "defaults": {},
+        "controls": {"canny": {"kind": "controlar", "file": gpt_file,
+                               "config": {"dim": 48, "n_layer": 6, "block_size": 16,
+                                          "encoder_config": ccfg["adapter"]["vit_config"]},
+                               "preprocessor": {"type": "canny"}}}})
     return out
+
+
+def _tiny_var_control(out: Path, cfg) -> dict:
+    """A seeded (untrained, non-zero) CAR-style adapter for the tiny VAR: enough to change what it draws."""
+    from safetensors.torch import save_file
+
+    from arnodes.engine.control.var_cnn import VARControlAdapter, VARControlConfig
+
+    ccfg = VARControlConfig(embed_dim=cfg.embed_dim, depth=cfg.depth, patch_nums=tuple(cfg.patch_nums),
+                            image_size=64, channels=(8,) + (16,) * ((64 // cfg.patch_nums[-1]).bit_length() - 1))
+    adapter = VARControlAdapter(ccfg)
+    gen = torch.Generator().manual_seed(0)
+    state = {k: (torch.randn(v.shape, generator=gen) * 0.5).contiguous() for k, v in adapter.state_dict().items()}
+    save_file(state, str(out / "tiny_var_control.safetensors"))
+    data = dataclasses.asdict(ccfg)
+    return {"kind": "var-cnn", "file": "tiny_var_control.safetensors",
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()},
+            "preprocessor": {"type": "canny"}}
 
 
 # --------------------------------------------------------------------------- running the examples

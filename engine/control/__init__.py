@@ -66,6 +66,32 @@ class Preprocessor:
     high_threshold: float = 0.8
 
 
+def load_controls(entries: Any, base_dir, source: str, device: torch.device | str = "cpu") -> dict[str, "ControlAdapter"]:
+    """A manifest's "controls": name -> {kind, file, config, preprocessor}; each adapter loaded strictly."""
+    from pathlib import Path
+
+    from ..checkpoint import read_checkpoint, unwrap_state_dict
+    from ..errors import CheckpointError
+
+    if entries in (None, {}):
+        return {}
+    if not isinstance(entries, dict):
+        raise CheckpointError(f"{source}: 'controls' must be an object name -> adapter")
+    out: dict[str, ControlAdapter] = {}
+    for name, entry in entries.items():
+        try:
+            kind, file, config = entry["kind"], entry["file"], entry["config"]
+            pre = Preprocessor(**entry.get("preprocessor", {}))
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{source}: control {name!r} needs kind, file, config and a valid preprocessor "
+                                  f"({type(e).__name__}: {e})") from None
+        path = Path(base_dir) / file
+        sd = unwrap_state_dict(read_checkpoint(path), source=str(path))
+        module = build_adapter(kind, adapter_config(kind, config), sd, str(path), device)
+        out[str(name)] = ControlAdapter(str(name), module, pre)
+    return out
+
+
 @dataclass
 class ControlAdapter:
     """A loaded adapter, as a bundle carries it: the module plus how to make its maps."""
@@ -80,10 +106,11 @@ class ControlAdapter:
 
 @dataclass
 class ControlCondition:
-    """What AR_COND carries for control: which adapter, the control maps (B or 1, 3, H, W) in [-1, 1]
-    (already preprocessed) and how strongly the condition is added (0 = uncontrolled)."""
+    """What AR_COND carries for control: which adapter (loaded, or the name of one the model's bundle
+    ships, resolved at generation), the control maps (B or 1, 3, H, W) in [-1, 1] (already
+    preprocessed) and how strongly the condition is added (0 = uncontrolled)."""
 
-    adapter: ControlAdapter
+    adapter: ControlAdapter | str
     maps: torch.Tensor
     strength: float = 1.0
 
@@ -96,10 +123,18 @@ class ControlCondition:
     def repeat(self, n: int) -> "ControlCondition":
         return ControlCondition(self.adapter, self.maps.repeat_interleave(n, dim=0), self.strength)
 
+    def resolved(self, bundle) -> "ControlCondition":
+        """With the adapter named by a string looked up in ``bundle`` (its manifest's "controls")."""
+        if isinstance(self.adapter, ControlAdapter):
+            return self
+        return ControlCondition(bundle.control(self.adapter), self.maps, self.strength)
+
     def signal(self, generator: torch.nn.Module, batch: int, guided: bool):
         """The ControlSignal for a (B or doubled 2B) batch, or None at strength 0 (plain generation)."""
         if self.strength == 0.0:
             return None
+        if not isinstance(self.adapter, ControlAdapter):
+            raise InvalidInputError(f"control adapter {self.adapter!r} is not loaded (resolve it with the model)")
         self.adapter.check_generator(generator)
         maps = self.maps
         if maps.shape[0] == 1 and batch > 1:

@@ -98,7 +98,8 @@ class ControlARAdapter(nn.Module):
 
     @classmethod
     def remap_state_dict(cls, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in sd.items() if k not in UNUSED_KEYS}
+        """The branch's keys of an official (GPT + control) state dict, without the unused ones."""
+        return {k: v for k, v in sd.items() if k.startswith(CONTROL_PREFIXES) and k not in UNUSED_KEYS}
 
     def check_generator(self, generator: nn.Module) -> None:
         g = generator.config

@@ -6,6 +6,7 @@ control, variation) is a recipe that prepares the canvas and its masks.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
@@ -56,6 +57,8 @@ def generate(bundle, cond: Conditioning, canvas: TokenCanvas | None = None, para
                                 f"image or a single image")
     if generator is None:
         generator = make_generator(seed, bundle.device)
+    if cond.control is not None:
+        cond = dataclasses.replace(cond, control=cond.control.resolved(bundle))
     if bundle.family == "var":
         from .next_scale import generate_scales
         params = params or SamplingParams(top_k=bundle.defaults.get("top_k", 0), top_p=bundle.defaults.get("top_p", 1.0))

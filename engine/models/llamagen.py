@@ -224,9 +224,12 @@ class LlamaGen(nn.Module):
     # ---- loading ------------------------------------------------------------------------------
     @classmethod
     def remap_state_dict(cls, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Drop what the reference sometimes saves but recomputes: ``freqs_cis`` and KV-cache buffers."""
+        """Drop what the reference sometimes saves but recomputes (``freqs_cis``, KV-cache buffers), and a
+        ControlAR checkpoint's control branch, which loads separately as its adapter (control/controlar.py)."""
+        from ..control.controlar import CONTROL_PREFIXES
         return {k: v for k, v in sd.items()
-                if k != "freqs_cis" and ".kv_cache." not in k and k not in ("causal_mask",)}
+                if k != "freqs_cis" and ".kv_cache." not in k and k not in ("causal_mask",)
+                and not k.startswith(CONTROL_PREFIXES)}
 
     def post_load(self) -> None:
         """Recompute the RoPE table (a meta-device build leaves it empty)."""

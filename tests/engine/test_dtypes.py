@@ -6,13 +6,15 @@ the tokenizer stays float32, and every task returns a valid image.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
-from test_workflows import TINY_LLAMAGEN, TINY_VAR, tiny_models_dir
+from test_workflows import TINY_CONTROLAR, TINY_LLAMAGEN, TINY_VAR, tiny_models_dir
 
 from arnodes.engine import tasks
 from arnodes.engine.conditioning import Conditioning
+from arnodes.engine.control import ControlCondition
 from arnodes.engine.generate import generate
 from arnodes.engine.loader import load_bundle
 from arnodes.engine.sampling import SamplingParams
@@ -21,7 +23,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 RUN = tasks.RunSettings(params=SamplingParams(top_k=0, top_p=1.0), seed=3)
 
 
-@pytest.fixture(scope="module", params=[(f, d) for f in (TINY_VAR, TINY_LLAMAGEN) for d in DTYPES],
+@pytest.fixture(scope="module", params=[(f, d) for f in (TINY_VAR, TINY_CONTROLAR) for d in DTYPES],
                 ids=lambda p: f"{p[0].split('.')[0]}-{p[1]}")
 def bundle(request):
     name, dtype = request.param
@@ -46,7 +48,9 @@ TASKS = {
     "edit": lambda b, c, src, half: tasks.inpaint(b, Conditioning((7,), cfg=2.0), src, half, RUN),
     "outpaint": lambda b, c, src, half: tasks.outpaint(b, c, src, 16, 0, 16, 0, 4, RUN),
     "variation": lambda b, c, src, half: tasks.variation(b, c, src, 0.5, RUN),
-    "control": lambda b, c, src, half: tasks.control(b, c, src, 0.5, RUN),
+    "control": lambda b, c, src, half: tasks.control(b, c, src, "canny", 1.0, RUN),
+    "controlled_inpaint": lambda b, c, src, half: tasks.inpaint(
+        b, dataclasses.replace(c, control=ControlCondition("canny", src, 1.0)), src, half, RUN),
     "super_resolve": lambda b, c, src, half: tasks.super_resolve(
         b, c, src[..., ::2, ::2], 2, RUN),
 }
@@ -63,7 +67,7 @@ def test_every_task_runs_in_the_loaded_dtype(bundle, task):
     half[:, :, size // 2:] = 1  # regenerate the right half
     out = TASKS[task](bundle, Conditioning((3,), cfg=2.0), src, half)
     _valid(out, size)
-    if task == "inpaint":  # the kept half is the input, exactly, in any dtype
+    if task in ("inpaint", "controlled_inpaint"):  # the kept half is the input, exactly, in any dtype
         assert torch.equal(out[..., : size // 2], src[..., : size // 2])
 
 

@@ -9,7 +9,6 @@ from arnodes.engine.errors import InvalidInputError
 from arnodes.engine.generate.canvas import TokenCanvas
 from arnodes.nodes.base import ExecutionContext
 from arnodes.nodes.conditioning import ARClassCondition
-from arnodes.nodes.control import ARControl
 from arnodes.nodes.edit import AREdit, ARVariation
 from arnodes.nodes.generate import ARGenerate
 from arnodes.nodes.inpaint import ARInpaint, AROutpaint
@@ -120,19 +119,16 @@ def test_edit_changes_only_the_region(setup, name):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_super_resolve_variation_control(setup, name):
+def test_super_resolve_and_variation(setup, name):
     ctx, model, cond, _, image = setup[name]
     (up,) = ARSuperResolve.execute(ctx, model=model, cond=cond, image=image[:, ::2, ::2], scale=2, **S)
     assert up.shape == (1, 64, 64, 3) and up.std() > 0.02
     with pytest.raises(InvalidInputError, match="multiple of the model's 64px"):
         ARSuperResolve.execute(ctx, model=model, cond=cond, image=image[:, :20, :20], scale=2, **S)
     (var,) = ARVariation.execute(ctx, model=model, cond=cond, image=image, strength=0.0, **S)
-    (ctl,) = ARControl.execute(ctx, model=model, cond=cond, control_image=image, strength=0.5, **S)
-    assert var.shape == ctl.shape == (1, 64, 64, 3)
+    assert var.shape == (1, 64, 64, 3)
     with pytest.raises(InvalidInputError, match="input 'strength'.*1.5"):
         ARVariation.execute(ctx, model=model, cond=cond, image=image, strength=1.5, **S)
-    with pytest.raises(InvalidInputError, match="input 'strength'"):
-        ARControl.execute(ctx, model=model, cond=cond, control_image=image, strength=-0.1, **S)
 
 
 def test_bad_inputs_are_named(setup):
