@@ -7,10 +7,12 @@ next-token models). Images are engine images ``[B, 3, H, W]`` in ``[-1, 1]``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from .conditioning import Conditioning
 from .errors import InvalidInputError
@@ -61,12 +63,15 @@ def decode(bundle, canvas: TokenCanvas, upto: int | None = None) -> torch.Tensor
 
 def known_from_mask(bundle, canvas: TokenCanvas, regen: torch.Tensor) -> TokenCanvas:
     """Pixel mask [B, H, W] (1 = regenerate) -> per-grid known masks, the official way for VAR
-    (finest-grid keep mask, bilinear to each scale, > 0.5, tiny scales kept)."""
+    (finest-grid keep mask, bilinear to each scale, > 0.5, tiny scales kept). An image whose whole
+    area is regenerated keeps nothing, not even the tiny scales: it is a new sample of the class,
+    not the old picture's average colour grown into a blob."""
     if bundle.family == "var":
         from .generate.next_scale import scale_known_masks
         pns = tuple(bundle.tokenizer.cfg.patch_nums)
         keep_fine = ~mask_to_grid(regen, pns[-1], pns[-1])
-        known = scale_known_masks(keep_fine, pns)
+        keeps_some = keep_fine.flatten(1).any(1).view(-1, 1, 1)  # (B, 1, 1)
+        known = [k & keeps_some for k in scale_known_masks(keep_fine, pns)]
     else:
         h, w = canvas.shapes[0]
         known = [~mask_to_grid(regen, h, w)]
@@ -120,53 +125,115 @@ def inpaint(bundle, cond: Conditioning, img: torch.Tensor, regen: torch.Tensor, 
     return out
 
 
+def window_starts(length: int, size: int) -> list[int]:
+    """Starts of model-size windows covering [0, length); neighbours overlap by at least half a window."""
+    if length <= size:
+        return [0]
+    n = math.ceil((length - size) / (size // 2)) + 1
+    return sorted({round(i * (length - size) / (n - 1)) for i in range(n)})
+
+
+def _window_progress(run: RunSettings, index: int, count: int) -> RunSettings:
+    """Progress of one window as a share of the whole job (it does not restart per window)."""
+    if run.progress is None or count == 1:
+        return run
+    outer = run.progress
+
+    def report(step: int, total: int) -> None:
+        outer(index * total + step, count * total)
+    return dataclasses.replace(run, progress=report)
+
+
 def outpaint(bundle, cond: Conditioning, img: torch.Tensor, left: int, top: int, right: int, bottom: int,
              feather: int, run: RunSettings) -> torch.Tensor:
-    """Extend the canvas: pad, regenerate the new area plus a feathered band, blend the seam.
-    The padded image is brought to the model's resolution, so the result is model-sized."""
+    """Extend the canvas to the padded size: model-size windows slide over it, each inpainting what is
+    still unknown in it (the new area plus a feathered band into the original) with everything already
+    known around it (the original and earlier windows) kept as tokens. Nothing is squashed: a canvas
+    whose shorter side is below the model's size is scaled uniformly. Returns [B, 3, H+top+bottom, W+left+right]."""
     if left + top + right + bottom == 0:
         raise InvalidInputError("outpaint needs some padding (left/top/right/bottom are all 0)")
     B, _, H, W = img.shape
+    size = model_size(bundle)
     padded = pad_edges(img, left, top, right, bottom)
-    mask = outpaint_mask(H, W, left, top, right, bottom, feather, B, img.device)
-    return inpaint(bundle, cond, padded, mask, run, keep_unmasked=True)
+    todo = outpaint_mask(H, W, left, top, right, bottom, feather, B, img.device)
+    Hp, Wp = padded.shape[-2:]
+    scale = max(1.0, size / min(Hp, Wp))
+    h, w = max(size, round(Hp * scale)), max(size, round(Wp * scale))
+    canvas = resize(padded, h, w).clone()
+    todo = resize_mask(todo, h, w) if (h, w) != (Hp, Wp) else todo
+    windows = [(y, x) for y in window_starts(h, size) for x in window_starts(w, size)]
+    windows = [(y, x) for y, x in windows if bool((todo[:, y:y + size, x:x + size] > 0).any())]
+    for i, (y, x) in enumerate(windows):
+        tile = canvas[:, :, y:y + size, x:x + size]
+        out = inpaint(bundle, cond, tile, todo[:, y:y + size, x:x + size], _window_progress(run, i, len(windows)))
+        canvas[:, :, y:y + size, x:x + size] = out
+        todo[:, y:y + size, x:x + size] = 0
+    return resize(canvas, Hp, Wp)
 
 
 BACK_PROJECTION_STEPS = 5
+
+
+def _blend_weights(new: torch.Tensor, band: int) -> torch.Tensor:
+    """[B, h, w] bool area just generated -> weight of the new result: 1 there, ramping to 0 over ``band``
+    pixels into what was there before, so tile seams are blended."""
+    weight = new.float()
+    grown = weight.unsqueeze(1)
+    for k in range(1, band + 1):
+        grown = F.max_pool2d(grown, 3, stride=1, padding=1)
+        weight = torch.maximum(weight, grown.squeeze(1) * (1 - k / (band + 1)))
+    return weight
+
+
+def _sr_known(bundle, canvas: TokenCanvas, new: torch.Tensor, kept_scales: int) -> TokenCanvas:
+    """What a super-resolution tile keeps: the coarse structure the input determines, and every token of
+    the area earlier tiles already finished (its neighbours); the detail of the new area is generated."""
+    if bundle.family == "var":
+        done = known_from_mask(bundle, canvas, new.float())  # keeps the finished area
+        known = [k | (i < kept_scales) for i, k in enumerate(done.known)]
+    else:
+        g = canvas.grids[0]
+        detail = torch.zeros_like(g, dtype=torch.bool)
+        detail[:, 1::2, 1::2] = True  # a quarter of the tokens is regenerated as detail
+        new_grid = mask_to_grid(new.float(), *g.shape[-2:]).to(g.device)
+        known = [~(detail & new_grid)]
+    return canvas.with_known(known)
 
 
 def super_resolve(bundle, cond: Conditioning, img: torch.Tensor, scale: int, run: RunSettings) -> torch.Tensor:
     """Training-free SR: bicubic-upsample, keep what the low-res input determines, generate the rest.
 
     Next-scale models keep the coarse scales whose resolution the input covers and generate the
-    finer ones. Next-token models keep the input's tokens and regenerate a lattice of detail
-    tokens. Outputs larger than the model's resolution are processed tile by tile. Finally the
-    result is made consistent with the input (:func:`back_project`): the tokenizer alone cannot
-    reproduce the input's low frequencies as exactly as bicubic does.
+    finer ones; next-token models keep the input's tokens and regenerate a lattice of detail tokens.
+    Outputs larger than the model's resolution go through overlapping model-size tiles, each
+    conditioned on the finished neighbours it overlaps and blended into them. Finally the result is
+    made consistent with the input (:func:`back_project`): the tokenizer alone cannot reproduce the
+    input's low frequencies as exactly as bicubic does.
     """
     if scale < 1:
         raise InvalidInputError(f"scale must be >= 1, got {scale}")
     B, _, H, W = img.shape
     size = model_size(bundle)
-    up = resize(img, H * scale, W * scale)
-    if (H * scale) % size or (W * scale) % size:
-        raise InvalidInputError(f"the upscaled size {W * scale}x{H * scale} must be a multiple of the model's "
-                                f"{size}px tiles; choose an input of {size // scale}px (or a multiple) for x{scale}")
-    tile_fraction = min(1.0, min(H, W) / min(H * scale, W * scale))  # input detail per output pixel
-    out = torch.empty_like(up)
-    for y in range(0, H * scale, size):
-        for x in range(0, W * scale, size):
-            tile = up[:, :, y:y + size, x:x + size]
-            canvas = encode(bundle, tile)
-            if bundle.family == "var":
-                pns = bundle.tokenizer.cfg.patch_nums
-                kept = sum(1 for pn in pns if pn <= pns[-1] * tile_fraction)
-                canvas = canvas.with_known([torch.full_like(g, i < kept, dtype=torch.bool) for i, g in enumerate(canvas.grids)])
-            else:
-                known = torch.ones_like(canvas.grids[0], dtype=torch.bool)
-                known[:, 1::2, 1::2] = False  # regenerate a quarter of the tokens as detail
-                canvas = canvas.with_known([known])
-            out[:, :, y:y + size, x:x + size] = _run(bundle, cond, canvas, run)
+    Hs, Ws = H * scale, W * scale
+    if Hs < size or Ws < size:
+        raise InvalidInputError(f"the upscaled size {Ws}x{Hs} must be at least the model's {size}px; choose an "
+                                f"input of at least {math.ceil(size / scale)}px for x{scale}")
+    up = resize(img, Hs, Ws)
+    tile_fraction = min(1.0, min(H, W) / min(Hs, Ws))  # input detail per output pixel
+    kept = 0
+    if bundle.family == "var":
+        pns = bundle.tokenizer.cfg.patch_nums
+        kept = sum(1 for pn in pns if pn <= pns[-1] * tile_fraction)
+    out = up.clone()
+    done = torch.zeros(B, Hs, Ws, dtype=torch.bool, device=up.device)
+    tiles = [(y, x) for y in window_starts(Hs, size) for x in window_starts(Ws, size)]
+    for i, (y, x) in enumerate(tiles):
+        new = ~done[:, y:y + size, x:x + size]
+        canvas = _sr_known(bundle, encode(bundle, out[:, :, y:y + size, x:x + size]), new, kept)
+        gen = _run(bundle, cond, canvas, _window_progress(run, i, len(tiles)))
+        weight = _blend_weights(new, size // 8).unsqueeze(1).to(gen.dtype)
+        out[:, :, y:y + size, x:x + size] = out[:, :, y:y + size, x:x + size] * (1 - weight) + gen * weight
+        done[:, y:y + size, x:x + size] = True
     return back_project(out, img)
 
 

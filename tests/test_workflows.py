@@ -205,6 +205,12 @@ def test_example_runs_on_the_raster_family(tmp_root):
     assert tuple(img.shape) == (1, 64, 64, 3) and img.std() > 0.02
 
 
+def test_control_example_runs_on_a_controlar_model(tmp_root):
+    wf, result, _ = run_example("control", TINY_CONTROLAR, tmp_root)
+    img = final_image(wf, result)
+    assert tuple(img.shape) == (1, 64, 64, 3) and img.std() > 0.02
+
+
 def test_saved_png_replays_bit_for_bit(tmp_root, tmp_path):
     wf, result, out_dir = run_example("generate", MAIN_MODEL, tmp_root)
     png = out_dir / next(ui for ui in result.ui.values() if "images" in ui)["images"][0]

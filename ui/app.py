@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from ..engine.choices import DEVICES, DTYPES, QUANTS
+from ..engine.choices import CONTROL_TYPES, DEVICES, DTYPES, QUANTS
 from . import presets
 from .callbacks import MAX_UI_SEED, Callbacks, WorkflowRunner
 from .theme import CSS, theme
@@ -175,10 +175,16 @@ def build_app(runner: Any) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column(scale=3, min_width=320):
                         ctl_image = image_input("Control / source image")
-                        strength = gr.Slider(0, 1, 0.5, step=0.05, label="Strength")
+                        with gr.Row():
+                            control_type = gr.Dropdown(list(CONTROL_TYPES), value="canny", label="Control map",
+                                                       info="canny: the picture's edges; none: it is the map")
+                            control_strength = gr.Slider(0, 2, 1.0, step=0.05, label="Control strength",
+                                                         info="0 = ignore the map, 1 = as trained")
+                        strength = gr.Slider(0, 1, 0.5, step=0.05, label="Variation strength",
+                                             info="How much of the picture is redrawn")
                         ctl = sampling_controls(choices, "Class")
                         with gr.Row(elem_classes="run-row"):
-                            ctl_run = gr.Button("Follow layout", variant="primary", scale=2)
+                            ctl_run = gr.Button("Follow structure", variant="primary", scale=2)
                             var_run = gr.Button("Variation", variant="primary", scale=2)
                             ctl_stop = gr.Button("Cancel", variant="stop", scale=1)
                     with gr.Column(scale=3):
@@ -232,7 +238,8 @@ def build_app(runner: Any) -> gr.Blocks:
                                  api_name="edit", **DEVICE),
             "superres": sr_run.click(cb.super_resolve, [model, sr_image, sr.classes, scale, *sr.after_classes, style],
                                      outs(sr_out, sr), api_name="super_resolve", **DEVICE),
-            "control": ctl_run.click(cb.control, [model, ctl_image, ctl.classes, strength, *ctl.after_classes, style],
+            "control": ctl_run.click(cb.control, [model, ctl_image, ctl.classes, control_type, control_strength,
+                                                  *ctl.after_classes, style],
                                      outs(ctl_out, ctl), api_name="control", **DEVICE),
             "variation": var_run.click(cb.variation,
                                        [model, ctl_image, ctl.classes, strength, *ctl.after_classes, style],

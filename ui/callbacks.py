@@ -29,6 +29,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from ..engine.choices import CONTROL_TYPES
 from ..engine.errors import ArnodesError, CancelledError, InvalidInputError
 from ..graph import Event, Executor, GraphBuilder, NodeExecutionError, apply_overrides, read_workflow
 from ..graph.workflow import id_order_key
@@ -353,8 +354,11 @@ class Callbacks:
         return m, c
 
     def _execute(self, g: GraphBuilder, result: Any, prefix: str, request: gr.Request | None,
-                 progress: gr.Progress | None) -> tuple[list[str], list[str]]:
-        """Add SaveImage, run with progress and this session's cancel flag; (gallery paths, download paths)."""
+                 progress: gr.Progress | None, shown_first: Any = None) -> tuple[list[str], list[str]]:
+        """Add SaveImage, run with progress and this session's cancel flag; (gallery paths, download paths).
+        ``shown_first``: another image node (e.g. the control map) saved too and listed before the result."""
+        if shown_first is not None:
+            g.node("SaveImage", images=shown_first.out(0), filename_prefix=f"arnodes_{prefix}_input")
         g.node("SaveImage", images=result.out(0), filename_prefix=f"arnodes_{prefix}")
         session = _session(request)
         cancel = self.cancels.start(session)
@@ -362,7 +366,7 @@ class Callbacks:
             _, paths = self.runner.run(g.build(), on_event=_reporter(progress), cancel=cancel)
         finally:
             self.cancels.finish(session, cancel)
-        files = [str(p) for p in paths]
+        files = sorted((str(p) for p in paths), key=lambda p: f"arnodes_{prefix}_input" not in Path(p).name)
         return files, files
 
     @staticmethod
@@ -462,18 +466,23 @@ class Callbacks:
         return (*self._execute(g, out, "superres", request, progress), seed)
 
     @readable_errors
-    def control(self, model: str, image: Any, classes: Any, strength: float, seed: float, randomize: bool,
-                cfg: float, top_k: float, top_p: float, temperature: float, style: str = "any",
+    def control(self, model: str, image: Any, classes: Any, control_type: str, strength: float, seed: float,
+                randomize: bool, cfg: float, top_k: float, top_p: float, temperature: float, style: str = "any",
                 request: gr.Request = None,
                 progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
-        """New image of the class that follows the control image's layout (strength = how closely)."""
+        """New image of the class drawn along the picture's structure: the control map (Canny edges, or the
+        picture itself with 'none') is shown first, then the result."""
         seed = pick_seed(seed, randomize)
+        if control_type not in CONTROL_TYPES:
+            raise InvalidInputError(f"control type {control_type!r} is not one of {', '.join(CONTROL_TYPES)}")
         g = GraphBuilder()
         m, c = self._base(g, model, classes, cfg, style)
-        img = self._load(g, image, "control image")
-        out = g.node("ARControl", model=m.out(0), cond=c.out(0), control_image=img.out(0), strength=float(strength),
-                     **self._sampler(seed, top_k, top_p, temperature))
-        return (*self._execute(g, out, "control", request, progress), seed)
+        control_map = self._load(g, image, "control image")
+        if control_type == "canny":
+            control_map = g.node("Canny", image=control_map.out(0), low_threshold=0.4, high_threshold=0.8)
+        out = g.node("ARControl", model=m.out(0), cond=c.out(0), control_image=control_map.out(0),
+                     control_type="canny", strength=float(strength), **self._sampler(seed, top_k, top_p, temperature))
+        return (*self._execute(g, out, "control", request, progress, shown_first=control_map), seed)
 
     @readable_errors
     def variation(self, model: str, image: Any, classes: Any, strength: float, seed: float, randomize: bool,
@@ -531,7 +540,7 @@ class Callbacks:
             self.cancels.finish(session, cancel)
         if not paths:
             gr.Info("The workflow ran; it has no SaveImage / PreviewImage node, so there is nothing to show.")
-        files = [str(p) for p in paths]
+        files = sorted((str(p) for p in paths), key=lambda p: f"arnodes_{prefix}_input" not in Path(p).name)
         return files, files
 
     # --- models ---

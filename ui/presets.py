@@ -25,8 +25,8 @@ TIPS = {
     "outpaint": "Add pixels on any side; the new border is generated to continue the picture.",
     "edit": "Choose a box (in % of the image) and the class it should turn into; the rest is kept.",
     "superres": "Upscale an image: its coarse structure is kept and the fine detail is generated.",
-    "control": "**Control** follows the layout of the image; **Variation** keeps its look and re-draws detail. "
-               "Strength: how closely.",
+    "control": "**Follow structure** draws the class along the picture's edges (the control map is shown first); "
+               "**Variation** keeps the picture's look and re-draws detail.",
     "workflow": "Upload an API-format workflow `.json` (arnodes or ComfyUI *Export (API)*) or a `.png` made by "
                 "arnodes / ComfyUI. Edit any value in the table and **Run**.",
     "models": "Models that are present run without a download. Loading one ahead makes the first image faster.",

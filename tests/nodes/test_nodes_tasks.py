@@ -123,7 +123,7 @@ def test_super_resolve_and_variation(setup, name):
     ctx, model, cond, _, image = setup[name]
     (up,) = ARSuperResolve.execute(ctx, model=model, cond=cond, image=image[:, ::2, ::2], scale=2, **S)
     assert up.shape == (1, 64, 64, 3) and up.std() > 0.02
-    with pytest.raises(InvalidInputError, match="multiple of the model's 64px"):
+    with pytest.raises(InvalidInputError, match="at least the model's 64px"):
         ARSuperResolve.execute(ctx, model=model, cond=cond, image=image[:, :20, :20], scale=2, **S)
     (var,) = ARVariation.execute(ctx, model=model, cond=cond, image=image, strength=0.0, **S)
     assert var.shape == (1, 64, 64, 3)

@@ -89,6 +89,18 @@ def test_style_control_reaches_every_task_graph(cb, mock, tmp_path):
     assert styles == ["twemoji", "fluent-flat", "noto"]
 
 
+@pytest.mark.parametrize("control_type", ["canny", "none"])
+def test_control_graph_preprocesses_and_shows_the_map(cb, mock, tmp_path, control_type):
+    src = Image.open(ui_support.sample_image(tmp_path / "s.png"))
+    cb.control("mock-model", src, ["sun"], control_type, 1.5, *sampler())
+    wf = mock.workflows[0]
+    by_class = {n["class_type"]: n["inputs"] for n in wf.values()}
+    assert ("Canny" in by_class) == (control_type == "canny")
+    assert by_class["ARControl"]["strength"] == 1.5 and by_class["ARControl"]["control_type"] == "canny"
+    saved = sorted(n["inputs"]["filename_prefix"] for n in wf.values() if n["class_type"] == "SaveImage")
+    assert saved == ["arnodes_control", "arnodes_control_input"]
+
+
 def test_random_seed_is_drawn_and_returned(cb, mock):
     _, _, seed = cb.generate("mock-model", ["red heart"], 0, True, 4.0, 0, 1.0, 1.0, 1)
     gen = [n for n in mock.workflows[0].values() if n["class_type"] == "ARGenerate"][0]

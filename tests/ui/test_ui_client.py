@@ -144,13 +144,23 @@ def test_super_resolve_upscales(server, tmp_path):
     assert out.width >= size // 2 * 2 or out.width == size
 
 
-@pytest.mark.parametrize("endpoint", ["/control", "/variation"])
-def test_control_and_variation(server, tmp_path, endpoint):
+def test_variation(server, tmp_path):
     size = server["size"]
     src = ui_support.sample_image(tmp_path / "src.png", size)
     gallery, _, _ = server["client"].predict(server["model"], handle_file(str(src)), [server["cls"]], 0.5,
-                                             api_name=endpoint, **sampler())
+                                             api_name="/variation", **sampler())
     assert_real_image(images_of(gallery)[0], (size, size))
+
+
+def test_control_shows_the_edge_map_then_the_result(server, tmp_path):
+    size = server["size"]
+    src = ui_support.sample_image(tmp_path / "src.png", size)
+    gallery, _, _ = server["client"].predict(server["model"], handle_file(str(src)), [server["cls"]], "canny", 1.0,
+                                             api_name="/control", **sampler())
+    edge_map, result = images_of(gallery)
+    values = np.unique(np.asarray(edge_map.convert("L")))
+    assert set(values.tolist()) <= {0, 255} and len(values) == 2  # a binary edge map of the picture
+    assert_real_image(result, (size, size))
 
 
 def test_unknown_class_is_a_readable_error_and_the_server_keeps_serving(server):
