@@ -120,7 +120,7 @@ def main() -> None:
               "iou_gain": round(ctl_mean - free_mean, 3),
               "targets": {"controlled_iou": 0.55, "iou_gain": 0.3},
               "per_class_controlled_iou": per_class, "rows": rows, "sampling": {**defaults, "strength": 1.0},
-              "seconds": round(time.perf_counter() - t0, 1), **env_info("cpu")}
+              "seconds": round(time.perf_counter() - t0, 1), "env": env_info("cpu")}
     write_json(result, a.out)
 
 

@@ -174,6 +174,25 @@ def block_emoji_model() -> str:
     return "\n".join(lines + _table(["metric (`training/evaluate.py`)", "value", "target"], rows)) + "\n"
 
 
+def block_emoji_control() -> str:
+    c = load("emoji_control.json")
+    if c is None:
+        return _missing("emoji_control.json", "python bench/emoji_control.py --out bench/results/emoji_control.json")
+    manifest = json.loads((BENCH.parent / "weights" / "emoji.json").read_text())
+    runs = manifest.get("controls", {}).get(c["adapter"], {}).get("training", [])
+    lines = [f"- Training (`training/control_adapter.py`): {r['steps']} steps, batch {r['batch']}, lr {r['lr']}, "
+             f"{r['seconds']} s on {r['images']} images ({r['placed_images']} placed)." for r in runs]
+    lines.append(f"\nMeasured on a {_machine(c['env'])} ({c['seconds']:.0f} s): {c['classes']} classes x "
+                 f"{c['samples'] // c['classes']} off-centre placements and seeds, the same class and seed drawn "
+                 f"with and without the map (`bench/emoji_control.py`).\n")
+    t = c["targets"]
+    rows = [["foreground IoU with the map's subject, controlled", f(c["controlled_iou"], 3), f">= {t['controlled_iou']}"],
+            ["same, uncontrolled (same seeds)", f(c["uncontrolled_iou"], 3), ""],
+            ["gain", f(c["iou_gain"], 3), f">= {t['iou_gain']}"]]
+    rows += [[f"controlled IoU: {n}", f(v, 3), ""] for n, v in c["per_class_controlled_iou"].items()]
+    return "\n".join(lines + _table(["metric", "value", "target"], rows)) + "\n"
+
+
 def block_gpu() -> str:
     gpu = load("gpu.json")
     if gpu is None:
@@ -218,7 +237,8 @@ def block_kernels() -> str:
 
 BLOCKS: dict[str, Callable[[], str]] = {"generate": block_generate, "quantize": block_quantize,
                                         "emoji": block_emoji, "gpu": block_gpu, "kernels": block_kernels,
-                                        "decode": block_decode, "emoji-model": block_emoji_model}
+                                        "decode": block_decode, "emoji-model": block_emoji_model,
+                                        "emoji-control": block_emoji_control}
 
 
 # ---- documents --------------------------------------------------------------------------------------
