@@ -22,7 +22,8 @@ class AREdit(Node):
         inputs=(
             InputSpec("model", AR_MODEL),
             InputSpec("image", IMAGE),
-            InputSpec("mask", MASK, tooltip="The region to change (1 inside); a mask of another size is resized to the image (bilinear, as ComfyUI does)."),
+            InputSpec("mask", MASK, tooltip="The region to change (1 inside); a mask of another size is resized "
+                                            "to the image (bilinear, as ComfyUI does)."),
             InputSpec("cond", AR_COND, tooltip="The class the region should become."),
             *sampler_inputs(),
         ),

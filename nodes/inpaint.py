@@ -61,7 +61,8 @@ class ARInpaint(Node):
             InputSpec("model", AR_MODEL),
             InputSpec("cond", AR_COND),
             InputSpec("image", IMAGE),
-            InputSpec("mask", MASK, tooltip="1 = regenerate, 0 = keep; a mask of another size is resized to the image (bilinear, as ComfyUI does)."),
+            InputSpec("mask", MASK, tooltip="1 = regenerate, 0 = keep; a mask of another size is resized to the "
+                                            "image (bilinear, as ComfyUI does)."),
             *sampler_inputs(),
             InputSpec("keep_unmasked", BOOLEAN, default=True,
                       tooltip="Paste the input back outside the mask, so those pixels are exactly unchanged."),
