@@ -1,8 +1,8 @@
 """Canny edge maps, the control adapters' preprocessing (and the graph's ``Canny`` node).
 
 Thresholds follow ComfyUI's core Canny node: on the gradient magnitude of a [0, 1] grey image
-after a 5x5 Gaussian blur (sigma 1) and an unnormalised 3x3 Sobel (kornia's canny, which ComfyUI calls), so the same two numbers give
-comparable maps in both places. Steps: blur, gradient, thin to one pixel by non-maximum
+after a 5x5 Gaussian blur (sigma 1) and an unnormalised 3x3 Sobel (kornia's canny, which ComfyUI
+calls), so the same two numbers give comparable maps in both places. Steps: blur, gradient, thin to one pixel by non-maximum
 suppression along the gradient direction, keep strong edges and the weak ones connected to them.
 """
 from __future__ import annotations
@@ -77,7 +77,7 @@ def canny(img: torch.Tensor, low_threshold: float = 0.4, high_threshold: float =
     x = img.float().clamp(0, 1)
     grey = (x * torch.tensor(GREY_WEIGHTS, device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
     blurred = _filter(grey, _gaussian_kernel().to(x.device))
-    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device)  # unnormalised, as kornia (ComfyUI)
+    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device)  # unnormalised
     gx, gy = _filter(blurred, sobel), _filter(blurred, sobel.t())
     mag = torch.sqrt(gx * gx + gy * gy + 1e-12)
     thin = _non_max_suppression(mag, gx, gy)
