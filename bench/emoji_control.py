@@ -6,7 +6,7 @@ Sources are canonical drawings of a dozen generator classes (``training/data.py`
 and pasted off-centre on white at seeded random places; the control map is the Canny map of that
 placement (the adapter's own preprocessor). For each placement and seed the same class is drawn
 twice with the same seed: with the map (strength 1) and without it. The score is the IoU of the
-drawn subject's foreground with the placed subject's (both: non-white pixels, holes filled).
+drawn subject's foreground with the placed subject's (``training/control_eval.py``).
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from arnodes.engine import tasks
 from arnodes.engine.canny import canny
@@ -27,54 +26,11 @@ from arnodes.engine.loader import load_bundle
 from arnodes.engine.registry import DEFAULT_MODEL, model_defaults
 from arnodes.engine.sampling import SamplingParams
 from arnodes.training import data as emoji_data
+from arnodes.training.control_eval import foreground, iou, off_centre_placements
 from common import env_info, write_json
 
 CLASSES = ["red heart", "grinning face", "cat face", "red apple", "pizza", "fire", "rocket", "star",
            "rainbow", "dog face", "smiling face with sunglasses", "sun"]
-INK = 48  # a pixel is foreground when its darkest channel is this far below white (0-255)
-
-
-def foreground(img: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] images (B, 3, H, W) -> filled foreground masks (B, H, W): everything not reachable from
-    the border through white-ish pixels (so white eyes and teeth inside a face count as the subject)."""
-    ink = (img.add(1).mul(127.5).amin(1) < 255 - INK)  # (B, H, W)
-    bg = torch.zeros_like(ink)
-    bg[:, 0], bg[:, -1], bg[:, :, 0], bg[:, :, -1] = ~ink[:, 0], ~ink[:, -1], ~ink[:, :, 0], ~ink[:, :, -1]
-    for _ in range(img.shape[-1] * 2):
-        grown = F.max_pool2d(bg.float().unsqueeze(1), 3, 1, 1).squeeze(1).bool() & ~ink
-        if torch.equal(grown, bg):
-            break
-        bg = grown
-    return ~bg
-
-
-def iou(a: torch.Tensor, b: torch.Tensor) -> list[float]:
-    inter = (a & b).flatten(1).sum(1).float()
-    union = (a | b).flatten(1).sum(1).float().clamp_min(1)
-    return (inter / union).tolist()
-
-
-def placements(drawing: np.ndarray, box: np.ndarray, n: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """``n`` off-centre placements of the drawing's subject: longer side U(0.4, 0.6) of the frame, its
-    centre at least 0.18 of the frame away from the middle."""
-    from PIL import Image
-
-    size = drawing.shape[0]
-    x0, y0, x1, y1 = (np.clip(box, 0, 1) * size).round().astype(int)
-    crop = Image.fromarray(drawing[y0:y1, x0:x1])
-    out = []
-    while len(out) < n:
-        fit = rng.uniform(0.4, 0.6) * size / max(crop.size)
-        w, h = max(1, round(crop.size[0] * fit)), max(1, round(crop.size[1] * fit))
-        x, y = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
-        if np.hypot(x + w / 2 - size / 2, y + h / 2 - size / 2) < 0.18 * size:
-            continue
-        canvas = Image.new("RGB", (size, size), (255, 255, 255))
-        canvas.paste(crop.resize((w, h), Image.LANCZOS), (x, y))
-        out.append(np.asarray(canvas))
-    return out
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
@@ -99,7 +55,7 @@ def main() -> None:
         cid = bundle.classes.resolve(name)
         idx = np.nonzero((d.labels == by_name[name]) & (d.kind == emoji_data.KIND_CANONICAL)
                          & (d.style == d.styles.index("noto")))[0][0]
-        placed = placements(d.images[idx], d.boxes[idx], a.placements, rng)
+        placed = off_centre_placements(d.images[idx], d.boxes[idx], a.placements, rng)
         src = torch.from_numpy(np.stack(placed)).permute(0, 3, 1, 2).float().div(127.5).sub(1)  # (P, 3, 64, 64)
         maps = canny(src.add(1).div(2), pre.low_threshold, pre.high_threshold).mul(2).sub(1).expand(-1, 3, -1, -1)
         region = foreground(src)
