@@ -154,14 +154,19 @@ def cmd_generate(args: argparse.Namespace) -> list[Path]:
     return _finish(g, image.out(0), args, Path(args.input_dir))
 
 
-def _image_task(args: argparse.Namespace, class_type: str, **extra: Any) -> list[Path]:
+def _image_graph(args: argparse.Namespace):
+    """(graph, model node, cond node, LoadImage node, image path) for a task on ``--image``."""
     from .graph import GraphBuilder
     image_path = Path(args.image)
     if not image_path.is_file():
         raise InvalidInputError(f"--image {args.image!r}: file not found")
     g = GraphBuilder()
     model, cond = _common_nodes(g, args)
-    image = _load_image_node(g, args.image)
+    return g, model, cond, _load_image_node(g, args.image), image_path
+
+
+def _image_task(args: argparse.Namespace, class_type: str, **extra: Any) -> list[Path]:
+    g, model, cond, image, image_path = _image_graph(args)
     inputs = {"model": model.out(0), "cond": cond.out(0), "image": image.out(0), **_sampler(args), **extra}
     if getattr(args, "mask", None):
         mask_path = Path(args.mask)
@@ -192,13 +197,7 @@ def cmd_upscale(args):
 def cmd_control(args: argparse.Namespace) -> list[Path]:
     """The image is turned into the control map by ``--type`` (``none``: it already is one), then
     the model's control adapter draws the class along it."""
-    from .graph import GraphBuilder
-    image_path = Path(args.image)
-    if not image_path.is_file():
-        raise InvalidInputError(f"--image {args.image!r}: file not found")
-    g = GraphBuilder()
-    model, cond = _common_nodes(g, args)
-    control_map = _load_image_node(g, args.image)
+    g, model, cond, control_map, image_path = _image_graph(args)
     if args.type == "canny":
         control_map = g.node("Canny", image=control_map.out(0), low_threshold=args.low_threshold,
                              high_threshold=args.high_threshold)

@@ -20,6 +20,7 @@ from torch import nn
 from .checkpoint import build_on_meta, load_into, read_checkpoint, unwrap_state_dict
 from .classes import ClassNames, load_class_names
 from .control import load_controls
+from .kinds import config_from_json, kind_classes
 from .errors import CheckpointError, InvalidInputError, MissingFileError, UnknownNameError
 from .registry import REGISTRY, bundled_manifests, get_entry
 from .resolve import resolve_file
@@ -85,21 +86,11 @@ class ModelBundle:
 
 
 def _kind(kind: str) -> tuple[type, type]:
-    if kind not in KINDS:
-        raise InvalidInputError(f"unknown model kind {kind!r}; expected one of {sorted(KINDS)}")
-    mod_name, model_cls, cfg_cls = KINDS[kind]
-    mod = importlib.import_module(mod_name, package=__package__)
-    return getattr(mod, model_cls), getattr(mod, cfg_cls)
+    return kind_classes(KINDS, kind, __package__, "model")
 
 
 def config_from_dict(kind: str, data: dict[str, Any]):
-    _, cfg_cls = _kind(kind)
-    names = {f.name for f in dataclasses.fields(cfg_cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise InvalidInputError(f"{kind} config has unknown fields {unknown}; known: {sorted(names)}")
-    tupled = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    return cfg_cls(**tupled)
+    return config_from_json(_kind(kind)[1], data, kind)
 
 
 def preset_config(kind: str, preset: str):

@@ -99,10 +99,18 @@ def style_choices() -> list[str]:
 
 
 def control_choices() -> list[str]:
-    """The bundled models' control adapters (e.g. "canny"); a model without that adapter says so when it runs."""
+    """The control adapters of the bundled models and of the manifests in the models directory (e.g.
+    "canny"); a model without the chosen adapter says so when it runs."""
     from ..engine.registry import bundled_control_names
 
-    return bundled_control_names() or ["canny"]
+    names = bundled_control_names()
+    for path in local_manifests().values():
+        try:
+            controls = json.loads(path.read_text(encoding="utf-8")).get("controls", {})
+        except (OSError, ValueError):
+            continue
+        names += [c for c in controls if isinstance(c, str) and c not in names] if isinstance(controls, dict) else []
+    return names or ["canny"]
 
 
 def model_choices() -> list[str]:

@@ -127,3 +127,33 @@ def test_generate_with_speculative_decoding_writes_stats(capsys, models_dir, tmp
     code, _, err = run_cli(capsys, "generate", "--model", TINY_VAR, "--class", "1", "--decode", "sjd",
                            "--out", str(tmp_path / "v.png"), "--quiet")
     assert code == 2 and "next-scale" in err
+
+
+@pytest.mark.parametrize("control_type", ["canny", "none"])
+def test_control_draws_along_the_map_and_replays(capsys, models_dir, tmp_path, control_type):
+    pic = np.full((64, 64, 3), 255, np.uint8)
+    pic[30:54, 8:32] = (200, 30, 30)
+    Image.fromarray(pic).save(tmp_path / "pic.png")
+    outs = {}
+    for strength in ("1", "0"):
+        out = tmp_path / f"s{strength}.png"
+        code, _, err = run_cli(capsys, "control", "--model", TINY_VAR, "--class", "red heart", "--image",
+                               str(tmp_path / "pic.png"), "--type", control_type, "--strength", strength,
+                               "--seed", "4", "--out", str(out), "--quiet")
+        assert code == 0, err
+        outs[strength] = np.asarray(Image.open(out))
+        prompt = json.loads(Image.open(out).text["prompt"])
+        classes = {n["class_type"] for n in prompt.values()}
+        assert ("Canny" in classes) == (control_type == "canny") and "ARControl" in classes
+    code, _, err = run_cli(capsys, "generate", "--model", TINY_VAR, "--class", "red heart", "--seed", "4",
+                           "--out", str(tmp_path / "plain.png"), "--quiet")
+    assert code == 0, err
+    assert np.array_equal(outs["0"], np.asarray(Image.open(tmp_path / "plain.png")))  # strength 0 = uncontrolled
+    assert np.abs(outs["1"].astype(int) - outs["0"]).mean() > 3
+
+
+def test_control_with_an_adapter_the_model_lacks_is_a_user_error(capsys, models_dir, tmp_path):
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "pic.png")
+    code, _, err = run_cli(capsys, "control", "--model", TINY_VAR, "--class", "1", "--image", str(tmp_path / "pic.png"),
+                           "--adapter", "depth", "--output-dir", str(tmp_path / "o"))
+    assert code == 2 and err.startswith("error:") and "'depth' is not one of the allowed values: 'canny'" in err

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from ..engine.canny import canny
 from ..engine.control.var_cnn import VARControlAdapter, VARControlConfig
 from . import data as emoji_data
 from .common import Progress, cosine_lr, seed_everything
-from .export import MANIFEST, _jsonable, read_bundle
+from .export import MANIFEST, _jsonable, open_stage
 from .generator_stage import tokenize
 
 PREPROCESSORS = {"canny": {"type": "canny", "low_threshold": 0.4, "high_threshold": 0.8}}
@@ -151,11 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    weights = Path(a.weights)
-    bundle, manifest, classes = read_bundle(weights)
-    d = emoji_data.load_dataset(a.data_cache, None, seed=0, log=log)
+    st = open_stage(a.weights, a.data_cache, a.threads)
+    log, weights, bundle, manifest, classes, d = st.log, st.weights, st.bundle, st.manifest, st.classes, st.data
     idx, labels = control_images(d, classes)
     gen = seed_everything(a.seed)
     images = d.images[idx]

@@ -71,3 +71,32 @@ def read_bundle(weights: Path) -> tuple[Any, dict[str, Any], list[dict]]:
     manifest = json.loads((weights / MANIFEST).read_text(encoding="utf-8"))
     classes = json.loads((weights / manifest["classes"]).read_text(encoding="utf-8"))
     return load_manifest(weights / MANIFEST), manifest, classes
+
+
+@dataclasses.dataclass
+class Stage:
+    """What a stage that continues an exported bundle starts from."""
+
+    log: Any  # (str) -> None, to stderr
+    weights: Path
+    bundle: Any
+    manifest: dict[str, Any]
+    classes: list[dict]
+    data: Any  # data.EmojiData
+
+
+def open_stage(weights: str | Path, data_cache: str | Path, threads: int) -> Stage:
+    """Threads set, the bundle in ``weights`` read (:func:`read_bundle`) and the emoji data set loaded."""
+    import sys
+
+    from . import data as emoji_data
+
+    torch.set_num_threads(threads)
+
+    def log(s: str) -> None:
+        print(s, file=sys.stderr, flush=True)
+    weights = Path(weights)
+    bundle, manifest, classes = read_bundle(weights)
+    d = emoji_data.load_dataset(data_cache, None, seed=0, log=log)
+    return Stage(log, weights, bundle, manifest, classes, d)
+

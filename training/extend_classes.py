@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +20,7 @@ import torch
 from ..engine.models.var import VAR
 from . import data as emoji_data
 from .common import bf16_autocast_pays, seed_everything
-from .export import export_weights, read_bundle
+from .export import export_weights, open_stage
 from .generator_stage import tokenize, train_generator
 
 REQUIRED_CLASSES = ("red heart", "grinning face", "cat face", "dog face", "red apple", "pizza", "fire", "sun",
@@ -53,11 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    weights = Path(a.weights)
-    bundle, manifest, classes = read_bundle(weights)
-    d = emoji_data.load_dataset(a.data_cache, None, seed=0, log=log)
+    st = open_stage(a.weights, a.data_cache, a.threads)
+    log, weights, bundle, manifest, classes, d = st.log, st.weights, st.bundle, st.manifest, st.classes, st.data
     by_name = {c["name"]: i for i, c in enumerate(d.classes)}
     have = {c["name"] for c in classes}
     missing = [n for n in REQUIRED_CLASSES if n not in have]

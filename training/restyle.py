@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,7 +22,7 @@ import torch
 from ..engine.models.var import VAR
 from . import data as emoji_data
 from .common import bf16_autocast_pays, seed_everything
-from .export import export_weights, read_bundle
+from .export import export_weights, open_stage
 from .generator_stage import tokenize, train_generator
 
 
@@ -64,11 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    weights = Path(a.weights)
-    bundle, manifest, classes = read_bundle(weights)
-    d = emoji_data.load_dataset(a.data_cache, None, seed=0, log=log)
+    st = open_stage(a.weights, a.data_cache, a.threads)
+    log, weights, bundle, manifest, classes, d = st.log, st.weights, st.bundle, st.manifest, st.classes, st.data
     idx, labels = generator_images(d, classes)
     keywords = {c["emoji"]: c.get("keywords", []) for c in d.classes}  # for captions / text prompts
     classes = [{**c, "keywords": keywords[c["emoji"]]} for c in classes]

@@ -7,14 +7,13 @@ Importing this package loads no model.
 """
 from __future__ import annotations
 
-import dataclasses
-import importlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..errors import InvalidInputError
+from ..kinds import config_from_json, kind_classes
 
 ADAPTER_KINDS: dict[str, tuple[str, str, str]] = {
     "var-cnn": (".var_cnn", "VARControlAdapter", "VARControlConfig"),
@@ -23,23 +22,12 @@ ADAPTER_KINDS: dict[str, tuple[str, str, str]] = {
 
 
 def adapter_classes(kind: str) -> tuple[type, type]:
-    if kind not in ADAPTER_KINDS:
-        raise InvalidInputError(f"unknown control adapter kind {kind!r}; known: {sorted(ADAPTER_KINDS)}")
-    mod_name, adapter_cls, cfg_cls = ADAPTER_KINDS[kind]
-    mod = importlib.import_module(mod_name, package=__package__)
-    return getattr(mod, adapter_cls), getattr(mod, cfg_cls)
+    return kind_classes(ADAPTER_KINDS, kind, __package__, "control adapter")
 
 
 def adapter_config(kind: str, data: dict[str, Any]):
     """A config from its JSON form (lists become tuples, nested dataclasses are built by the config)."""
-    _, cfg_cls = adapter_classes(kind)
-    names = {f.name for f in dataclasses.fields(cfg_cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise InvalidInputError(f"{kind} control config has unknown fields {unknown}; known: {sorted(names)}")
-    if hasattr(cfg_cls, "from_dict"):
-        return cfg_cls.from_dict(data)
-    return cfg_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    return config_from_json(adapter_classes(kind)[1], data, f"{kind} control")
 
 
 def build_adapter(kind: str, config, state_dict: dict[str, torch.Tensor] | None, source: str,
