@@ -540,7 +540,7 @@ class Callbacks:
             self.cancels.finish(session, cancel)
         if not paths:
             gr.Info("The workflow ran; it has no SaveImage / PreviewImage node, so there is nothing to show.")
-        files = sorted((str(p) for p in paths), key=lambda p: f"arnodes_{prefix}_input" not in Path(p).name)
+        files = [str(p) for p in paths]
         return files, files
 
     # --- models ---
