@@ -246,7 +246,9 @@ def check_model(model: Any) -> ModelHandle:
 
 
 def match_batch(cond: Any, n: int, what: str = "image"):
-    """One class for n images is repeated; one image for n classes is expanded by the engine."""
+    """One class for n images is repeated; one image for n classes is expanded by the engine; k classes
+    for a multiple of k images (what ARGenerate made of them with a batch size) repeat each class in
+    that batch's order, so a multi-class condition can be reused on the images it generated."""
     from ..engine.conditioning import Conditioning
 
     if not isinstance(cond, Conditioning):
@@ -254,7 +256,7 @@ def match_batch(cond: Any, n: int, what: str = "image"):
     check_batch(max(cond.batch, n), f"input {what!r}")
     if cond.batch == n or n == 1:
         return cond
-    if cond.batch == 1:
-        return cond.repeat(n)
+    if n % cond.batch == 0:
+        return cond.repeat(n // cond.batch)
     raise InvalidInputError(f"input 'cond' has {cond.batch} classes but input {what!r} has {n} images; "
-                            f"give one class, one image, or as many classes as images")
+                            f"give one class, one image, or a multiple of the classes' count of images")

@@ -103,3 +103,18 @@ def test_control_errors_name_the_problem(models):
     with pytest.raises(InvalidInputError, match="2 classes but input 'control_image' has 3 images"):
         ARControlApply.execute(ctx, cond=two, control_image=torch.zeros(3, 64, 64, 3), control_type="canny",
                                strength=1.0)
+
+
+def test_a_multi_class_condition_is_reused_on_the_batch_it_generated(models):
+    ctx, model, _ = models[TINY_VAR]
+    (two,) = ARClassCondition.execute(ctx, model=model, classes="red heart; cat face", cfg=3.0, cfg_schedule="linear")
+    (tokens,) = ARGenerate.execute(ctx, model=model, cond=two, batch_size=2, more_smooth=False, **S).outputs
+    (images,) = ARDecode.execute(ctx, model=model, tokens=tokens, scales=0)
+    assert images.shape[0] == 4  # heart, heart, cat, cat
+    (mask,) = ARRegionMask.execute(None, image=images, left=0.0, top=0.0, right=0.5, bottom=1.0, invert=False)
+    (out,) = ARInpaint.execute(ctx, model=model, cond=two, image=images, mask=mask, keep_unmasked=True, **S)
+    assert out.shape == images.shape and two.batch == 2
+    keep = mask[0] == 0
+    assert all(torch.equal(out[i][keep], images[i][keep]) for i in range(4))
+    with pytest.raises(InvalidInputError, match="2 classes but input 'image' has 3 images"):
+        ARInpaint.execute(ctx, model=model, cond=two, image=images[:3], mask=mask[:3], keep_unmasked=True, **S)
