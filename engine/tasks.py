@@ -233,8 +233,16 @@ def super_resolve(bundle, cond: Conditioning, img: torch.Tensor, scale: int, run
         gen = _run(bundle, cond, canvas, _window_progress(run, i, len(tiles)))
         weight = _blend_weights(new, size // 8).unsqueeze(1).to(gen.dtype)
         out[:, :, y:y + size, x:x + size] = out[:, :, y:y + size, x:x + size] * (1 - weight) + gen * weight
-        done[:, y:y + size, x:x + size] = True
+        done[:, _interior(y, size, Hs), _interior(x, size, Ws)] = True
     return back_project(out, img)
+
+
+def _interior(start: int, size: int, length: int) -> slice:
+    """The part of a tile that counts as finished: a quarter of a tile in from each side that is not the
+    image's own edge stays open for the next tile. The model draws a tile's border as the edge of a
+    picture, so taking it as finished would leave a seam where the next tile continues the drawing."""
+    margin = size // 4
+    return slice(start + (margin if start > 0 else 0), start + size - (margin if start + size < length else 0))
 
 
 def back_project(out: torch.Tensor, low: torch.Tensor, steps: int = BACK_PROJECTION_STEPS) -> torch.Tensor:
