@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from .engine.choices import CONTROL_TYPES, DECODE_STRATEGIES, DEVICES, DTYPES, QUANTS
 from .engine.errors import ArnodesError, InvalidInputError
 from .graph.errors import NodeExecutionError
-from .engine.registry import DEFAULT_MODEL
+from .engine.registry import DEFAULT_MODEL, control_preprocessor
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 70  # EX_SOFTWARE (sysexits.h): an internal software error
@@ -198,10 +198,12 @@ def cmd_control(args: argparse.Namespace) -> list[Path]:
     """The image is turned into the control map by ``--type`` (``none``: it already is one), then
     the model's control adapter draws the class along it."""
     g, model, cond, control_map, image_path = _image_graph(args)
-    if args.type == "canny":
-        control_map = g.node("Canny", image=control_map.out(0), low_threshold=args.low_threshold,
-                             high_threshold=args.high_threshold)
     adapter = args.adapter or ("canny" if args.type == "none" else args.type)
+    if args.type == "canny":
+        trained = control_preprocessor(args.model, adapter)
+        low = trained.low_threshold if args.low_threshold is None else args.low_threshold
+        high = trained.high_threshold if args.high_threshold is None else args.high_threshold
+        control_map = g.node("Canny", image=control_map.out(0), low_threshold=low, high_threshold=high)
     node = g.node("ARControl", model=model.out(0), cond=cond.out(0), control_image=control_map.out(0),
                   control_type=adapter, strength=args.strength, **_sampler(args))
     return _finish(g, node.out(0), args, image_path.resolve().parent)
@@ -327,8 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     ct.add_argument("--adapter", help="the model's control adapter to use (default: the one named by --type; "
                                       "with --type none, canny)")
     ct.add_argument("--strength", type=float, default=1.0, help="0 = uncontrolled, 1 = as trained (max 2)")
-    ct.add_argument("--low-threshold", type=float, default=0.4, help="Canny: weak-edge threshold")
-    ct.add_argument("--high-threshold", type=float, default=0.8, help="Canny: strong-edge threshold")
+    ct.add_argument("--low-threshold", type=float, help="Canny: weak-edge threshold (default: the one the "
+                    "model's adapter was trained with, else 0.4)")
+    ct.add_argument("--high-threshold", type=float, help="Canny: strong-edge threshold (default: the adapter's, "
+                    "else 0.8)")
 
     m = sub.add_parser("models", help="known models, where each resolves, whether it is present")
     m.add_argument("--json", action="store_true")

@@ -34,8 +34,8 @@ CLASSES = ["red heart", "grinning face", "cat face", "red apple", "pizza", "fire
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--placements", type=int, default=3, help="per class")
-    p.add_argument("--seeds", type=int, default=2, help="per placement")
+    p.add_argument("--placements", type=int, default=5, help="per class")
+    p.add_argument("--seeds", type=int, default=3, help="per placement")
     p.add_argument("--adapter", default="canny")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out")

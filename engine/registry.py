@@ -121,3 +121,21 @@ def model_defaults(name: str) -> dict:
     if name in bundled:
         return dict(json.loads(bundled[name].read_text()).get("defaults", {}))
     return dict(REGISTRY[name].defaults) if name in REGISTRY else {}
+
+
+def control_preprocessor(name: str, adapter: str, models_dir: str | Path | None = None):
+    """How a model's control adapter wants its maps made (e.g. the Canny thresholds it was trained
+    with), read from its manifest (bundled, a path, or in the models directory) without loading it;
+    the generic Canny defaults when the manifest does not say."""
+    import json
+
+    from .control import Preprocessor
+    from .resolve import default_models_dir
+    path = bundled_manifests().get(name)
+    if path is None and Path(name).suffix == ".json":
+        path = next((p for p in (Path(name), Path(models_dir or default_models_dir()) / name) if p.is_file()), None)
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8")).get("controls", {}).get(adapter) if path else None
+        return Preprocessor(**entry["preprocessor"])
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return Preprocessor(type="canny")  # the loader names a broken manifest when it loads it

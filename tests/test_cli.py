@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from arnodes.cli import main
+from arnodes.engine.control import Preprocessor
 from test_workflows import TINY_VAR, tiny_models_dir
 
 
@@ -145,11 +146,32 @@ def test_control_draws_along_the_map_and_replays(capsys, models_dir, tmp_path, c
         prompt = json.loads(Image.open(out).text["prompt"])
         classes = {n["class_type"] for n in prompt.values()}
         assert ("Canny" in classes) == (control_type == "canny") and "ARControl" in classes
+        if control_type == "canny":  # the thresholds the model's adapter names in its manifest
+            canny = next(n["inputs"] for n in prompt.values() if n["class_type"] == "Canny")
+            assert (canny["low_threshold"], canny["high_threshold"]) == (0.2, 0.5)
     code, _, err = run_cli(capsys, "generate", "--model", TINY_VAR, "--class", "red heart", "--seed", "4",
                            "--out", str(tmp_path / "plain.png"), "--quiet")
     assert code == 0, err
     assert np.array_equal(outs["0"], np.asarray(Image.open(tmp_path / "plain.png")))  # strength 0 = uncontrolled
     assert np.abs(outs["1"].astype(int) - outs["0"]).mean() > 3
+
+
+def test_control_thresholds_given_override_the_adapters(capsys, models_dir, tmp_path):
+    Image.fromarray(np.full((64, 64, 3), 255, np.uint8)).save(tmp_path / "pic.png")
+    out = tmp_path / "o.png"
+    code, _, err = run_cli(capsys, "control", "--model", TINY_VAR, "--class", "1", "--image", str(tmp_path / "pic.png"),
+                           "--low-threshold", "0.1", "--out", str(out), "--quiet")
+    assert code == 0, err
+    prompt = json.loads(Image.open(out).text["prompt"])
+    canny = next(n["inputs"] for n in prompt.values() if n["class_type"] == "Canny")
+    assert (canny["low_threshold"], canny["high_threshold"]) == (0.1, 0.5)
+
+
+def test_bundled_adapter_maps_use_its_training_thresholds():
+    from arnodes.engine.registry import control_preprocessor
+    assert control_preprocessor("emoji-var", "canny") == Preprocessor("canny", 0.15, 0.35)
+    assert control_preprocessor("emoji-var", "depth") == Preprocessor("canny", 0.4, 0.8)  # ComfyUI's defaults
+    assert control_preprocessor("no-such-model.json", "canny") == Preprocessor("canny", 0.4, 0.8)
 
 
 def test_control_with_an_adapter_the_model_lacks_is_a_user_error(capsys, models_dir, tmp_path):

@@ -98,7 +98,7 @@ def _tiny_var_control(out: Path, cfg) -> dict:
     data = dataclasses.asdict(ccfg)
     return {"kind": "var-cnn", "file": "tiny_var_control.safetensors",
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()},
-            "preprocessor": {"type": "canny"}}
+            "preprocessor": {"type": "canny", "low_threshold": 0.2, "high_threshold": 0.5}}
 
 
 # --------------------------------------------------------------------------- running the examples

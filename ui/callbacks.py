@@ -479,7 +479,10 @@ class Callbacks:
         m, c = self._base(g, model, classes, cfg, style)
         control_map = self._load(g, image, "control image")
         if control_type == "canny":
-            control_map = g.node("Canny", image=control_map.out(0), low_threshold=0.4, high_threshold=0.8)
+            from ..engine.registry import control_preprocessor
+            trained = control_preprocessor(model, "canny")  # the thresholds the adapter was trained with
+            control_map = g.node("Canny", image=control_map.out(0), low_threshold=trained.low_threshold,
+                                 high_threshold=trained.high_threshold)
         out = g.node("ARControl", model=m.out(0), cond=c.out(0), control_image=control_map.out(0),
                      control_type="canny", strength=float(strength), **self._sampler(seed, top_k, top_p, temperature))
         return (*self._execute(g, out, "control", request, progress, shown_first=control_map), seed)
