@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ class ModelBundle:
     defaults: dict[str, Any] = field(default_factory=dict)
     styles: tuple[str, ...] = ()  # drawing styles the generator was trained on (its style embedding rows)
     controls: dict[str, Any] = field(default_factory=dict)  # name -> control.ControlAdapter
+    # one generation at a time per loaded model: the generator holds its KV cache as module state, so
+    # two threads decoding on one bundle would overwrite each other's cache (mixed-up images)
+    generation_lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def control(self, name: str):
         """The control adapter ``name`` this model ships (e.g. "canny")."""

@@ -50,9 +50,6 @@ class _Entry:
     last_used: float = 0.0
     offloaded: bool = False  # on CPU memory while its key's device is a GPU
     doomed: bool = False  # unload requested while pinned: drop when the last pin goes
-    # one generation at a time per loaded model: the generator holds its KV cache as module state,
-    # so two threads decoding on one bundle would overwrite each other's cache (mixed-up images)
-    busy: threading.RLock = field(default_factory=threading.RLock)
 
 
 class ModelCache:
@@ -92,11 +89,19 @@ class ModelCache:
             models_dir: str | Path | None = None) -> Iterator[ModelBundle]:
         """Pin the bundle for the duration of a generation: it cannot be evicted meanwhile, and other
         threads wanting the same bundle wait their turn (the model's KV cache is per-module state)."""
+        with self.pinned(name, device=device, dtype=dtype, quant=quant, models_dir=models_dir) as bundle:
+            with bundle.generation_lock:
+                yield bundle
+
+    @contextmanager
+    def pinned(self, name: str, *, device: str | torch.device = "cpu", dtype: str = "float32", quant: str = "none",
+               models_dir: str | Path | None = None) -> Iterator[ModelBundle]:
+        """Pin the bundle without taking its generation lock: for callers that take the lock themselves
+        when they generate (the request batcher, which runs several requests under one turn)."""
         key = self.make_key(name, device=device, dtype=dtype, quant=quant)
         entry = self._acquire(key, models_dir, pin=True)
         try:
-            with entry.busy:
-                yield entry.bundle
+            yield entry.bundle
         finally:
             with self._lock:
                 entry.pins -= 1

@@ -85,25 +85,52 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return logits
 
 
-def sample_from_logits(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+@dataclass(frozen=True)
+class RequestGenerators:
+    """The randomness of several requests run as one batch: request i owns the next ``rows[i]`` rows
+    and draws them from its own generator, in the same call it makes when it runs alone, so an image
+    never depends on what it was batched with."""
+
+    generators: tuple[torch.Generator | None, ...]
+    rows: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.generators) != len(self.rows) or min(self.rows, default=0) < 1:
+            raise InvalidInputError(f"one generator per request and >= 1 row each; got {len(self.generators)} "
+                                    f"generators for rows {self.rows}")
+
+    def parts(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Generator | None]]:
+        if x.shape[0] != sum(self.rows):
+            raise InvalidInputError(f"{x.shape[0]} rows for requests of {self.rows} rows")
+        return list(zip(x.split(list(self.rows)), self.generators))
+
+
+Randomness = torch.Generator | RequestGenerators | None
+
+
+def sample_from_logits(logits: torch.Tensor, generator: Randomness) -> torch.Tensor:
     """One multinomial draw per row over the last dim, in a single call: [..., V] -> [...] int64.
 
     A single call over all rows matters for seeded parity: the reference
     implementations draw a whole scale (or step) at once.
     """
+    if isinstance(generator, RequestGenerators):
+        return torch.cat([sample_from_logits(part, g) for part, g in generator.parts(logits)])
     lead, vocab = logits.shape[:-1], logits.shape[-1]
     probs = logits.float().softmax(dim=-1).reshape(-1, vocab)  # (N, V)
     idx = torch.multinomial(probs, num_samples=1, replacement=True, generator=generator)
     return idx.view(lead)
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
+def sample(logits: torch.Tensor, params: SamplingParams, generator: Randomness) -> torch.Tensor:
     """Filter then draw: [..., V] logits -> [...] token ids."""
     return sample_from_logits(filter_logits(logits, params), generator)
 
 
-def gumbel_softmax(logits: torch.Tensor, tau: float, generator: torch.Generator | None) -> torch.Tensor:
+def gumbel_softmax(logits: torch.Tensor, tau: float, generator: Randomness) -> torch.Tensor:
     """Soft (hard=False) gumbel-softmax over the last dim with an explicit generator."""
+    if isinstance(generator, RequestGenerators):
+        return torch.cat([gumbel_softmax(part, tau, g) for part, g in generator.parts(logits)])
     u = torch.empty_like(logits, memory_format=torch.legacy_contiguous_format)
     gumbels = -u.exponential_(generator=generator).log()  # Gumbel(0, 1)
     return ((logits + gumbels) / tau).softmax(dim=-1)

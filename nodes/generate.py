@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ..engine.batching import default_batcher
 from ..engine.generate import DecodeOptions, generate
 from ..engine.generate.canvas import TokenCanvas
 from ..engine.limits import check_batch
@@ -59,11 +60,17 @@ class ARGenerate(Node):
             canvas = check_tokens(tokens)
             cond = match_batch(cond, canvas.batch, "tokens")
         stats: dict = {}
-        with handle.use() as bundle:
+        # a fresh sample may share a batch with other requests for this model (the batcher takes the
+        # model's lock); a canvas to complete runs alone under it
+        with (handle.pinned() if canvas is None else handle.use()) as bundle:
             check_generation_memory(bundle, cond.batch, "ARGenerate")
             params = sampling_params(bundle, top_k, top_p, temperature, more_smooth)
             started = time.perf_counter()
-            out = generate(bundle, cond, None if canvas is None else canvas.to(bundle.device), params=params,
-                           seed=int(seed), progress=ctx.progress, decode=options, stats=stats)
+            if canvas is None:
+                out = default_batcher().generate(bundle, bundle.generation_lock, cond, params, int(seed),
+                                                 progress=ctx.progress, decode=options, stats=stats)
+            else:
+                out = generate(bundle, cond, canvas.to(bundle.device), params=params, seed=int(seed),
+                               progress=ctx.progress, decode=options, stats=stats)
             stats["seconds"] = time.perf_counter() - started
         return NodeResult((out,), ui={"stats": [stats]})

@@ -40,6 +40,16 @@ class ModelHandle:
                                  models_dir=self.models_dir) as bundle:
             yield bundle
 
+    @contextmanager
+    def pinned(self) -> Iterator[Any]:
+        """The bundle pinned but not locked: the caller generates through the request batcher, which
+        takes the model's generation lock itself."""
+        from ..engine.model_cache import default_cache
+
+        with default_cache().pinned(self.name, device=self.device, dtype=self.dtype, quant=self.quant,
+                                    models_dir=self.models_dir) as bundle:
+            yield bundle
+
     def load(self) -> Any:
         """Load (or find) the bundle now, so a missing file fails at the loader node."""
         from ..engine.model_cache import default_cache

@@ -13,7 +13,7 @@ import torch
 
 from ..conditioning import Conditioning
 from ..errors import InvalidInputError
-from ..sampling import SamplingParams
+from ..sampling import Randomness, RequestGenerators, SamplingParams
 from .canvas import TokenCanvas
 from .decoders import DECODERS, DecodeOptions
 
@@ -37,16 +37,20 @@ def empty_canvas(bundle, batch: int) -> TokenCanvas:
 
 
 def generate(bundle, cond: Conditioning, canvas: TokenCanvas | None = None, params: SamplingParams | None = None,
-             seed: int | None = None, generator: torch.Generator | None = None,
+             seed: int | None = None, generator: Randomness = None,
              progress: Callable[[int, int], None] | None = None, trace: dict | None = None,
              compile: str | None = None, decode: DecodeOptions | None = None,
              stats: dict | None = None) -> TokenCanvas:
     """Generate the unknown tokens of ``canvas`` (all of them when None) under ``cond``.
     ``compile``: "auto" | "on" | "off" for the decode step (None: the process default, generate/compiled.py);
     ``decode``: the strategy (generate/decoders.py, default plain); ``stats`` receives "forwards" (model
-    forward passes) and the strategy's name."""
+    forward passes) and the strategy's name. ``generator`` may be a ``RequestGenerators``: several
+    requests batched, each row group drawing from its own request's generator (engine/batching.py)."""
     decode = decode or DecodeOptions()
     decode.check_family(bundle.family)
+    if isinstance(generator, RequestGenerators) and decode.strategy != "plain":
+        raise InvalidInputError(f"{decode.strategy} decoding accepts a batch's tokens together; it cannot run "
+                                f"several requests' seeds as one batch")
     if canvas is None:
         canvas = empty_canvas(bundle, cond.batch)
     else:

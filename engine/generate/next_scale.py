@@ -17,7 +17,7 @@ from ..conditioning import Conditioning
 from ..errors import InvalidInputError
 from ..guidance import VAR_SCHEDULES, cfg_mix_var
 from ..models.var import VAR
-from ..sampling import SamplingParams, filter_logits, gumbel_softmax, sample_from_logits
+from ..sampling import Randomness, SamplingParams, filter_logits, gumbel_softmax, sample_from_logits
 from ..tokenizers.msvq import MSVQTokenizer
 from .canvas import TokenCanvas
 from .compiled import step_function, wants_compile
@@ -67,7 +67,7 @@ def scale_known_masks(keep_fine: torch.Tensor, patch_nums: tuple[int, ...]) -> l
 
 @torch.no_grad()
 def generate_scales(model: VAR, tokenizer: MSVQTokenizer, cond: Conditioning, canvas: TokenCanvas,
-                    params: SamplingParams, generator: torch.Generator | None,
+                    params: SamplingParams, generator: Randomness,
                     progress: Progress | None = None, trace: dict | None = None,
                     compile: str | None = None) -> TokenCanvas:
     """Fill the canvas scale by scale. ``trace`` (optional) receives per-scale guided logits and

@@ -20,7 +20,7 @@ import torch
 from ..conditioning import Conditioning
 from ..errors import InvalidInputError
 from ..guidance import cfg_combine, llamagen_guided_step
-from ..sampling import SamplingParams, sample
+from ..sampling import Randomness, SamplingParams, sample
 from ..control.signal import ControlSignal
 from .canvas import TokenCanvas
 from .compiled import step_function, wants_compile
@@ -40,7 +40,7 @@ class _Step:
     cfg: float
     cfg_interval: int
     params: SamplingParams
-    generator: torch.Generator | None
+    generator: Randomness
     trace: dict | None
     compiled: bool  # run the compiled decode step (static shapes: attention over the whole cache)
     step: Callable  # the model's decode step (compiled.StepFunction), looked up once per generation
@@ -135,7 +135,7 @@ def _canvas_tensors(model, canvas: TokenCanvas | None, batch: int, device: torch
 
 @torch.no_grad()
 def generate_tokens(model, cond: Conditioning, canvas: TokenCanvas | None, params: SamplingParams,
-                    generator: torch.Generator | None, progress: Progress | None = None,
+                    generator: Randomness, progress: Progress | None = None,
                     trace: dict | None = None, *, tokenizer_id: str = FAMILY,
                     compile: str | None = None, decode: DecodeOptions | None = None,
                     stats: dict | None = None) -> TokenCanvas:

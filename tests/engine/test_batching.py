@@ -1,0 +1,133 @@
+"""Request batching: requests that arrive together run as one batch, and each gets exactly the image
+it gets alone (its own seed), on both families."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from test_workflows import TINY_LLAMAGEN, TINY_VAR, tiny_models_dir
+
+from arnodes.engine.batching import BatchSettings, GenerationBatcher
+from arnodes.engine.conditioning import Conditioning
+from arnodes.engine.errors import CancelledError, InvalidInputError
+from arnodes.engine.generate import DecodeOptions, generate, make_generator
+from arnodes.engine.loader import load_bundle
+from arnodes.engine.sampling import RequestGenerators, SamplingParams, sample_from_logits
+
+PARAMS = SamplingParams(top_k=0, top_p=1.0, temperature=1.1)
+REQUESTS = [((1,), 3), ((2, 4), 7), ((5,), 11), ((6, 7, 8), 0)]  # (class ids, seed): sizes differ
+
+
+@pytest.fixture(scope="module", params=[TINY_VAR, TINY_LLAMAGEN], ids=["var", "llamagen"])
+def bundle(request):
+    return load_bundle(str(tiny_models_dir() / request.param))
+
+
+def _together(batcher: GenerationBatcher, bundle, requests, extra: dict | None = None) -> list:
+    """Submit every request from its own thread at the same moment; results (or errors) in order."""
+    results: list = [None] * len(requests)
+    start = threading.Barrier(len(requests))
+
+    def submit(i: int, ids: tuple, seed: int) -> None:
+        start.wait()
+        try:
+            results[i] = batcher.generate(bundle, bundle.generation_lock, Conditioning(ids, cfg=2.0), PARAMS, seed,
+                                          **(extra or {}).get(i, {}))
+        except Exception as e:  # noqa: BLE001 - returned to the test
+            results[i] = e
+    threads = [threading.Thread(target=submit, args=(i, ids, seed)) for i, (ids, seed) in enumerate(requests)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    return results
+
+
+def _solo(bundle, ids: tuple, seed: int):
+    return generate(bundle, Conditioning(ids, cfg=2.0), params=PARAMS, seed=seed)
+
+
+def test_requests_arriving_together_form_one_batch_and_keep_their_own_images(bundle):
+    batcher = GenerationBatcher(BatchSettings(max_images=16, window_s=0.5))
+    results = _together(batcher, bundle, REQUESTS)
+    assert batcher.batches == [len(REQUESTS)]  # one generation for all of them
+    for (ids, seed), got in zip(REQUESTS, results):
+        want = _solo(bundle, ids, seed)
+        assert got.batch == len(ids)
+        assert all(torch.equal(a, b) for a, b in zip(got.grids, want.grids)), (ids, seed)
+    assert not torch.equal(results[0].grids[-1], results[2].grids[-1][:1])  # different seeds, different images
+
+
+def test_a_batch_never_exceeds_max_images(bundle):
+    batcher = GenerationBatcher(BatchSettings(max_images=3, window_s=0.5))
+    results = _together(batcher, bundle, REQUESTS)  # 1 + 2 + 1 images batched; the 3-image one runs alone
+    assert all(not isinstance(r, Exception) for r in results), results
+    assert sum(batcher.batches) == 3 and len(batcher.batches) == 2
+    for (ids, seed), got in zip(REQUESTS, results):
+        assert all(torch.equal(a, b) for a, b in zip(got.grids, _solo(bundle, ids, seed).grids))
+
+
+def test_a_cancelled_request_leaves_the_batch_and_the_others_finish(bundle):
+    def cancel(step: int, total: int) -> None:
+        raise CancelledError("cancelled by the user")
+    batcher = GenerationBatcher(BatchSettings(max_images=16, window_s=0.5))
+    results = _together(batcher, bundle, REQUESTS[:3], {1: {"progress": cancel}})
+    assert isinstance(results[1], CancelledError)
+    assert batcher.batches == [3]
+    for i in (0, 2):
+        ids, seed = REQUESTS[i]
+        assert all(torch.equal(a, b) for a, b in zip(results[i].grids, _solo(bundle, ids, seed).grids))
+
+
+def test_requests_with_different_settings_are_not_mixed(bundle):
+    batcher = GenerationBatcher(BatchSettings(max_images=16, window_s=0.3))
+    results: list = [None, None]
+    start = threading.Barrier(2)
+
+    def submit(i: int, cfg: float) -> None:
+        start.wait()
+        results[i] = batcher.generate(bundle, bundle.generation_lock, Conditioning((1,), cfg=cfg), PARAMS, 5)
+    threads = [threading.Thread(target=submit, args=(i, cfg)) for i, cfg in enumerate((2.0, 4.0))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert sorted(batcher.batches) == [1, 1]
+    for got, cfg in zip(results, (2.0, 4.0)):
+        want = generate(bundle, Conditioning((1,), cfg=cfg), params=PARAMS, seed=5)
+        assert all(torch.equal(a, b) for a, b in zip(got.grids, want.grids))
+
+
+def test_batching_off_or_strategies_that_need_the_whole_batch_run_alone():
+    b = load_bundle(str(tiny_models_dir() / TINY_LLAMAGEN))
+    off = GenerationBatcher(BatchSettings(max_images=1))
+    out = off.generate(b, b.generation_lock, Conditioning((1,), cfg=2.0), PARAMS, 3)
+    assert off.batches == [] and torch.equal(out.grids[0], _solo(b, (1,), 3).grids[0])
+    on = GenerationBatcher(BatchSettings(window_s=0.0))
+    on.generate(b, b.generation_lock, Conditioning((1,), cfg=2.0), PARAMS, 3, decode=DecodeOptions("sjd"))
+    assert on.batches == []  # speculative decoding accepts tokens batch-wide: never batched
+    with pytest.raises(InvalidInputError, match="sjd decoding .* cannot run several requests' seeds"):
+        generate(b, Conditioning((1, 2), cfg=2.0), params=PARAMS, decode=DecodeOptions("sjd"),
+                 generator=RequestGenerators((make_generator(1), make_generator(2)), (1, 1)))
+
+
+def test_request_generators_draw_each_requests_rows_as_it_would_alone():
+    logits = torch.randn(5, 7, 32)
+    gens = RequestGenerators((make_generator(1), make_generator(2)), (2, 3))
+    together = sample_from_logits(logits, gens)
+    assert torch.equal(together[:2], sample_from_logits(logits[:2], make_generator(1)))
+    assert torch.equal(together[2:], sample_from_logits(logits[2:], make_generator(2)))
+    with pytest.raises(InvalidInputError, match="5 rows for requests of"):
+        sample_from_logits(logits, RequestGenerators((make_generator(1),), (4,)))
+
+
+def test_batch_settings_are_checked(monkeypatch):
+    with pytest.raises(InvalidInputError, match="max_images must be >= 1"):
+        BatchSettings(max_images=0)
+    monkeypatch.setenv("ARNODES_BATCH_MAX", "4")
+    monkeypatch.setenv("ARNODES_BATCH_WINDOW_MS", "5")
+    assert BatchSettings.from_env() == BatchSettings(max_images=4, window_s=0.005)
+    monkeypatch.setenv("ARNODES_BATCH_MAX", "many")
+    with pytest.raises(InvalidInputError, match="ARNODES_BATCH_MAX"):
+        BatchSettings.from_env()
