@@ -198,7 +198,9 @@ def sampling_params(bundle: Any, top_k: int, top_p: float, temperature: float, m
 
 def decode_input() -> InputSpec:
     """The decode strategy (engine/generate/decoders.py); speculative ones apply to raster models."""
-    return InputSpec("decode", COMBO, default="plain", choices=DECODE_STRATEGIES,
+    # optional: it came after workflows were saved without it, and ComfyUI refuses an API prompt that
+    # lacks a required input (it does not fill in defaults)
+    return InputSpec("decode", COMBO, default="plain", choices=DECODE_STRATEGIES, optional=True,
                      tooltip="Raster models: plain (a forward per token), sjd (speculative Jacobi: fewer forwards, "
                              "same distribution), gsd (grouped: fewest forwards, slightly lossy).")
 

@@ -55,6 +55,18 @@ SCRIPT = textwrap.dedent('''
         if not isinstance(D.get(key), str) or not D[key]:
             problems.append(f"{key}: no display name")
     report.update(problems=problems, names=sorted(M), categories=sorted({c.CATEGORY for c in M.values()}))
+    # ComfyUI refuses an API prompt that lacks a required input (it fills in no defaults): every shipped
+    # workflow must name all of them for the pack's nodes
+    missing = []
+    for wf_name in sorted(os.listdir(os.path.join(pack_dir, "workflows"))):
+        with open(os.path.join(pack_dir, "workflows", wf_name)) as f:
+            wf = json.load(f)
+        for node_id, node in wf.items():
+            if isinstance(node, dict) and node.get("class_type") in M:
+                required = M[node["class_type"]].INPUT_TYPES()["required"]
+                missing += [f"{wf_name} node {node_id} ({node['class_type']}): {k}" for k in required
+                            if k not in node.get("inputs", {})]
+    report["workflow_inputs_missing"] = missing
     import torch
     report["cuda_initialized"] = torch.cuda.is_initialized()
     cache_mod = sys.modules.get(name + ".engine.model_cache")
@@ -123,6 +135,7 @@ def test_pack_imports_and_runs_like_comfyui(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["problems"] == []
+    assert report["workflow_inputs_missing"] == []
     assert not report["torch_at_import"], "importing the pack must stay light"
     assert not report["cuda_initialized"] and report["models_loaded"] == []
     assert set(report["names"]) >= {"ARModelLoader", "ARClassCondition", "ARTokenize", "ARDecode", "ARGenerate",
