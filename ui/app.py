@@ -2,8 +2,8 @@
 
 `build_app(runner)` has no side effects (no model is loaded, nothing is parsed at
 import); `launch()` is what `arnodes ui` calls. Every task button runs a node
-graph through the runner, on one shared device slot (`concurrency_id="device"`,
-limit 1), behind a bounded queue.
+graph through the runner, in one shared pool of device slots (`concurrency_id="device"`),
+behind a bounded queue; the engine serialises work per model and batches generate requests.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from . import presets
 from .callbacks import MAX_UI_SEED, Callbacks, WorkflowRunner
 from .theme import CSS, theme
 
-DEVICE = {"concurrency_id": "device", "concurrency_limit": 1}
+DEVICE = {"concurrency_id": "device", "concurrency_limit": presets.CONCURRENT_RUNS}
 LIGHT = {"concurrency_limit": None, "show_progress": "hidden"}
 SEND_TARGETS = (("Inpaint", "inpaint"), ("Edit", "edit"), ("Upscale", "superres"), ("Variation", "control"))
 

@@ -74,18 +74,27 @@ class WorkflowRunner:
     def run(self, workflow: dict, on_event: Callable[[Event], None] | None = None,
             cancel: threading.Event | None = None, extra_pnginfo: dict | None = None,
             ) -> tuple[list[Image.Image], list[Path]]:
-        """Run one workflow; returns the images its output nodes wrote and their paths."""
-        with self._lock:  # the queue already serialises device work; this guards direct callers
-            if self._executor is None:
-                self._executor = Executor(self.registry)
-            result = self._executor.run(workflow, input_dir=self.input_dir, output_dir=self.output_dir,
-                                        extra_pnginfo=extra_pnginfo, on_event=on_event, cancel=cancel)
+        """Run one workflow; returns the images its output nodes wrote and their paths. Runs from several
+        threads go on at once (the executor is thread-safe; each model generates one batch at a time
+        and batches generate requests that meet there)."""
+        result = self._shared_executor().run(workflow, input_dir=self.input_dir, output_dir=self.output_dir,
+                                             extra_pnginfo=extra_pnginfo, on_event=on_event, cancel=cancel)
         paths = [self.output_dir / p for ui in result.ui.values() for p in ui.get("images", [])]
         images = []
         for p in paths:
             with Image.open(p) as im:
                 images.append(im.convert("RGB"))
         return images, paths
+
+    def _shared_executor(self) -> Executor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = Executor(self.registry)
+            return self._executor
+
+    def clear_results(self) -> None:
+        """Forget cached node outputs, so the next runs recompute everything (benchmarks, tests)."""
+        self._shared_executor().cache.clear()
 
     def save_input(self, image: Image.Image, prefix: str = "upload") -> str:
         """Store an uploaded image in the input folder; LoadImage reads it by the returned name."""

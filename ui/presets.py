@@ -10,7 +10,10 @@ from typing import Sequence
 WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"
 
 SAMPLER_DEFAULTS = {"cfg": 4.0, "top_k": 0, "top_p": 1.0, "temperature": 1.0, "batch": 2}
-QUEUE_SIZE = 16  # waiting jobs; one more gets Gradio's "queue is full" message
+QUEUE_SIZE = 32  # waiting jobs; one more gets Gradio's "queue is full" message
+# runs in flight at once: each model still generates one batch at a time, and generate requests that
+# arrive together share a batch (engine/batching.py), so several users cost little more than one
+CONCURRENT_RUNS = 16
 MAX_BATCH = 8  # per class, from the page (the node allows more, the CPU would not thank us)
 
 # Classes an artist would try first; those the model lacks are skipped (see example_classes).

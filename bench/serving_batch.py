@@ -1,0 +1,126 @@
+"""Concurrent generate requests to the web app on the bundled model, batched and not; JSON out.
+
+    python bench/serving_batch.py --out bench/results/serving_batch.json
+
+Two app servers run as their own processes (``python -m arnodes.ui.app``), as a user would start
+them: one with request batching (the default), one with ``ARNODES_BATCH_MAX=1`` (each request in
+turn). This process drives them over HTTP with gradio_client, as browsers do: N requests (one class,
+batch 1, each its own seed) are submitted at once and the wall time to the last image is measured,
+against one request alone (warm, median). Every request has a seed no earlier request used, so the
+app's output cache answers none of them. Each image from a batched burst is compared with the image
+the unbatched server gives for the same request alone (bit-exact pixels).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from arnodes.engine.batching import BatchSettings
+from arnodes.engine.registry import DEFAULT_MODEL
+from common import env_info, write_json
+
+CLASSES = ["red heart", "sun", "fire", "pizza", "cat face", "rocket", "star", "rainbow"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def app_server(env_extra: dict[str, str], workdir: Path) -> Iterator[object]:
+    """A web-app process on a free port; yields a connected gradio_client.Client."""
+    from gradio_client import Client
+    port = _free_port()
+    env = {**os.environ, **env_extra, "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = open(workdir / f"server-{port}.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "arnodes.ui.app", "--port", str(port)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, cwd=str(workdir))
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(workdir / "downloads"))
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the app server did not start; see {log.name}") from None
+                time.sleep(0.5)
+        yield client
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def _burst(client, seeds: list[int]) -> tuple[float, list[np.ndarray]]:
+    """Submit one request per seed at once; seconds until the last image, and the images."""
+    t0 = time.perf_counter()
+    jobs = [client.submit(DEFAULT_MODEL, [CLASSES[s % len(CLASSES)]], s, False, 4.0, 0, 1.0, 1.0, 1,
+                          api_name="/generate") for s in seeds]
+    images = [np.asarray(Image.open(j.result(timeout=600)[0][0]["image"]).convert("RGB")) for j in jobs]
+    return time.perf_counter() - t0, images
+
+
+def _measure(client, concurrency: list[int], repeats: int, seed_base: int) -> tuple[dict, dict[int, np.ndarray]]:
+    """Warm-up, one request alone (median of 8), then bursts; every request a fresh seed."""
+    _burst(client, [seed_base - 2, seed_base - 1])
+    solo = [_burst(client, [seed_base + i])[0] for i in range(8)]
+    out = {"one_request_s": round(statistics.median(solo), 4), "one_request_all_s": [round(t, 4) for t in solo],
+           "bursts": []}
+    images: dict[int, np.ndarray] = {}
+    next_seed = seed_base + 100
+    for n in concurrency:
+        times = []
+        for _ in range(repeats):
+            seeds = list(range(next_seed, next_seed + n))
+            next_seed += n
+            t, imgs = _burst(client, seeds)
+            times.append(t)
+            images.update(zip(seeds, imgs))
+        wall = statistics.median(times)
+        out["bursts"].append({"concurrent": n, "wall_s": round(wall, 4), "all_s": [round(t, 4) for t in times],
+                              "ratio_to_one": round(wall / out["one_request_s"], 2)})
+        print(n, out["bursts"][-1], file=sys.stderr)
+    return out, images
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--concurrency", type=int, nargs="+", default=[8, 16])
+    p.add_argument("--repeats", type=int, default=3, help="bursts of each size (median reported)")
+    p.add_argument("--check", type=int, default=16, help="batched images compared with solo runs")
+    p.add_argument("--out")
+    a = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="arnodes-serving-"))
+    settings = BatchSettings.from_env()
+    with app_server({}, work) as client:
+        batched, batched_images = _measure(client, a.concurrency, a.repeats, seed_base=1000)
+    with app_server({"ARNODES_BATCH_MAX": "1"}, work) as client:
+        unbatched, _ = _measure(client, a.concurrency, a.repeats, seed_base=50000)
+        checked = sorted(batched_images)[: a.check]
+        same = [bool(np.array_equal(_burst(client, [s])[1][0], batched_images[s])) for s in checked]
+    result = {"model": DEFAULT_MODEL, "path": "web app over HTTP (gradio_client), /generate, 1 class x batch 1 "
+                                              "per request, each request a new seed",
+              "batch_settings": {"max_images": settings.max_images, "window_s": settings.window_s},
+              "batched": batched, "unbatched": unbatched,
+              "identical_to_solo": {"checked": len(same), "identical": sum(same)},
+              "targets": {"8": 2.5, "16": 4.0}, "env": env_info("cpu")}
+    write_json(result, a.out)
+
+
+if __name__ == "__main__":
+    main()
