@@ -193,6 +193,31 @@ def block_emoji_control() -> str:
     return "\n".join(lines + _table(["metric", "value", "target"], rows)) + "\n"
 
 
+def block_serving() -> str:
+    d = load("serving_batch.json")
+    if d is None:
+        return _missing("serving_batch.json", "python bench/serving_batch.py --out bench/results/serving_batch.json")
+    b, u, e = d["batched"], d["unbatched"], d["engine_generate_s"]
+    same = d["identical_to_solo"]
+    lines = [f"Measured on a {_machine(d['env'])}: {d['path']}; batching window "
+             f"{d['batch_settings']['window_s'] * 1000:.0f} ms, at most {d['batch_settings']['max_images']} images "
+             f"(`bench/serving_batch.py`). {same['identical']} of {same['checked']} images from batched bursts are "
+             f"pixel-identical to the same request run alone.\n"]
+    rows = [["1 (alone)", f(b["one_request_s"], 3), "1.00", f(u["one_request_s"], 3), "1.00", ""]]
+    for bb, ub in zip(b["bursts"], u["bursts"]):
+        n = str(bb["concurrent"])
+        rows.append([n, f(bb["wall_s"], 3), f(bb["ratio_to_one"]), f(ub["wall_s"], 3), f(ub["ratio_to_one"]),
+                     f"<= {d['targets'].get(n, '')}"])
+    lines += _table(["concurrent requests", "batched: s to last image", "x one request", "one at a time: s",
+                     "x one request", "target (batched)"], rows)
+    one = e["1"]
+    lines.append("\nGeneration alone in the same run (no decode, no HTTP): "
+                 + ", ".join(f"batch {n}: {f(t, 3)} s ({f(t / one)}x batch 1)" for n, t in e.items())
+                 + ". On this CPU a batch costs several times one image, so no serving path can reach the "
+                   "target ratios here; the batching gain is the difference between the two columns.\n")
+    return "\n".join(lines)
+
+
 def block_gpu() -> str:
     gpu = load("gpu.json")
     if gpu is None:
@@ -238,7 +263,8 @@ def block_kernels() -> str:
 BLOCKS: dict[str, Callable[[], str]] = {"generate": block_generate, "quantize": block_quantize,
                                         "emoji": block_emoji, "gpu": block_gpu, "kernels": block_kernels,
                                         "decode": block_decode, "emoji-model": block_emoji_model,
-                                        "emoji-control": block_emoji_control}
+                                        "emoji-control": block_emoji_control,
+                                        "serving": block_serving}
 
 
 # ---- documents --------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
 Two app servers run as their own processes (``python -m arnodes.ui.app``), as a user would start
 them: one with request batching (the default), one with ``ARNODES_BATCH_MAX=1`` (each request in
 turn). This process drives them over HTTP with gradio_client, as browsers do: N requests (one class,
-batch 1, each its own seed) are submitted at once and the wall time to the last image is measured,
+batch 1, each its own seed) are submitted at once and the wall time until the last image is fetched is measured,
 against one request alone (warm, median). Every request has a seed no earlier request used, so the
 app's output cache answers none of them. Each image from a batched burst is compared with the image
 the unbatched server gives for the same request alone (bit-exact pixels).
@@ -13,6 +13,7 @@ the unbatched server gives for the same request alone (bit-exact pixels).
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import socket
 import statistics
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -53,7 +55,7 @@ def app_server(env_extra: dict[str, str], workdir: Path) -> Iterator[object]:
         deadline = time.monotonic() + 120
         while True:
             try:
-                client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(workdir / "downloads"))
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
                 break
             except Exception:  # noqa: BLE001 - not up yet
                 if proc.poll() is not None or time.monotonic() > deadline:
@@ -66,12 +68,18 @@ def app_server(env_extra: dict[str, str], workdir: Path) -> Iterator[object]:
         log.close()
 
 
+def _fetch_image(url: str) -> np.ndarray:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"))
+
+
 def _burst(client, seeds: list[int]) -> tuple[float, list[np.ndarray]]:
-    """Submit one request per seed at once; seconds until the last image, and the images."""
+    """Submit one request per seed at once; seconds until the last image is fetched, and the images.
+    As a browser does, only the gallery image is fetched (the download list is a link until clicked)."""
     t0 = time.perf_counter()
     jobs = [client.submit(DEFAULT_MODEL, [CLASSES[s % len(CLASSES)]], s, False, 4.0, 0, 1.0, 1.0, 1,
                           api_name="/generate") for s in seeds]
-    images = [np.asarray(Image.open(j.result(timeout=600)[0][0]["image"]).convert("RGB")) for j in jobs]
+    images = [_fetch_image(j.result(timeout=600)[0][0]["image"]["url"]) for j in jobs]
     return time.perf_counter() - t0, images
 
 
@@ -98,6 +106,30 @@ def _measure(client, concurrency: list[int], repeats: int, seed_base: int) -> tu
     return out, images
 
 
+def engine_batch_cost(sizes: list[int], repeats: int = 5) -> dict:
+    """Seconds to generate (no decode, no HTTP) a batch of each size in this process: how much more a
+    batch costs than one image on this device, the floor under any serving ratio."""
+    import torch
+
+    from arnodes.engine.conditioning import Conditioning
+    from arnodes.engine.generate import generate
+    from arnodes.engine.loader import load_bundle
+    from arnodes.engine.sampling import SamplingParams
+    bundle = load_bundle(DEFAULT_MODEL)
+    out = {}
+    for n in sizes:
+        cond = Conditioning(class_ids=tuple(range(n)), cfg=4.0)
+        generate(bundle, cond, params=SamplingParams(), seed=0)
+        times = []
+        for r in range(repeats):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                generate(bundle, cond, params=SamplingParams(), seed=r)
+            times.append(time.perf_counter() - t0)
+        out[str(n)] = round(statistics.median(times), 4)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--concurrency", type=int, nargs="+", default=[8, 16])
@@ -113,10 +145,12 @@ def main() -> None:
         unbatched, _ = _measure(client, a.concurrency, a.repeats, seed_base=50000)
         checked = sorted(batched_images)[: a.check]
         same = [bool(np.array_equal(_burst(client, [s])[1][0], batched_images[s])) for s in checked]
+    engine = engine_batch_cost([1, *a.concurrency])
     result = {"model": DEFAULT_MODEL, "path": "web app over HTTP (gradio_client), /generate, 1 class x batch 1 "
                                               "per request, each request a new seed",
               "batch_settings": {"max_images": settings.max_images, "window_s": settings.window_s},
               "batched": batched, "unbatched": unbatched,
+              "engine_generate_s": engine,
               "identical_to_solo": {"checked": len(same), "identical": sum(same)},
               "targets": {"8": 2.5, "16": 4.0}, "env": env_info("cpu")}
     write_json(result, a.out)

@@ -69,43 +69,52 @@ def get_entry(name: str) -> ModelEntry:
         raise UnknownNameError(f"unknown model {name!r}; available: {sorted(REGISTRY) + bundled_model_names()}") from None
 
 
+_bundled_seen: tuple[tuple, dict[str, tuple[Path, dict]]] = ((), {})
+
+
+def _bundled() -> dict[str, tuple[Path, dict]]:
+    """Bundled manifests, name -> (path, parsed JSON); re-read only when ``weights/`` changes (every
+    request validates its model choice, and a folder listing plus JSON parses per request add up)."""
+    global _bundled_seen
+    import json
+    try:
+        state = (str(WEIGHTS_DIR), WEIGHTS_DIR.stat().st_mtime_ns)
+    except OSError:
+        return {}
+    seen_state, seen = _bundled_seen
+    if seen_state == state:
+        return seen
+    found: dict[str, tuple[Path, dict]] = {}
+    for path in sorted(WEIGHTS_DIR.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and "family" in data and "name" in data and "generator" in data:
+            found[str(data["name"])] = (path, data)
+    _bundled_seen = (state, found)
+    return found
+
+
 def bundled_manifests() -> dict[str, Path]:
     """Bundled models shipped in ``weights/``: name -> manifest path."""
-    import json
-    found: dict[str, Path] = {}
-    if WEIGHTS_DIR.is_dir():
-        for path in sorted(WEIGHTS_DIR.glob("*.json")):
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(data, dict) and "family" in data and "name" in data and "generator" in data:
-                found[str(data["name"])] = path
-    return found
+    return {name: path for name, (path, _) in _bundled().items()}
 
 
 def bundled_style_names() -> list[str]:
     """Drawing styles of the bundled models (their manifests' "styles"), in order, without repeats."""
-    import json
     names: list[str] = []
-    for path in bundled_manifests().values():
-        try:
-            styles = json.loads(path.read_text()).get("styles", [])
-        except (OSError, ValueError):
-            continue
-        names += [s for s in styles if isinstance(s, str) and s not in names]
+    for _, data in _bundled().values():
+        styles = data.get("styles", [])
+        names += [s for s in styles if isinstance(s, str) and s not in names] if isinstance(styles, list) else []
     return names
 
 
 def bundled_control_names() -> list[str]:
     """Control adapters the bundled models ship (their manifests' "controls"), in order, without repeats."""
-    import json
     names: list[str] = []
-    for path in bundled_manifests().values():
-        try:
-            controls = json.loads(path.read_text()).get("controls", {})
-        except (OSError, ValueError):
-            continue
+    for _, data in _bundled().values():
+        controls = data.get("controls", {})
         names += [c for c in controls if isinstance(c, str) and c not in names] if isinstance(controls, dict) else []
     return names
 
@@ -116,10 +125,9 @@ def bundled_model_names() -> list[str]:
 
 def model_defaults(name: str) -> dict:
     """Recommended sampling settings of a model (cfg, top_k, top_p, ...), without loading it."""
-    import json
-    bundled = bundled_manifests()
+    bundled = _bundled()
     if name in bundled:
-        return dict(json.loads(bundled[name].read_text()).get("defaults", {}))
+        return dict(bundled[name][1].get("defaults", {}))
     return dict(REGISTRY[name].defaults) if name in REGISTRY else {}
 
 

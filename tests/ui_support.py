@@ -42,7 +42,7 @@ class MockRunner:
         image = Image.new("RGB", (64, 64), (220, 40, 60))
         path = self.output_dir / f"mock_{len(self.workflows):05}_.png"
         image.save(path)
-        return [image], [path]
+        return [path]
 
     def save_input(self, image: Image.Image, prefix: str = "upload") -> str:
         return self._real.save_input(image, prefix)

@@ -73,18 +73,13 @@ class WorkflowRunner:
 
     def run(self, workflow: dict, on_event: Callable[[Event], None] | None = None,
             cancel: threading.Event | None = None, extra_pnginfo: dict | None = None,
-            ) -> tuple[list[Image.Image], list[Path]]:
-        """Run one workflow; returns the images its output nodes wrote and their paths. Runs from several
+            ) -> list[Path]:
+        """Run one workflow; returns the paths of the images its output nodes wrote. Runs from several
         threads go on at once (the executor is thread-safe; each model generates one batch at a time
         and batches generate requests that meet there)."""
         result = self._shared_executor().run(workflow, input_dir=self.input_dir, output_dir=self.output_dir,
                                              extra_pnginfo=extra_pnginfo, on_event=on_event, cancel=cancel)
-        paths = [self.output_dir / p for ui in result.ui.values() for p in ui.get("images", [])]
-        images = []
-        for p in paths:
-            with Image.open(p) as im:
-                images.append(im.convert("RGB"))
-        return images, paths
+        return [self.output_dir / p for ui in result.ui.values() for p in ui.get("images", [])]
 
     def _shared_executor(self) -> Executor:
         with self._lock:
@@ -372,7 +367,7 @@ class Callbacks:
         session = _session(request)
         cancel = self.cancels.start(session)
         try:
-            _, paths = self.runner.run(g.build(), on_event=_reporter(progress), cancel=cancel)
+            paths = self.runner.run(g.build(), on_event=_reporter(progress), cancel=cancel)
         finally:
             self.cancels.finish(session, cancel)
         files = sorted((str(p) for p in paths), key=lambda p: f"arnodes_{prefix}_input" not in Path(p).name)
@@ -546,7 +541,7 @@ class Callbacks:
         session = _session(request)
         cancel = self.cancels.start(session)
         try:
-            _, paths = self.runner.run(workflow, on_event=_reporter(progress), cancel=cancel,
+            paths = self.runner.run(workflow, on_event=_reporter(progress), cancel=cancel,
                                        extra_pnginfo=loaded.extra_pnginfo)
         finally:
             self.cancels.finish(session, cancel)
