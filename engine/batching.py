@@ -20,15 +20,17 @@ from __future__ import annotations
 import os
 import threading
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from .conditioning import Conditioning
-from .errors import InvalidInputError
+from .errors import InvalidInputError, LimitError
 from .generate import DecodeOptions, TokenCanvas, generate, make_generator
 from .sampling import RequestGenerators, SamplingParams
 
 Progress = Callable[[int, int], None]
+Reserve = Callable[[int], AbstractContextManager]  # images -> holds their working set in the memory budget
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class _Request:
     cond: Conditioning
     seed: int
     progress: Progress | None
+    reserve: Reserve | None = None
     done: threading.Event = field(default_factory=threading.Event)
     result: TokenCanvas | None = None
     error: BaseException | None = None
@@ -102,16 +105,17 @@ class GenerationBatcher:
 
     def generate(self, bundle, lock: threading.RLock, cond: Conditioning, params: SamplingParams, seed: int,
                  progress: Progress | None = None, decode: DecodeOptions | None = None,
-                 stats: dict | None = None) -> TokenCanvas:
+                 stats: dict | None = None, reserve: Reserve | None = None) -> TokenCanvas:
         """``generate(bundle, cond, params=, seed=)`` — possibly inside a batch with other requests.
-        ``lock`` is the model's generation lock (one generation at a time per loaded model)."""
+        ``lock`` is the model's generation lock (one generation at a time per loaded model);
+        ``reserve(images)`` holds the working set of the batch that runs (``ModelCache.reserve``)."""
         decode = decode or DecodeOptions()
         alone = (decode.strategy != "plain" or cond.control is not None
                  or cond.batch >= self.settings.max_images or self.settings.max_images == 1)
         if alone:
-            with lock:
+            with lock, (reserve(cond.batch) if reserve else nullcontext()):
                 return generate(bundle, cond, params=params, seed=seed, progress=progress, decode=decode, stats=stats)
-        request = _Request(cond, seed, progress)
+        request = _Request(cond, seed, progress, reserve)
         key = _settings_key(bundle, cond, params)
         with self._lock:
             if key not in self._pending:  # the first of a group opens the window for the others
@@ -154,6 +158,21 @@ class GenerationBatcher:
             return taken
 
     def _run(self, bundle, batch: list[_Request], params: SamplingParams) -> None:
+        """Reserve the batch's memory and run it; a batch too big for the memory left runs its
+        requests one by one instead (each refused alone only if it cannot fit by itself)."""
+        reserve = batch[0].reserve
+        try:
+            with reserve(sum(r.cond.batch for r in batch)) if reserve else nullcontext():
+                return self._run_reserved(bundle, batch, params)
+        except LimitError as e:
+            if len(batch) == 1:
+                batch[0].error = e
+                batch[0].done.set()
+                return
+        for r in batch:
+            self._run(bundle, [r], params)
+
+    def _run_reserved(self, bundle, batch: list[_Request], params: SamplingParams) -> None:
         """One generation for the whole batch; each request gets its rows, or its own error. A request
         whose progress callback raises (the user cancelled it) leaves the batch; the rest go on."""
         rows = tuple(r.cond.batch for r in batch)

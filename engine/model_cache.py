@@ -1,10 +1,15 @@
-"""An LRU of loaded ModelBundles keyed by (name, dtype, quant, device), bounded by resident weight bytes.
+"""An LRU of loaded ModelBundles keyed by (name, dtype, quant, device), bounded per device by a
+memory budget that counts weights and the working sets of the requests running.
 
 Several models stay loaded so switching between them is free, but never more than
 the budget allows: loading past it evicts the least recently used bundles of the same
 device (on a GPU they are offloaded to CPU memory and moved back on the next ``get``).
+The budget is the device's own memory (``memory.device_budget``: the GPU's, or the host's RAM)
+unless ``ARNODES_CACHE_BYTES`` sets one. Before a generation allocates its KV cache and
+activations it reserves them (``reserve``): models not in use are evicted to make room, and a
+request that cannot fit even then is refused with the numbers, not left to run out of memory.
 A bundle inside ``with cache.use(...)`` is pinned and never evicted; if everything
-is pinned the cache goes over budget with a warning rather than failing mid-run.
+is pinned a load goes over budget with a warning rather than failing mid-run.
 Model files and the loader know nothing about caching (STYLE.md item 8).
 """
 from __future__ import annotations
@@ -20,8 +25,10 @@ from typing import Callable, Iterator
 
 import torch
 
-from .errors import InvalidInputError, UnknownNameError
+from .errors import InvalidInputError, LimitError, UnknownNameError
+from . import limits
 from .loader import ModelBundle, load_bundle
+from .memory import WorkingSet, device_budget, gib
 from .quantize import check_supported
 
 logger = logging.getLogger(__name__)
@@ -56,15 +63,20 @@ class ModelCache:
     """Thread-safe: one lock guards the table; loading runs outside it, one loader per key."""
 
     def __init__(self, budget_bytes: int | None = None, *, loader: Loader | None = None,
-                 offload_budget_bytes: int | None = None) -> None:
+                 offload_budget_bytes: int | None = None,
+                 device_budget: Callable[[str], int | None] | None = None) -> None:
+        """``budget_bytes``: the same budget on every device; else ``device_budget(device)`` (None
+        from either: unbounded)."""
         if budget_bytes is not None and budget_bytes < 0:
             raise InvalidInputError(f"cache budget must be >= 0 bytes, got {budget_bytes}")
-        self.budget_bytes = budget_bytes  # per device; None: unbounded
+        self.budget_bytes = budget_bytes
+        self._device_budget = device_budget
         self.offload_budget_bytes = offload_budget_bytes if offload_budget_bytes is not None else _half_ram()
         self._loader = loader or _load_with_loader
         self._lock = threading.RLock()
         self._entries: dict[CacheKey, _Entry] = {}  # insertion order is irrelevant; last_used orders LRU
         self._loading: dict[CacheKey, threading.Event] = {}
+        self._reserved: dict[str, int] = {}  # device -> working-set bytes of requests running there
 
     # ---- keys ----------------------------------------------------------------------------------
     @staticmethod
@@ -106,8 +118,46 @@ class ModelCache:
             with self._lock:
                 entry.pins -= 1
                 entry.last_used = time.time()
+                entry.nbytes = entry.bundle.resident_bytes()  # with the KV caches the model keeps for reuse
                 if entry.pins == 0 and entry.doomed and self._entries.get(key) is entry:
                     self._drop(entry)
+
+    @contextmanager
+    def reserve(self, device: str | torch.device, need: WorkingSet, what: str) -> Iterator[None]:
+        """Hold ``need`` bytes of ``device``'s budget while a request runs. Models not in use are
+        evicted (least recently used first) to make room; a request that cannot fit even then, in
+        the budget or in the memory the device has free now, is refused with the numbers."""
+        if need.total <= 0:
+            yield
+            return
+        device = str(torch.device(device))
+        with self._lock:
+            self._make_room(device, need.total, refuse=(what, need))
+            free = limits.available_bytes(device)
+            if free is not None and need.total > free:
+                self._make_room(device, None)  # everything not in use goes; then look again
+                _empty_device_cache(device)
+                free = limits.available_bytes(device)
+                if free is not None and need.total > free:
+                    raise LimitError(f"{what}: needs about {gib(need.total)} of memory ({need.describe()}) but only "
+                                     f"{gib(free)} is available on {device}; make the request smaller (fewer images)")
+            self._reserved[device] = self._reserved.get(device, 0) + need.total
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._reserved[device] -= need.total
+
+    def budget(self, device: str | torch.device) -> int | None:
+        """Bytes this cache plans for on ``device`` (None: unbounded)."""
+        if self.budget_bytes is not None:
+            return self.budget_bytes
+        return self._device_budget(str(torch.device(device))) if self._device_budget else None
+
+    def reserved_bytes(self, device: str | torch.device) -> int:
+        """Working-set bytes reserved on ``device`` by the requests running now."""
+        with self._lock:
+            return self._reserved.get(str(torch.device(device)), 0)
 
     def unload(self, name: str | CacheKey | None = None) -> int:
         """Drop bundles: all (None), every key of a model name, or one key. Pinned ones go when released."""
@@ -193,21 +243,37 @@ class ModelCache:
                 _empty_device_cache(device)
         raise AssertionError("unreachable")
 
-    def _make_room(self, device: str, incoming: int | None) -> None:
-        """Evict LRU unpinned bundles on ``device`` until ``incoming`` bytes fit (None: evict all). Lock held."""
-        if self.budget_bytes is None and incoming is not None:
+    def _make_room(self, device: str, incoming: int | None, refuse: tuple[str, WorkingSet] | None = None) -> None:
+        """Evict LRU unpinned bundles on ``device`` until ``incoming`` bytes fit beside the weights and
+        reservations there (None: evict all). If they still do not fit: ``refuse`` = (what, working set)
+        raises a LimitError naming both; otherwise a warning (a model load goes ahead). Lock held."""
+        budget = self.budget(device)
+        if budget is None and incoming is not None:
             return
+
         def used() -> int:
-            return sum(e.nbytes for e in self._entries.values() if self._where(e) == device)
+            weights = sum(e.nbytes for e in self._entries.values() if self._where(e) == device)
+            return weights + self._reserved.get(device, 0)
         victims = sorted((e for e in self._entries.values() if self._where(e) == device and e.pins == 0),
                          key=lambda e: e.last_used)
         for e in victims:
-            if incoming is not None and used() + incoming <= self.budget_bytes:
+            if incoming is not None and used() + incoming <= budget:
                 break
             self._evict(e)
-        if incoming is not None and used() + incoming > self.budget_bytes:
+        if incoming is None or used() + incoming <= budget:
+            return
+        if refuse is None:
             logger.warning("cache over budget on %s: %d + %d bytes > %d; everything else is in use, loading anyway",
-                           device, used(), incoming, self.budget_bytes)
+                           device, used(), incoming, budget)
+            return
+        what, need = refuse
+        in_use = ", ".join(f"{e.key[0]} ({e.key[1]}, {gib(e.nbytes)})" for e in self._entries.values()
+                           if self._where(e) == device) or "none"
+        raise LimitError(f"{what}: needs about {gib(need.total)} on {device} ({need.describe()}), but the model "
+                         f"cache's budget there is {gib(budget)} and {gib(used())} of it is taken by models in use "
+                         f"({in_use}) and running requests ({gib(self._reserved.get(device, 0))}), after evicting "
+                         f"every model not in use; make the request smaller (fewer images) or raise "
+                         f"ARNODES_CACHE_BYTES")
 
     def _evict(self, e: _Entry) -> None:
         if torch.device(e.key[3]).type == "cpu":
@@ -240,17 +306,15 @@ def _empty_device_cache(device: str) -> None:
 
 
 def _half_ram() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-    except (ValueError, OSError, AttributeError):
-        return 8 << 30
+    return device_budget("cpu") or 8 << 30
 
 
-def budget_from_env() -> int:
-    """``ARNODES_CACHE_BYTES`` (an integer; 0 keeps nothing unpinned), else half the physical RAM."""
+def budget_from_env() -> int | None:
+    """``ARNODES_CACHE_BYTES`` (an integer, the same on every device; 0 keeps nothing unpinned), else
+    None: each device's own memory (``memory.device_budget``)."""
     raw = os.environ.get("ARNODES_CACHE_BYTES")
     if raw is None or raw.strip() == "":
-        return _half_ram()
+        return None
     try:
         value = int(raw.strip())
     except ValueError:
@@ -265,9 +329,10 @@ _DEFAULT_LOCK = threading.Lock()
 
 
 def default_cache() -> ModelCache:
-    """The process-wide cache (budget from ``ARNODES_CACHE_BYTES``), made on first use."""
+    """The process-wide cache (budget from ``ARNODES_CACHE_BYTES``, else each device's memory), made
+    on first use."""
     global _DEFAULT
     with _DEFAULT_LOCK:
         if _DEFAULT is None:
-            _DEFAULT = ModelCache(budget_from_env())
+            _DEFAULT = ModelCache(budget_from_env(), device_budget=device_budget)
         return _DEFAULT

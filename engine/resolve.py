@@ -46,4 +46,4 @@ def resolve_file(filename: str, hf_repo: str | None, models_dir: str | Path | No
            else f"put it in {models_dir}")
     mode = " (offline mode: HF_HUB_OFFLINE=1)" if offline else ""
     raise MissingFileError(f"model file {filename!r} not found; looked in {', '.join(looked)}{mode} ({reason}); "
-                           f"to get it, {how} or pass --models-dir")
+                           f"to get it, {how} (or set ARNODES_MODELS_DIR to the folder that has it)")

@@ -32,9 +32,11 @@ _HIDDEN = {"unique_id": "UNIQUE_ID", "prompt": "PROMPT", "extra_pnginfo": "EXTRA
 
 @dataclass
 class ComfyContext(ExecutionContext):
-    """An ExecutionContext that also knows ComfyUI's models directory for arnodes checkpoints."""
+    """An ExecutionContext that also knows ComfyUI's models directory for arnodes checkpoints and
+    where models live (ComfyUI's model management, ``comfy_models.py``)."""
 
     models_dir: str | None = None
+    model_host: Any = None
 
 
 def _input_type(spec: InputSpec) -> tuple:
@@ -81,6 +83,14 @@ def _progress_hook(utils: Any, mm: Any) -> Callable[[int, int], None]:
     return on_progress
 
 
+def _model_host(mm: Any) -> Any:
+    """Inside ComfyUI its model management holds our models; outside, the engine's cache (None)."""
+    if mm is None:
+        return None
+    from .comfy_models import comfy_models
+    return comfy_models(mm)
+
+
 def _dirs(folder_paths: Any) -> tuple[Path, Path, str | None]:
     if folder_paths is None:
         return Path.cwd() / "input", Path.cwd() / "output", None
@@ -105,7 +115,7 @@ def make_comfy_class(node_cls: type) -> type:
         input_dir, output_dir, models_dir = _dirs(folder_paths)
         ctx = ComfyContext(str(unique_id or spec.class_type), spec.class_type, input_dir, output_dir,
                            prompt if isinstance(prompt, dict) else {}, extra_pnginfo, _progress_hook(utils, mm),
-                           None, models_dir)
+                           None, models_dir, _model_host(mm))
         kwargs = {i.name: inputs.get(i.name, i.default) for i in spec.inputs}
         for i in spec.inputs:  # ComfyUI passes widget FLOATs as given; the nodes expect floats
             if i.type == "FLOAT" and isinstance(kwargs[i.name], int) and not isinstance(kwargs[i.name], bool):

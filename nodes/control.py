@@ -72,7 +72,7 @@ class ARControl(Node):
                 strength: float, seed: int, top_k: int, top_p: float, temperature: float) -> tuple[torch.Tensor]:
         handle = check_model(model)
         cond = checked_cond(cond, control_image, strength)
-        with handle.use() as bundle:
+        with handle.use(cond.batch, "ARControl") as bundle:
             run = run_settings(ctx, bundle, seed, top_k, top_p, temperature)
             out = tasks.control(bundle, cond, graph_to_engine(control_image).to(bundle.device), str(control_type),
                                 float(strength), run)

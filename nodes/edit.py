@@ -63,7 +63,7 @@ class ARVariation(Node):
         check_graph_image(image, "input 'image'")
         check_range("strength", strength, 0.0, 1.0)
         cond = match_batch(cond, image.shape[0])
-        with handle.use() as bundle:
+        with handle.use(cond.batch, "ARVariation") as bundle:
             run = run_settings(ctx, bundle, seed, top_k, top_p, temperature)
             out = tasks.variation(bundle, cond, graph_to_engine(image).to(bundle.device), float(strength), run)
         return (engine_to_graph(out).cpu(),)

@@ -13,7 +13,7 @@ from .base import (
 )
 from .tokenize import check_tokens
 from .types import (
-    check_generation_memory, check_model, check_range, decode_input, match_batch, sampler_inputs, sampling_params,
+    check_model, check_range, decode_input, match_batch, sampler_inputs, sampling_params,
 )
 
 MAX_BATCH = 64
@@ -62,15 +62,17 @@ class ARGenerate(Node):
         stats: dict = {}
         # a fresh sample may share a batch with other requests for this model (the batcher takes the
         # model's lock); a canvas to complete runs alone under it
-        with (handle.pinned() if canvas is None else handle.use()) as bundle:
-            check_generation_memory(bundle, cond.batch, "ARGenerate")
-            params = sampling_params(bundle, top_k, top_p, temperature, more_smooth)
-            started = time.perf_counter()
-            if canvas is None:
-                out = default_batcher().generate(bundle, bundle.generation_lock, cond, params, int(seed),
-                                                 progress=ctx.progress, decode=options, stats=stats)
-            else:
-                out = generate(bundle, cond, canvas.to(bundle.device), params=params, seed=int(seed),
-                               progress=ctx.progress, decode=options, stats=stats)
-            stats["seconds"] = time.perf_counter() - started
+        started = time.perf_counter()
+        if canvas is None:
+            with handle.pinned("ARGenerate") as (bundle, reserve):
+                out = default_batcher().generate(bundle, bundle.generation_lock, cond,
+                                                 sampling_params(bundle, top_k, top_p, temperature, more_smooth),
+                                                 int(seed), progress=ctx.progress, decode=options, stats=stats,
+                                                 reserve=reserve)
+        else:
+            with handle.use(cond.batch, "ARGenerate") as bundle:
+                out = generate(bundle, cond, canvas.to(bundle.device),
+                               params=sampling_params(bundle, top_k, top_p, temperature, more_smooth),
+                               seed=int(seed), progress=ctx.progress, decode=options, stats=stats)
+        stats["seconds"] = time.perf_counter() - started
         return NodeResult((out,), ui={"stats": [stats]})

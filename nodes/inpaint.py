@@ -46,7 +46,7 @@ def regenerate(ctx: ExecutionContext, model: Any, cond: Any, image: torch.Tensor
     if mask.shape[0] not in (1, B):
         raise InvalidInputError(f"input 'mask' has {mask.shape[0]} masks for {B} images; give one, or one per image")
     cond = match_batch(cond, B)
-    with handle.use() as bundle:
+    with handle.use(cond.batch, ctx.class_type) as bundle:
         run = run_settings(ctx, bundle, **sampler)
         out = tasks.inpaint(bundle, cond, graph_to_engine(image).to(bundle.device), mask.to(bundle.device), run,
                             keep_unmasked=False)
@@ -117,7 +117,7 @@ class AROutpaint(Node):
         cond = match_batch(cond, B)
         check_image_size(B, H + top + bottom, W + left + right, "AROutpaint output")
         sampler = dict(seed=seed, top_k=top_k, top_p=top_p, temperature=temperature, decode=decode)
-        with handle.use() as bundle:
+        with handle.use(cond.batch, "AROutpaint") as bundle:
             run = run_settings(ctx, bundle, **sampler)
             out = tasks.outpaint(bundle, cond, graph_to_engine(image).to(bundle.device), left, top, right, bottom,
                                  feathering, run)

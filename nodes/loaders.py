@@ -6,7 +6,7 @@ from typing import Any
 from ..engine.errors import InvalidInputError
 from ..engine.registry import DEFAULT_MODEL
 from .base import AR_MODEL, COMBO, ExecutionContext, InputSpec, Node, NodeSpec, OutputSpec
-from .types import DEVICES, DTYPES, QUANTS, ModelHandle, model_choices, resolve_device, resolve_model_name
+from .types import DEVICES, DTYPES, ENGINE_CACHE, QUANTS, ModelHandle, model_choices, resolve_model_name
 
 
 class ARModelLoader(Node):
@@ -41,7 +41,8 @@ class ARModelLoader(Node):
                 raise InvalidInputError(f"input {name!r}: {value!r} is not one of {', '.join(allowed)}")
         if not isinstance(model, str) or not model.strip():
             raise InvalidInputError(f"input 'model' must be a model name, got {model!r}")
-        handle = ModelHandle(resolve_model_name(model.strip()), resolve_device(device), dtype, quant,
-                             getattr(ctx, "models_dir", None))
+        host = getattr(ctx, "model_host", None)  # ComfyUI's model management, inside ComfyUI
+        handle = ModelHandle(resolve_model_name(model.strip()), (host or ENGINE_CACHE).resolve_device(device), dtype,
+                             quant, getattr(ctx, "models_dir", None), host=host)
         handle.load()
         return (handle,)

@@ -41,7 +41,7 @@ class ARSuperResolve(Node):
         check_image_size(cond.batch, image.shape[1] * int(scale), image.shape[2] * int(scale), "ARSuperResolve output")
         if cond.batch != image.shape[0]:  # one image, several classes: one upscale per class
             image = image.expand(cond.batch, -1, -1, -1)
-        with handle.use() as bundle:
+        with handle.use(cond.batch, "ARSuperResolve") as bundle:
             run = run_settings(ctx, bundle, seed, top_k, top_p, temperature)
             out = tasks.super_resolve(bundle, cond, graph_to_engine(image).to(bundle.device), int(scale), run)
         return (engine_to_graph(out).cpu(),)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..engine.errors import ArnodesError, InvalidInputError, MissingFileError, UnsupportedError
-from ..engine.limits import check_batch, check_memory
+from ..engine.limits import check_batch
 from ..engine.choices import DECODE_STRATEGIES, DEVICES, DTYPES, QUANTS
 from .base import COMBO, FLOAT, INT, InputSpec
 
@@ -23,39 +23,84 @@ MAX_SEED = 2 ** 63 - 1
 
 @dataclass(frozen=True)
 class ModelHandle:
-    """What AR_MODEL carries: enough to get the bundle from the model cache (cheap, hashable)."""
+    """What AR_MODEL carries: enough to get the bundle from where models live (cheap, hashable).
+
+    ``host`` is where that is: None = the engine's model cache (CLI, app, scripts); inside ComfyUI,
+    ComfyUI's model management (``comfy_models.ComfyModels``)."""
 
     name: str
     device: str = "cpu"
     dtype: str = "float32"
     quant: str = "none"
     models_dir: str | None = None
+    host: Any = field(default=None, compare=False, repr=False)
+    _kept: list = field(default_factory=list, compare=False, repr=False)
 
-    @contextmanager
-    def use(self) -> Iterator[Any]:
-        """Yield the loaded ModelBundle, pinned in the model cache for the duration."""
-        from ..engine.model_cache import default_cache
+    def use(self, images: int = 0, what: str = "") -> Any:
+        """``with handle.use(...) as bundle``: the loaded ModelBundle, on its device and locked for this
+        node. ``images`` > 0: a generation of that many images follows, so memory for its working set
+        is made first (other models evicted), or the request is refused with the numbers."""
+        return self._host().use(self, images, what)
 
-        with default_cache().use(self.name, device=self.device, dtype=self.dtype, quant=self.quant,
-                                 models_dir=self.models_dir) as bundle:
-            yield bundle
-
-    @contextmanager
-    def pinned(self) -> Iterator[Any]:
-        """The bundle pinned but not locked: the caller generates through the request batcher, which
-        takes the model's generation lock itself."""
-        from ..engine.model_cache import default_cache
-
-        with default_cache().pinned(self.name, device=self.device, dtype=self.dtype, quant=self.quant,
-                                    models_dir=self.models_dir) as bundle:
-            yield bundle
+    def pinned(self, what: str = "") -> Any:
+        """``with handle.pinned() as (bundle, reserve)``: the bundle ready but not locked, and
+        ``reserve(images)``: for the request batcher, which locks and reserves for the batch it forms."""
+        return self._host().pinned(self, what)
 
     def load(self) -> Any:
-        """Load (or find) the bundle now, so a missing file fails at the loader node."""
+        """Load (or find) the model now, so a missing file fails at the loader node."""
+        return self._host().load(self)
+
+    def kept(self, make: Callable[[], Any]) -> Any:
+        """A host's object that lives as long as this handle (made by ``make`` on first call)."""
+        if not self._kept:
+            self._kept.append(make())
+        return self._kept[0]
+
+    def _host(self) -> Any:
+        return self.host if self.host is not None else ENGINE_CACHE
+
+
+class EngineModelCache:
+    """Outside ComfyUI models live in the engine's process-wide cache (memory-bounded, LRU)."""
+
+    @staticmethod
+    def resolve_device(device: str) -> str:
+        return resolve_device(device)
+
+    @staticmethod
+    def load(handle: ModelHandle) -> Any:
         from ..engine.model_cache import default_cache
 
-        return default_cache().get(self.name, device=self.device, dtype=self.dtype, quant=self.quant,
-                                   models_dir=self.models_dir)
+        return default_cache().get(handle.name, device=handle.device, dtype=handle.dtype, quant=handle.quant,
+                                   models_dir=handle.models_dir)
+
+    @staticmethod
+    @contextmanager
+    def use(handle: ModelHandle, images: int = 0, what: str = "") -> Iterator[Any]:
+        from ..engine.memory import working_set
+        from ..engine.model_cache import default_cache
+
+        cache = default_cache()
+        with cache.use(handle.name, device=handle.device, dtype=handle.dtype, quant=handle.quant,
+                       models_dir=handle.models_dir) as bundle:
+            with cache.reserve(bundle.device, working_set(bundle, images), f"{what or handle.name} ({images} image(s))"):
+                yield bundle
+
+    @staticmethod
+    @contextmanager
+    def pinned(handle: ModelHandle, what: str = "") -> Iterator[tuple[Any, Callable[[int], Any]]]:
+        from ..engine.memory import working_set
+        from ..engine.model_cache import default_cache
+
+        cache = default_cache()
+        with cache.pinned(handle.name, device=handle.device, dtype=handle.dtype, quant=handle.quant,
+                          models_dir=handle.models_dir) as bundle:
+            yield bundle, lambda n: cache.reserve(bundle.device, working_set(bundle, n),
+                                                  f"{what or handle.name} ({n} image(s))")
+
+
+ENGINE_CACHE = EngineModelCache()
 
 
 def models_dir() -> Path:
@@ -215,31 +260,6 @@ def run_settings(ctx: Any, bundle: Any, seed: int, top_k: int, top_p: float, tem
     options.check_family(bundle.family)
     return RunSettings(sampling_params(bundle, top_k, top_p, temperature, more_smooth), int(seed), ctx.progress,
                        decode=options)
-
-
-def generation_bytes(bundle: Any, batch: int) -> int:
-    """Rough working memory of generating `batch` images: KV cache, activations and logits, with CFG's
-    doubled batch. An estimate for refusing what cannot fit, not a measurement."""
-    cfg = getattr(bundle.generator, "cfg", None) or getattr(bundle.generator, "config", None)
-    layers = getattr(cfg, "depth", None) or getattr(cfg, "n_layer", None)
-    dim = getattr(cfg, "embed_dim", None) or getattr(cfg, "dim", None)
-    if not layers or not dim:
-        return 0
-    if hasattr(cfg, "patch_nums"):  # next-scale: every scale's tokens; logits for the largest scale
-        tokens, last = sum(p * p for p in cfg.patch_nums), cfg.patch_nums[-1] ** 2
-    else:  # raster: the class token(s) plus the grid; logits one token at a time
-        tokens, last = getattr(cfg, "block_size", 0) + getattr(cfg, "cls_token_num", 1), 1
-    rows = 2 * batch
-    element = 4 if bundle.dtype.is_floating_point and bundle.dtype.itemsize >= 4 else 2
-    kv_cache = 2 * layers * rows * tokens * dim * element
-    activations = 16 * rows * tokens * dim * 4
-    logits = rows * last * getattr(cfg, "vocab_size", 0) * 4 * 2
-    return kv_cache + activations + logits
-
-
-def check_generation_memory(bundle: Any, batch: int, what: str) -> None:
-    """Refuse a generation whose estimated memory is more than what is free on the bundle's device."""
-    check_memory(generation_bytes(bundle, batch), f"{what} ({batch} image(s))", str(bundle.device))
 
 
 def check_range(name: str, value: Any, lo: float | None, hi: float | None) -> None:

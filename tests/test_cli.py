@@ -179,3 +179,17 @@ def test_control_with_an_adapter_the_model_lacks_is_a_user_error(capsys, models_
     code, _, err = run_cli(capsys, "control", "--model", TINY_VAR, "--class", "1", "--image", str(tmp_path / "pic.png"),
                            "--adapter", "depth", "--output-dir", str(tmp_path / "o"))
     assert code == 2 and err.startswith("error:") and "'depth' is not one of the allowed values: 'canny'" in err
+
+
+def test_a_missing_model_file_says_where_to_put_it(capsys, tmp_path, monkeypatch):
+    """The message names the folder looked in and ARNODES_MODELS_DIR (true in every front end), not a
+    flag the generation commands do not have."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setenv("ARNODES_MODELS_DIR", str(tmp_path / "models"))
+    code, _, err = run_cli(capsys, "generate", "--model", "var-d16", "--class", "goldfish",
+                           "--output-dir", str(tmp_path / "out"), "--quiet")
+    assert code == 2 and err.startswith("error:")
+    assert "not found" in err and str(tmp_path / "models") in err and "ARNODES_MODELS_DIR" in err
+    assert "--models-dir" not in err

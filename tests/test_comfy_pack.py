@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from test_workflows import TINY_VAR, tiny_models_dir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,7 +73,8 @@ SCRIPT = textwrap.dedent('''
     cache_mod = sys.modules.get(name + ".engine.model_cache")
     report["models_loaded"] = [] if cache_mod is None or cache_mod._DEFAULT is None else cache_mod._DEFAULT.info()
 
-    # ComfyUI's runtime modules, stubbed: progress bar, interrupt flag, folder paths.
+    # ComfyUI's runtime modules, stubbed: progress bar, interrupt flag, folder paths, and a model
+    # management that records what it is asked to load and moves models the way ComfyUI's does.
     steps, interrupt = [], [False]
     class ProgressBar:
         def __init__(self, total): self.total = total
@@ -80,21 +82,54 @@ SCRIPT = textwrap.dedent('''
     class Interrupted(Exception): pass
     def throw_exception_if_processing_interrupted():
         if interrupt[0]: raise Interrupted("interrupted")
+    class ModelPatcher:
+        def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False):
+            self.model, self.load_device, self.offload_device, self.size = model, load_device, offload_device, size
+            self.model.device = offload_device
+    comfy_device, loads, on_device = ["cpu"], [], []
+    def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
+                        force_full_load=False):
+        for m in models:
+            loads.append({"size": m.size, "memory_required": memory_required, "full": force_full_load,
+                          "device": str(m.load_device), "class": type(m.model).__name__})
+            m.model.to(m.load_device); m.model.device = m.load_device
+            if m not in on_device: on_device.append(m)
+    def unload_all_models():
+        for m in on_device:
+            m.model.to(m.offload_device); m.model.device = m.offload_device
+        on_device.clear()
     comfy = types.ModuleType("comfy"); utils = types.ModuleType("comfy.utils"); mm = types.ModuleType("comfy.model_management")
+    patcher_mod = types.ModuleType("comfy.model_patcher"); patcher_mod.ModelPatcher = ModelPatcher
     utils.ProgressBar = ProgressBar; mm.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
+    mm.get_torch_device = lambda: torch.device(comfy_device[0]); mm.unet_offload_device = lambda: torch.device("cpu")
+    mm.load_models_gpu = load_models_gpu; mm.unload_all_models = unload_all_models
     fp = types.ModuleType("folder_paths"); fp.models_dir = sys.argv[3]
     fp.get_input_directory = lambda: sys.argv[4]; fp.get_output_directory = lambda: sys.argv[4]
-    sys.modules.update({"comfy": comfy, "comfy.utils": utils, "comfy.model_management": mm, "folder_paths": fp})
+    sys.modules.update({"comfy": comfy, "comfy.utils": utils, "comfy.model_management": mm,
+                        "comfy.model_patcher": patcher_mod, "folder_paths": fp})
 
     def call(key, **kw):
         cls = M[key]
         return getattr(cls(), cls.FUNCTION)(**kw)
-    (model,) = call("ARModelLoader", model=sys.argv[2], dtype="float32", quant="none", device="cpu")
+    (model,) = call("ARModelLoader", model=sys.argv[2], dtype="float32", quant="none", device="auto")
+    report["auto_device"] = model.device  # ComfyUI started with --cpu: get_torch_device() is the CPU
+    report["model_bytes"] = model.load().bundle.resident_bytes()  # the weights, before any generation
     (cond,) = call("ARClassCondition", model=model, classes="red heart", cfg=3, cfg_schedule="linear")
     common = dict(seed=3, top_k=0, top_p=1.0, temperature=1.0)
     generated = call("ARGenerate", model=model, cond=cond, batch_size=1, more_smooth=False, unique_id="7", **common)
     (tokens,) = generated["result"]  # ComfyUI's dict form: the node also reports its forward count under "ui"
     report.update(forwards=generated["ui"]["stats"][0]["forwards"])
+    need_one = max(x["memory_required"] for x in loads)
+    loads_before_unload = len(loads)
+    unload_all_models()  # ComfyUI's "free memory" / unload button
+    report["unloaded_from_device"] = not on_device
+    (again,) = call("ARGenerate", model=model, cond=cond, batch_size=1, more_smooth=False, **common)["result"]
+    report.update(reloaded=len(loads) > loads_before_unload, same_after_reload=bool(torch.equal(again.grids[-1], tokens.grids[-1])))
+    loads_before_two = len(loads)
+    call("ARGenerate", model=model, cond=cond, batch_size=2, more_smooth=False, **common)
+    report.update(need_one=need_one, need_two=max(x["memory_required"] for x in loads[loads_before_two:]),
+                  loads=loads[:2], size_after=model.load().patcher.size,
+                  bytes_after=model.load().bundle.resident_bytes())
     (image,) = call("ARDecode", model=model, tokens=tokens, scales=0)
     (mask,) = call("ARRegionMask", image=image, left=0.25, top=0.25, right=0.75, bottom=0.75, invert=False)
     (out,) = call("ARInpaint", model=model, cond=cond, image=image, mask=mask, keep_unmasked=True, **common)
@@ -107,6 +142,17 @@ SCRIPT = textwrap.dedent('''
         report["interrupt"] = "not honoured"
     except Interrupted:
         report["interrupt"] = "honoured"
+    interrupt[0] = False
+    cache_mod = sys.modules.get(name + ".engine.model_cache")
+    report["engine_cache_after_runs"] = [] if cache_mod._DEFAULT is None else cache_mod._DEFAULT.info()
+    comfy_device[0] = "cuda:1"  # a GPU ComfyUI chose: "auto" follows it (nothing is moved until a node runs)
+    report["auto_device_gpu"] = call("ARModelLoader", model=sys.argv[2], dtype="float32", quant="none", device="auto")[0].device
+    del os.environ["ARNODES_MODELS_DIR"]  # inside ComfyUI, models live in ComfyUI's models folder
+    try:
+        call("ARModelLoader", model="var-d16", dtype="float32", quant="none", device="cpu")
+        report["missing"] = "loaded?"
+    except Exception as e:
+        report["missing"] = str(e)
     print(json.dumps(report))
 ''')
 
@@ -122,18 +168,26 @@ def copy_pack(dest: Path) -> None:
             shutil.copy2(path, dest / rel)
 
 
-def test_pack_imports_and_runs_like_comfyui(tmp_path):
-    pack = tmp_path / "custom_nodes" / "ComfyUI-arnodes"
+@pytest.fixture(scope="module")
+def pack_run(tmp_path_factory) -> tuple[Path, dict]:
+    """The pack copied, imported and run once the way ComfyUI does it; (its folder, the script's report)."""
+    root = tmp_path_factory.mktemp("comfy")
+    pack = root / "custom_nodes" / "ComfyUI-arnodes"
     copy_pack(pack)
-    assert (pack / "__init__.py").is_file() and not (pack / "tests").exists()
-    io_dir = tmp_path / "io"
+    io_dir = root / "io"
     io_dir.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(ARNODES_MODELS_DIR=str(tiny_models_dir()), HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-I", "-c", SCRIPT, str(pack), TINY_VAR, str(tmp_path / "models"),
-                           str(io_dir)], capture_output=True, text=True, timeout=240, cwd=str(tmp_path), env=env)
+    env.update(ARNODES_MODELS_DIR=str(tiny_models_dir()), HF_HUB_OFFLINE="1", HF_HOME=str(root / "hf"),
+               HF_HUB_CACHE=str(root / "hf" / "hub"))
+    proc = subprocess.run([sys.executable, "-I", "-c", SCRIPT, str(pack), TINY_VAR, str(root / "models"),
+                           str(io_dir)], capture_output=True, text=True, timeout=240, cwd=str(root), env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    return pack, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_pack_imports_and_runs_like_comfyui(pack_run):
+    pack, report = pack_run
+    assert (pack / "__init__.py").is_file() and not (pack / "tests").exists()
     assert report["problems"] == []
     assert report["workflow_inputs_missing"] == []
     assert not report["torch_at_import"], "importing the pack must stay light"
@@ -147,3 +201,22 @@ def test_pack_imports_and_runs_like_comfyui(tmp_path):
     assert report["forwards"] > 0
     assert report["progress"] and report["progress_total"] > 0
     assert report["interrupt"] == "honoured"
+
+
+def test_inside_comfyui_comfyui_manages_the_models_memory(pack_run):
+    """The pack's models go through ComfyUI's model management (a fake one here, recording): loaded by
+    load_models_gpu with the generation's working set, unloaded by its unload, on the device it chose
+    ("auto" = ComfyUI's device, so --cpu holds), never in our own cache; a missing model names
+    ComfyUI's models folder."""
+    pack, report = pack_run
+    first = report["loads"][0]
+    assert first["class"] == "BundleModules" and first["full"] and first["device"] == "cpu"
+    assert first["size"] == report["model_bytes"] > 0
+    assert report["size_after"] == report["bytes_after"] > report["model_bytes"]  # the KV caches the model keeps
+    assert report["need_one"] > 0 and report["need_two"] == 2 * report["need_one"]  # KV cache and activations
+    assert report["unloaded_from_device"] and report["reloaded"] and report["same_after_reload"]
+    assert report["engine_cache_after_runs"] == []
+    assert report["auto_device"] == "cpu" and report["auto_device_gpu"] == "cuda:1"
+    missing = report["missing"]
+    assert "var" in missing and "not found" in missing and str(pack.parents[1] / "models" / "arnodes") in missing
+    assert "--models-dir" not in missing

@@ -213,14 +213,15 @@ def test_generation_whose_memory_estimate_exceeds_free_memory_is_refused(tmp_pat
     with pytest.raises(NodeExecutionError) as info:
         run(BASE, tmp_path)
     assert isinstance(info.value.original, LimitError)
-    assert_user_error(info.value, "node 3", "ARGenerate (1 image(s)): needs about", "GiB of memory but only 0.0 GiB")
+    assert_user_error(info.value, "node 3", "ARGenerate (1 image(s)): needs about", "KV cache",
+                      "of memory", "but only 0.00 GiB is available on cpu")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
 def test_generation_memory_estimate_grows_with_the_batch():
     from arnodes.engine.model_cache import default_cache
-    from arnodes.nodes.types import generation_bytes
+    from arnodes.engine.memory import working_set
 
     bundle = default_cache().get("emoji-var")
-    one, eight = generation_bytes(bundle, 1), generation_bytes(bundle, 8)
-    assert 0 < one < 1 << 30 and eight == 8 * one
+    one, eight = working_set(bundle, 1), working_set(bundle, 8)
+    assert 0 < one.kv_cache < one.total < 1 << 30 and eight.total == 8 * one.total

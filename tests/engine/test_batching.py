@@ -131,3 +131,23 @@ def test_batch_settings_are_checked(monkeypatch):
     monkeypatch.setenv("ARNODES_BATCH_MAX", "many")
     with pytest.raises(InvalidInputError, match="ARNODES_BATCH_MAX"):
         BatchSettings.from_env()
+
+
+def test_a_batch_too_big_for_the_memory_left_runs_its_requests_one_by_one(bundle):
+    """The batch reserves its working set in the model cache's budget; when the whole batch does not fit
+    each request runs alone, and only a request too big by itself is refused."""
+    from arnodes.engine.errors import LimitError
+    from arnodes.engine.memory import working_set
+    from arnodes.engine.model_cache import ModelCache
+
+    cache = ModelCache(budget_bytes=2 * working_set(bundle, 1).total)  # room for 2 images at once
+    reserve = {"reserve": lambda n: cache.reserve(bundle.device, working_set(bundle, n), f"gen ({n} image(s))")}
+    requests = REQUESTS[:3]  # 1 + 2 + 1 images: 4 together is too much, each alone fits
+    batcher = GenerationBatcher(BatchSettings(max_images=16, window_s=0.5))
+    results = _together(batcher, bundle, requests, {i: reserve for i in range(3)})
+    assert batcher.batches == [1, 1, 1]
+    for (ids, seed), got in zip(requests, results):
+        assert all(torch.equal(a, b) for a, b in zip(got.grids, _solo(bundle, ids, seed).grids))
+    big = _together(batcher, bundle, [((1, 2, 3), 5)], {0: reserve})[0]
+    assert isinstance(big, LimitError) and "gen (3 image(s)): needs about" in str(big)
+    assert cache.reserved_bytes(bundle.device) == 0

@@ -162,7 +162,8 @@ def test_missing_file_error_says_what_where_and_how(offline_hub):
         resolve_file("var_d16.pth", "FoundationVision/var", offline_hub)
     msg = str(e.value)
     assert "var_d16.pth" in msg and str(offline_hub) in msg
-    assert "huggingface.co/FoundationVision/var" in msg and "--models-dir" in msg and "HF_HUB_OFFLINE" in msg
+    assert "huggingface.co/FoundationVision/var" in msg and "ARNODES_MODELS_DIR" in msg and "HF_HUB_OFFLINE" in msg
+    assert "--models-dir" not in msg  # a CLI flag: the CLI adds it; the app and ComfyUI have none
     with pytest.raises(MissingFileError, match="vae_ch160v4096z32.pth"):
         load_bundle("var-d16", models_dir=offline_hub)
 

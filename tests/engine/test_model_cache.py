@@ -117,8 +117,8 @@ def test_budget_from_env(monkeypatch):
     with pytest.raises(InvalidInputError, match="ARNODES_CACHE_BYTES"):
         budget_from_env()
     monkeypatch.delenv("ARNODES_CACHE_BYTES")
-    assert budget_from_env() > 0
-    assert default_cache() is default_cache()
+    assert budget_from_env() is None  # each device's own memory
+    assert default_cache() is default_cache() and default_cache().budget("cpu") > 0
 
 
 def test_real_loader_with_manifests(tmp_path):
@@ -161,3 +161,86 @@ def test_gpu_bundles_are_offloaded_then_moved_back(monkeypatch):
     assert cache.resident_bytes("cuda:0") == MB and cache.resident_bytes("cpu") == MB
     assert cache.get("a", device="cuda:0") is a  # moved back, b offloaded in turn
     assert moves == [("a", "cpu"), ("a", "cuda:0"), ("b", "cpu")] and len(loader.calls) == 2
+
+
+# ---- the working set of running requests -------------------------------------------------------
+def test_a_request_reservation_evicts_least_recently_used_models():
+    from arnodes.engine.memory import WorkingSet
+
+    cache = ModelCache(budget_bytes=3 * MB, loader=FakeLoader())
+    cache.get("old")
+    cache.get("recent")
+    with cache.use("a"):
+        with cache.reserve("cpu", WorkingSet(kv_cache=MB), "gen"):  # 3 models + 1 > 3: the oldest goes
+            assert resident(cache) == ["a", "recent"] and cache.reserved_bytes("cpu") == MB
+            cache.get("b")  # a load counts the running request's reservation too: recent goes
+            assert resident(cache) == ["a", "b"]
+    assert cache.reserved_bytes("cpu") == 0
+
+
+def test_a_request_that_cannot_fit_is_refused_with_the_numbers():
+    from arnodes.engine.errors import LimitError
+    from arnodes.engine.memory import WorkingSet
+
+    cache = ModelCache(budget_bytes=2 * MB, loader=FakeLoader())
+    cache.get("idle")
+    with cache.use("busy"):
+        need = WorkingSet(kv_cache=2 * MB, activations=MB // 2)
+        with pytest.raises(LimitError) as info:
+            with cache.reserve("cpu", need, "ARGenerate (8 image(s))"):
+                pass
+        message = str(info.value)
+        for part in ("ARGenerate (8 image(s)): needs about", "KV cache", "on cpu", "budget there is",
+                     "busy (float32", "make the request smaller", "ARNODES_CACHE_BYTES"):
+            assert part in message, message
+        assert resident(cache) == ["busy"]  # the idle model was evicted trying to make room
+        assert cache.reserved_bytes("cpu") == 0  # nothing held after a refusal
+        with cache.reserve("cpu", WorkingSet(kv_cache=MB // 2), "small"):
+            pass
+
+
+def test_kv_cache_is_counted_for_real_models():
+    """The reservation the nodes make grows with the batch, KV cache included: with room for the
+    weights and one image's working set, a batch of one fits and a batch of 16 is refused."""
+    from arnodes.engine.errors import LimitError
+    from arnodes.engine.memory import working_set
+    from arnodes.engine.registry import DEFAULT_MODEL
+
+    probe = ModelCache(budget_bytes=None)
+    weights = probe.get(DEFAULT_MODEL).resident_bytes()
+    one = working_set(probe.get(DEFAULT_MODEL), 1)
+    assert one.kv_cache > 0 and working_set(probe.get(DEFAULT_MODEL), 16).kv_cache == 16 * one.kv_cache
+    cache = ModelCache(budget_bytes=weights + 2 * one.total)
+    with cache.use(DEFAULT_MODEL) as bundle:
+        with cache.reserve(bundle.device, working_set(bundle, 1), "one"):
+            pass
+        with pytest.raises(LimitError, match="KV cache"):
+            with cache.reserve(bundle.device, working_set(bundle, 16), "sixteen"):
+                pass
+
+
+def test_kv_caches_a_model_keeps_after_generating_count_as_its_memory():
+    from arnodes.engine.conditioning import Conditioning
+    from arnodes.engine.generate import generate
+    from arnodes.engine.memory import working_set
+    from arnodes.engine.registry import DEFAULT_MODEL
+    from arnodes.engine.sampling import SamplingParams
+
+    cache = ModelCache(budget_bytes=None)
+    with cache.use(DEFAULT_MODEL) as bundle:
+        weights = cache.info()[0]["bytes"]
+        generate(bundle, Conditioning((0, 1, 2, 3), cfg=2.0), params=SamplingParams(), seed=0)
+    kept = cache.info()[0]["bytes"] - weights
+    assert 0 < kept <= working_set(bundle, 4).kv_cache  # reused by the next request, so it stays counted
+
+
+def test_default_budget_is_the_device_memory(monkeypatch):
+    from arnodes.engine import memory
+
+    monkeypatch.delenv("ARNODES_CACHE_BYTES", raising=False)
+    cache = ModelCache(budget_from_env(), device_budget=memory.device_budget)
+    assert cache.budget("cpu") == memory.device_budget("cpu") > 0
+    monkeypatch.setattr(memory.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(memory.torch.cuda, "mem_get_info", lambda dev: (5 << 30, 80 << 30))
+    assert memory.device_budget("cuda:0") == int((80 << 30) * memory.DEVICE_FRACTION)
+    assert ModelCache(7, device_budget=memory.device_budget).budget("cuda:0") == 7  # the env setting wins
