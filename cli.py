@@ -210,7 +210,7 @@ def cmd_control(args: argparse.Namespace) -> list[Path]:
 
 
 def cmd_models(args: argparse.Namespace) -> list[Path]:
-    from .engine.registry import REGISTRY, bundled_manifests
+    from .engine.registry import REGISTRY, bundled_manifests, checkpoint_present, how_to_fetch
     from .engine.resolve import default_models_dir, hub_offline
     rows = []
     for name, path in bundled_manifests().items():
@@ -219,10 +219,9 @@ def cmd_models(args: argparse.Namespace) -> list[Path]:
                      "where": str(path), "present": True, "styles": manifest.get("styles", [])})
     models_dir = Path(args.models_dir) if args.models_dir else default_models_dir()
     for name, entry in REGISTRY.items():
-        files = [entry.tokenizer_file, entry.generator_file]
-        present = all((models_dir / f).is_file() for f in files)
+        present = checkpoint_present(entry, models_dir)
         rows.append({"name": name, "family": entry.family, "source": entry.hf_repo,
-                     "where": str(models_dir) if present else f"{entry.hf_repo}: {', '.join(files)}",
+                     "where": str(models_dir) if present else how_to_fetch(entry, models_dir),
                      "present": present})
     try:
         from .engine.model_cache import default_cache

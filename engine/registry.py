@@ -110,6 +110,35 @@ def bundled_style_names() -> list[str]:
     return names
 
 
+def checkpoint_present(entry: ModelEntry, models_dir: str | Path | None = None) -> bool:
+    """Whether a released checkpoint's files are on disk now (the models directory, or the Hugging
+    Face cache); never touches the network."""
+    from .resolve import default_models_dir
+    folder = Path(models_dir) if models_dir is not None else default_models_dir()
+    for filename in (entry.tokenizer_file, entry.generator_file):
+        if (folder / filename).is_file():
+            continue
+        if entry.hf_repo is None:
+            return False
+        try:
+            from huggingface_hub import try_to_load_from_cache
+            if not isinstance(try_to_load_from_cache(entry.hf_repo, filename), str):
+                return False
+        except Exception:  # noqa: BLE001 - an unreadable hub cache holds nothing usable
+            return False
+    return True
+
+
+def how_to_fetch(entry: ModelEntry, models_dir: str | Path | None = None) -> str:
+    """One sentence: where a released checkpoint's files come from and where they go."""
+    from .resolve import default_models_dir
+    folder = Path(models_dir) if models_dir is not None else default_models_dir()
+    files = f"{entry.tokenizer_file} and {entry.generator_file}"
+    source = f"https://huggingface.co/{entry.hf_repo}" if entry.hf_repo else "its publisher"
+    return (f"download {files} from {source} into {folder} (or set ARNODES_MODELS_DIR to the folder that "
+            f"has them)")
+
+
 def bundled_control_names() -> list[str]:
     """Control adapters the bundled models ship (their manifests' "controls"), in order, without repeats."""
     names: list[str] = []

@@ -60,6 +60,8 @@ class InputSpec:
     optional: bool = False
     tooltip: str = ""
     multiline: bool = False
+    # COMBO: why a value is not (yet) among the choices, e.g. a known model not on disk (None: no reason)
+    unlisted: Callable[[str], str | None] | None = None
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -296,6 +298,9 @@ def widget_value_problem(spec: InputSpec, value: Any) -> tuple[str, str] | None:
         except Exception as exc:  # a dynamic list failing (e.g. unreadable models dir) is a user-facing problem
             return "bad_choice", f"could not list the allowed values: {exc}"
         if allowed is not None and value not in allowed:
+            reason = spec.unlisted(value) if spec.unlisted is not None else None
+            if reason:
+                return "bad_choice", reason
             shown = ", ".join(repr(c) for c in allowed[:20]) + (", ..." if len(allowed) > 20 else "")
             return "bad_choice", f"value {value!r} is not one of the allowed values: {shown or '(none available)'}"
     return None

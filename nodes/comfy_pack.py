@@ -165,4 +165,21 @@ def build_mappings(registry: dict[str, type] | None = None) -> tuple[dict[str, t
     return classes, names
 
 
+def use_comfy_models_folder() -> None:
+    """Inside ComfyUI our models folder is ComfyUI's ``models/arnodes`` (registered with folder_paths),
+    unless ARNODES_MODELS_DIR names another: the loader's list of models, the loader and its messages
+    all read that variable, so they agree on one folder."""
+    try:
+        folder_paths = importlib.import_module("folder_paths")
+    except ImportError:
+        return  # not inside ComfyUI
+    path = os.path.join(folder_paths.models_dir, "arnodes")
+    try:
+        folder_paths.add_model_folder_path("arnodes", path)
+    except Exception:  # noqa: BLE001 - an older ComfyUI without it still gets the variable
+        logger.debug("folder_paths.add_model_folder_path failed", exc_info=True)
+    os.environ.setdefault("ARNODES_MODELS_DIR", path)
+
+
+use_comfy_models_folder()
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = build_mappings()

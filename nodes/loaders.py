@@ -1,4 +1,5 @@
-"""ARModelLoader: choose a model and how to run it; loads through the engine's model cache."""
+"""ARModelLoader: choose a model and how to run it; loads where models live (the engine's model cache, or
+ComfyUI's model management inside ComfyUI)."""
 from __future__ import annotations
 
 from typing import Any
@@ -6,7 +7,9 @@ from typing import Any
 from ..engine.errors import InvalidInputError
 from ..engine.registry import DEFAULT_MODEL
 from .base import AR_MODEL, COMBO, ExecutionContext, InputSpec, Node, NodeSpec, OutputSpec
-from .types import DEVICES, DTYPES, ENGINE_CACHE, QUANTS, ModelHandle, model_choices, resolve_model_name
+from .types import (
+    DEVICES, DTYPES, ENGINE_CACHE, QUANTS, ModelHandle, model_choices, model_not_listed, resolve_model_name,
+)
 
 
 class ARModelLoader(Node):
@@ -20,15 +23,16 @@ class ARModelLoader(Node):
     SPEC = NodeSpec(
         class_type="ARModelLoader", display_name="AR Model Loader", category="loaders",
         inputs=(
-            InputSpec("model", COMBO, default=DEFAULT_MODEL, choices=model_choices,
-                      tooltip="Bundled model, released checkpoint (from --models-dir or the Hugging Face cache), "
-                              "or a *.json manifest in the models directory."),
+            InputSpec("model", COMBO, default=DEFAULT_MODEL, choices=model_choices, unlisted=model_not_listed,
+                      tooltip="Bundled model, released checkpoint on disk (the models folder: ARNODES_MODELS_DIR, "
+                              "in ComfyUI models/arnodes; or the Hugging Face cache), or a *.json manifest there."),
             InputSpec("dtype", COMBO, default="float32", choices=DTYPES,
                       tooltip="Generator precision; the tokenizer always runs in float32."),
             InputSpec("quant", COMBO, default="none", choices=QUANTS,
                       tooltip="Weight-only quantization of the generator (int4-gN: group size N)."),
             InputSpec("device", COMBO, default="auto", choices=DEVICES,
-                      tooltip="auto = cuda when available, else cpu."),
+                      tooltip="auto = in ComfyUI the device ComfyUI chose (--cpu included); elsewhere cuda when "
+                              "available, else cpu."),
         ),
         outputs=(OutputSpec("model", AR_MODEL, "Handle to the loaded tokenizer + generator."),),
         description="Load an autoregressive image model (VAR next-scale or LlamaGen next-token).",

@@ -169,14 +169,26 @@ def control_choices() -> list[str]:
 
 
 def model_choices() -> list[str]:
-    """The default model first (listed even before it is installed: the loader then says how to get it),
-    then other bundled models, the released checkpoints, and local manifests."""
-    from ..engine.registry import DEFAULT_MODEL, REGISTRY, bundled_model_names
+    """Models that run without a download: the default first (listed even before it is installed: the
+    loader then says how to get it), other bundled models, released checkpoints whose files are on
+    disk, and local manifests. Known checkpoints not on disk are not choices (``model_not_listed``
+    says how to fetch one; `arnodes models` and the app's Models tab list them)."""
+    from ..engine.registry import DEFAULT_MODEL, REGISTRY, bundled_model_names, checkpoint_present
 
     names = [DEFAULT_MODEL] + [n for n in bundled_model_names() if n != DEFAULT_MODEL]
-    names += [n for n in REGISTRY if n not in names]
+    names += [n for n, entry in REGISTRY.items() if n not in names and checkpoint_present(entry)]
     names += [n for n in local_manifests() if n not in names]
     return names
+
+
+def model_not_listed(name: str) -> str | None:
+    """Why a known model is not among the choices: its files are not on disk, and how to get them."""
+    from ..engine.registry import REGISTRY, how_to_fetch
+
+    entry = REGISTRY.get(name)
+    if entry is None:
+        return None
+    return f"model {name!r} is a released checkpoint that is not on disk yet; to use it, {how_to_fetch(entry)}"
 
 
 def resolve_model_name(name: str) -> str:

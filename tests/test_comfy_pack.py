@@ -14,7 +14,7 @@ import pytest
 from test_workflows import TINY_VAR, tiny_models_dir
 
 REPO = Path(__file__).resolve().parent.parent
-SKIP_DIRS = {"tests", "training", "bench", "build", "dist", "__pycache__", "node_modules"}
+SKIP_DIRS = {"tests", "training", "bench", "examples", "build", "dist", "__pycache__", "node_modules"}
 CORE = {"LoadImage", "LoadImageMask", "SaveImage", "PreviewImage", "ImageScale"}
 
 # Runs inside the subprocess; prints one JSON line. ComfyUI's modules are stubbed only for the run part.
@@ -220,3 +220,26 @@ def test_inside_comfyui_comfyui_manages_the_models_memory(pack_run):
     missing = report["missing"]
     assert "var" in missing and "not found" in missing and str(pack.parents[1] / "models" / "arnodes") in missing
     assert "--models-dir" not in missing
+
+
+def test_inside_comfyui_the_models_folder_is_comfyuis(tmp_path, monkeypatch):
+    """ComfyUI's models/arnodes is registered and becomes the folder the loader lists and reads
+    (unless ARNODES_MODELS_DIR already names one)."""
+    import types
+
+    from arnodes.nodes import comfy_pack
+    from arnodes.nodes.types import models_dir
+
+    registered = []
+    fake = types.ModuleType("folder_paths")
+    fake.models_dir = str(tmp_path / "ComfyUI" / "models")
+    fake.add_model_folder_path = lambda name, path, is_default=False: registered.append((name, path))
+    monkeypatch.setitem(sys.modules, "folder_paths", fake)
+    monkeypatch.setenv("ARNODES_MODELS_DIR", "")  # so that teardown restores the variable as it was
+    monkeypatch.delenv("ARNODES_MODELS_DIR")
+    comfy_pack.use_comfy_models_folder()
+    want = tmp_path / "ComfyUI" / "models" / "arnodes"
+    assert registered == [("arnodes", str(want))] and models_dir() == want
+    monkeypatch.setenv("ARNODES_MODELS_DIR", str(tmp_path / "mine"))
+    comfy_pack.use_comfy_models_folder()
+    assert models_dir() == tmp_path / "mine"

@@ -1,6 +1,6 @@
 """Enforce the layer rule `ui -> graph -> nodes -> engine` (DESIGN.md section 1) with an AST scan.
 
-Checked for every package .py file (tests/, training/, bench/ and build dirs excluded), including
+Checked for every package .py file (tests/, training/, bench/, examples/ and build dirs excluded), including
 imports inside functions:
 - engine imports nothing from nodes/graph/ui; nodes nothing from graph/ui; graph nothing from ui;
 - graph never imports torch; nothing but ui imports gradio;
@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-EXCLUDED_DIRS = {"tests", "training", "bench", ".venv", "venv", "build", "dist", "__pycache__", "node_modules"}
+EXCLUDED_DIRS = {"tests", "training", "bench", "examples", ".venv", "venv", "build", "dist", "__pycache__", "node_modules"}
 LAYERS = ("engine", "nodes", "graph", "ui")  # each may import only itself and the layers before it
 FORBIDDEN_THIRD_PARTY = {"graph": {"torch"}}
 UI_ONLY = {"gradio"}

@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from ..engine.choices import CONTROL_TYPES, DEVICES, DTYPES, QUANTS
+from ..engine.choices import CONTROL_TYPES, DECODE_STRATEGIES, DEVICES, DTYPES, QUANTS
 from . import presets
 from .callbacks import MAX_UI_SEED, Callbacks, WorkflowRunner
 from .theme import CSS, theme
@@ -112,6 +112,16 @@ def build_app(runner: Any) -> gr.Blocks:
                                 allow_custom_value=True)
             style = gr.Dropdown(runner.style_choices(), value="any", label="Style", scale=1, min_width=160,
                                 info="Drawing style (models trained on several emoji sets); any = the seed picks")
+        with gr.Accordion("Engine: precision, quantization, device, decoding", open=False):
+            with gr.Row():
+                run_dtype = gr.Dropdown(list(DTYPES), value="float32", label="Precision",
+                                        info="Generator weights and activations; the tokenizer stays float32")
+                run_quant = gr.Dropdown(list(QUANTS), value="none", label="Quantization",
+                                        info="Weight-only int8 / int4 (gN: group size)")
+                run_device = gr.Dropdown(list(DEVICES), value="auto", label="Device",
+                                         info="auto = cuda when available, else cpu")
+                run_decode = gr.Dropdown(list(DECODE_STRATEGIES), value="plain", label="Decoding",
+                                         info="Raster models: sjd / gsd draft several tokens per step")
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
                 gr.Markdown(presets.TIPS["generate"], elem_classes="tip")
@@ -225,24 +235,26 @@ def build_app(runner: Any) -> gr.Blocks:
 
         # ---- wiring: tasks ----
         outs = lambda r, s: [r.gallery, r.files, s.seed]  # noqa: E731
+        engine = [run_dtype, run_quant, run_device]
         _jobs = {
-            "generate": gen_run.click(cb.generate, [model, gen.classes, *gen.after_classes, batch, style],
+            "generate": gen_run.click(cb.generate, [model, gen.classes, *gen.after_classes, batch, style, *engine, run_decode],
                                       outs(gen_out, gen), api_name="generate", **DEVICE),
-            "inpaint": inp_run.click(cb.inpaint, [model, editor, inp.classes, *inp.after_classes, style],
+            "inpaint": inp_run.click(cb.inpaint, [model, editor, inp.classes, *inp.after_classes, style, *engine, run_decode],
                                      outs(inp_out, inp), api_name="inpaint", **DEVICE),
             "outpaint": out_run.click(cb.outpaint, [model, editor, inp.classes, pad["left"], pad["top"], pad["right"],
-                                                    pad["bottom"], feather, *inp.after_classes, style],
+                                                    pad["bottom"], feather, *inp.after_classes, style, *engine,
+                                                    run_decode],
                                       outs(inp_out, inp), api_name="outpaint", **DEVICE),
             "edit": ed_run.click(cb.edit, [model, edit_image, ed.classes, box["left"], box["top"], box["right"],
-                                           box["bottom"], invert, *ed.after_classes, style], outs(ed_out, ed),
+                                           box["bottom"], invert, *ed.after_classes, style, *engine], outs(ed_out, ed),
                                  api_name="edit", **DEVICE),
-            "superres": sr_run.click(cb.super_resolve, [model, sr_image, sr.classes, scale, *sr.after_classes, style],
+            "superres": sr_run.click(cb.super_resolve, [model, sr_image, sr.classes, scale, *sr.after_classes, style, *engine],
                                      outs(sr_out, sr), api_name="super_resolve", **DEVICE),
             "control": ctl_run.click(cb.control, [model, ctl_image, ctl.classes, control_type, control_strength,
-                                                  *ctl.after_classes, style],
+                                                  *ctl.after_classes, style, *engine],
                                      outs(ctl_out, ctl), api_name="control", **DEVICE),
             "variation": var_run.click(cb.variation,
-                                       [model, ctl_image, ctl.classes, strength, *ctl.after_classes, style],
+                                       [model, ctl_image, ctl.classes, strength, *ctl.after_classes, style, *engine],
                                        outs(ctl_out, ctl), api_name="variation", **DEVICE),
             "workflow": wf_run.click(cb.workflow_run, [wf_file, wf_table, wf_inputs], [wf_out.gallery, wf_out.files],
                                      api_name="workflow_run", **DEVICE),

@@ -22,6 +22,7 @@ import re
 import tempfile
 import threading
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -29,9 +30,10 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from ..engine.choices import CONTROL_TYPES
+from ..engine.choices import CONTROL_TYPES, DEVICES, DTYPES, QUANTS
 from ..engine.errors import ArnodesError, CancelledError, InvalidInputError
-from ..graph import Event, Executor, GraphBuilder, NodeExecutionError, apply_overrides, read_workflow
+from ..graph import Event, GraphBuilder, NodeExecutionError, apply_overrides, read_workflow
+from ..graph.service import WorkflowService
 from ..graph.workflow import id_order_key
 
 logger = logging.getLogger(__name__)
@@ -47,49 +49,30 @@ STEP_LABELS = {  # progress-bar captions, in words an artist reads
 
 # ----------------------------------------------------------------------------- runner
 
-class WorkflowRunner:
-    """Runs workflows with the default node registry in a sandboxed input/output folder pair.
+@dataclass(frozen=True)
+class Engine:
+    """How every task runs its model: the page's precision, quantization and device menus (the engine's
+    own lists, engine/choices.py, as the CLI's flags and the loader node's inputs)."""
 
-    One Executor is kept for the app's lifetime so its output cache makes a re-run
-    with a new seed skip model loading and conditioning.
-    """
+    dtype: str = "float32"
+    quant: str = "none"
+    device: str = "auto"
+
+    def checked(self) -> "Engine":
+        for name, value, allowed in (("precision", self.dtype, DTYPES), ("quantization", self.quant, QUANTS),
+                                     ("device", self.device, DEVICES)):
+            if value not in allowed:
+                raise InvalidInputError(f"{name} {value!r} is not one of {', '.join(allowed)}")
+        return self
+
+
+class WorkflowRunner(WorkflowService):
+    """The app's runner: the shared workflow service (default node registry, sandboxed input / output
+    folders, one executor whose output cache makes a re-run with a new seed skip model loading and
+    conditioning), plus uploads and the model metadata the pickers and the Models tab show."""
 
     def __init__(self, workdir: str | Path | None = None, registry: Any = None) -> None:
-        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="arnodes_ui_"))
-        self.input_dir = self.workdir / "input"
-        self.output_dir = self.workdir / "output"
-        self.input_dir.mkdir(parents=True, exist_ok=True)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._registry = registry
-        self._executor: Executor | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def registry(self) -> Any:
-        if self._registry is None:
-            from ..graph.registry import default_registry
-            self._registry = default_registry()
-        return self._registry
-
-    def run(self, workflow: dict, on_event: Callable[[Event], None] | None = None,
-            cancel: threading.Event | None = None, extra_pnginfo: dict | None = None,
-            ) -> list[Path]:
-        """Run one workflow; returns the paths of the images its output nodes wrote. Runs from several
-        threads go on at once (the executor is thread-safe; each model generates one batch at a time
-        and batches generate requests that meet there)."""
-        result = self._shared_executor().run(workflow, input_dir=self.input_dir, output_dir=self.output_dir,
-                                             extra_pnginfo=extra_pnginfo, on_event=on_event, cancel=cancel)
-        return [self.output_dir / p for ui in result.ui.values() for p in ui.get("images", [])]
-
-    def _shared_executor(self) -> Executor:
-        with self._lock:
-            if self._executor is None:
-                self._executor = Executor(self.registry)
-            return self._executor
-
-    def clear_results(self) -> None:
-        """Forget cached node outputs, so the next runs recompute everything (benchmarks, tests)."""
-        self._shared_executor().cache.clear()
+        super().__init__(Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="arnodes_ui_")), registry)
 
     def save_input(self, image: Image.Image, prefix: str = "upload") -> str:
         """Store an uploaded image in the input folder; LoadImage reads it by the returned name."""
@@ -107,8 +90,7 @@ class WorkflowRunner:
 
     def models(self) -> list[dict]:
         """Every known model: name, family, where it comes from, present on disk, loaded copies."""
-        from ..engine.registry import REGISTRY, bundled_manifests
-        from ..engine.resolve import default_models_dir
+        from ..engine.registry import REGISTRY, bundled_manifests, checkpoint_present, how_to_fetch
         from ..nodes.types import local_manifests
 
         loaded = self.loaded()
@@ -120,10 +102,9 @@ class WorkflowRunner:
                          "memory_mb": round(sum(m["bytes"] for m in mine) / 2 ** 20, 1)})
         for name, path in bundled_manifests().items():
             add(name, _manifest(path).get("family", "?"), "bundled", True)
-        models_dir = default_models_dir()
         for name, entry in REGISTRY.items():
-            present = all((models_dir / f).is_file() for f in (entry.tokenizer_file, entry.generator_file))
-            add(name, entry.family, entry.hf_repo or "bundled", present)
+            present = checkpoint_present(entry)
+            add(name, entry.family, (entry.hf_repo or "bundled") if present else how_to_fetch(entry), present)
         for name, path in local_manifests().items():
             add(name, _manifest(path).get("family", "?"), str(path), True)
         return sorted(rows, key=lambda r: not r["present"])  # what runs now first
@@ -349,10 +330,11 @@ class Callbacks:
     # --- shared plumbing ---
 
     def _base(self, g: GraphBuilder, model: str | None, classes: Any, cfg: float,
-              style: str | None = "any") -> tuple[Any, Any]:
+              style: str | None = "any", engine: "Engine | None" = None) -> tuple[Any, Any]:
         if not model:
             raise InvalidInputError("pick a model first (Models tab lists what is available)")
-        m = g.node("ARModelLoader", model=model, dtype="float32", quant="none", device="auto")
+        engine = (engine or Engine()).checked()
+        m = g.node("ARModelLoader", model=model, dtype=engine.dtype, quant=engine.quant, device=engine.device)
         c = g.node("ARClassCondition", model=m.out(0), classes=join_classes(classes), cfg=float(cfg),
                    cfg_schedule="linear", negative="", style=style or "any")
         return m, c
@@ -390,37 +372,40 @@ class Callbacks:
     @readable_errors
     def generate(self, model: str, classes: Any, seed: float, randomize: bool, cfg: float, top_k: float,
                  top_p: float, temperature: float, batch: float, style: str = "any",
+                 dtype: str = "float32", quant: str = "none", device: str = "auto", decode: str = "plain",
                  request: gr.Request = None,
                  progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Class-conditional generation: one image per class and batch slot."""
         seed = pick_seed(seed, randomize)
         g = GraphBuilder()
-        m, c = self._base(g, model, classes, cfg, style)
+        m, c = self._base(g, model, classes, cfg, style, Engine(dtype, quant, device))
         t = g.node("ARGenerate", model=m.out(0), cond=c.out(0), batch_size=int(batch), more_smooth=False,
-                   **self._sampler(seed, top_k, top_p, temperature))
+                   **self._sampler(seed, top_k, top_p, temperature), decode=decode)
         image = g.node("ARDecode", model=m.out(0), tokens=t.out(0), scales=0)
         return (*self._execute(g, image, "generate", request, progress), seed)
 
     @readable_errors
     def inpaint(self, model: str, editor: dict, classes: Any, seed: float, randomize: bool, cfg: float,
                 top_k: float, top_p: float, temperature: float, style: str = "any",
+                dtype: str = "float32", quant: str = "none", device: str = "auto", decode: str = "plain",
                 request: gr.Request = None,
                 progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Regenerate the painted area; the rest of the image is kept token for token."""
         mask = mask_from_editor(editor)
         seed = pick_seed(seed, randomize)
         g = GraphBuilder()
-        m, c = self._base(g, model, classes, cfg, style)
+        m, c = self._base(g, model, classes, cfg, style, Engine(dtype, quant, device))
         image = self._load(g, editor)
         mask_node = g.node("LoadImageMask", image=self.runner.save_input(mask, "mask"), channel="red")
         out = g.node("ARInpaint", model=m.out(0), cond=c.out(0), image=image.out(0), mask=mask_node.out(0),
-                     keep_unmasked=True, **self._sampler(seed, top_k, top_p, temperature))
+                     keep_unmasked=True, **self._sampler(seed, top_k, top_p, temperature), decode=decode)
         return (*self._execute(g, out, "inpaint", request, progress), seed)
 
     @readable_errors
     def outpaint(self, model: str, editor: dict, classes: Any, left: float, top: float, right: float,
                  bottom: float, feathering: float, seed: float, randomize: bool, cfg: float, top_k: float,
                  top_p: float, temperature: float, style: str = "any",
+                 dtype: str = "float32", quant: str = "none", device: str = "auto", decode: str = "plain",
                  request: gr.Request = None,
                  progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Extend the canvas on the chosen sides and generate the new border."""
@@ -428,17 +413,18 @@ class Callbacks:
             raise InvalidInputError("set at least one side to extend (left, top, right or bottom > 0)")
         seed = pick_seed(seed, randomize)
         g = GraphBuilder()
-        m, c = self._base(g, model, classes, cfg, style)
+        m, c = self._base(g, model, classes, cfg, style, Engine(dtype, quant, device))
         image = self._load(g, editor)
         out = g.node("AROutpaint", model=m.out(0), cond=c.out(0), image=image.out(0), left=int(left), top=int(top),
                      right=int(right), bottom=int(bottom), feathering=int(feathering),
-                     **self._sampler(seed, top_k, top_p, temperature))
+                     **self._sampler(seed, top_k, top_p, temperature), decode=decode)
         return (*self._execute(g, out, "outpaint", request, progress), seed)
 
     @readable_errors
     def edit(self, model: str, image: Any, classes: Any, left: float, top: float, right: float, bottom: float,
              invert: bool, seed: float, randomize: bool, cfg: float, top_k: float, top_p: float,
              temperature: float, style: str = "any",
+             dtype: str = "float32", quant: str = "none", device: str = "auto",
              request: gr.Request = None,
              progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Regenerate a box of the image as another class (box edges in % of the image)."""
@@ -447,7 +433,7 @@ class Callbacks:
                                     f"top {top}% < bottom {bottom}%")
         seed = pick_seed(seed, randomize)
         g = GraphBuilder()
-        m, c = self._base(g, model, classes, cfg, style)
+        m, c = self._base(g, model, classes, cfg, style, Engine(dtype, quant, device))
         img = self._load(g, image)
         region = g.node("ARRegionMask", image=img.out(0), left=left / 100, top=top / 100, right=right / 100,
                         bottom=bottom / 100, invert=bool(invert))
@@ -458,12 +444,13 @@ class Callbacks:
     @readable_errors
     def super_resolve(self, model: str, image: Any, classes: Any, scale: float, seed: float, randomize: bool,
                       cfg: float, top_k: float, top_p: float, temperature: float, style: str = "any",
+                      dtype: str = "float32", quant: str = "none", device: str = "auto",
                       request: gr.Request = None,
                       progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Training-free super-resolution: keep the coarse scales of the upsampled image, generate the fine ones."""
         seed = pick_seed(seed, randomize)
         g = GraphBuilder()
-        m, c = self._base(g, model, classes, cfg, style)
+        m, c = self._base(g, model, classes, cfg, style, Engine(dtype, quant, device))
         img = self._load(g, image)
         out = g.node("ARSuperResolve", model=m.out(0), cond=c.out(0), image=img.out(0), scale=int(scale),
                      **self._sampler(seed, top_k, top_p, temperature))
@@ -472,6 +459,7 @@ class Callbacks:
     @readable_errors
     def control(self, model: str, image: Any, classes: Any, control_type: str, strength: float, seed: float,
                 randomize: bool, cfg: float, top_k: float, top_p: float, temperature: float, style: str = "any",
+                dtype: str = "float32", quant: str = "none", device: str = "auto",
                 request: gr.Request = None,
                 progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """New image of the class drawn along the picture's structure: the control map (Canny edges, or the
@@ -480,7 +468,7 @@ class Callbacks:
         if control_type not in CONTROL_TYPES:
             raise InvalidInputError(f"control type {control_type!r} is not one of {', '.join(CONTROL_TYPES)}")
         g = GraphBuilder()
-        m, c = self._base(g, model, classes, cfg, style)
+        m, c = self._base(g, model, classes, cfg, style, Engine(dtype, quant, device))
         control_map = self._load(g, image, "control image")
         if control_type == "canny":
             from ..engine.registry import control_preprocessor
@@ -494,12 +482,13 @@ class Callbacks:
     @readable_errors
     def variation(self, model: str, image: Any, classes: Any, strength: float, seed: float, randomize: bool,
                   cfg: float, top_k: float, top_p: float, temperature: float, style: str = "any",
+                  dtype: str = "float32", quant: str = "none", device: str = "auto",
                   request: gr.Request = None,
                   progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Img2img: keep the image's first scales (fewer with more strength) and resample the rest."""
         seed = pick_seed(seed, randomize)
         g = GraphBuilder()
-        m, c = self._base(g, model, classes, cfg, style)
+        m, c = self._base(g, model, classes, cfg, style, Engine(dtype, quant, device))
         img = self._load(g, image)
         out = g.node("ARVariation", model=m.out(0), cond=c.out(0), image=img.out(0), strength=float(strength),
                      **self._sampler(seed, top_k, top_p, temperature))

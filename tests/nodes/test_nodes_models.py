@@ -31,11 +31,27 @@ def load(ctx, name, **kw):
     return ARModelLoader.execute(ctx, **args)[0]
 
 
-def test_choices_list_default_registry_and_local_manifests():
+def test_choices_list_the_default_and_local_manifests_but_not_checkpoints_missing_from_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
     choices = model_choices()
-    assert choices[0] == "emoji-var" and "var-d16" in choices and "llamagen-c2i-b-256" in choices
+    assert choices[0] == "emoji-var" and "var-d16" not in choices and "llamagen-c2i-b-256" not in choices
     assert TINY_VAR in choices and TINY_LLAMAGEN in choices and "classes.json" not in choices
     assert ARModelLoader.SPEC.input("model").default == "emoji-var"
+    workflow = {"1": {"class_type": "ARModelLoader",
+                      "inputs": {"model": "var-d16", "dtype": "float32", "quant": "none", "device": "cpu"}}}
+    (problem,) = validate(workflow, default_registry())
+    assert "released checkpoint that is not on disk" in problem.message, problem.message
+    assert "huggingface.co/FoundationVision/var" in problem.message and str(tiny_models_dir()) in problem.message
+    unknown = dict(workflow, **{"1": {**workflow["1"], "inputs": {**workflow["1"]["inputs"], "model": "nope"}}})
+    assert "not one of the allowed values" in validate(unknown, default_registry())[0].message
+    from arnodes.engine.registry import REGISTRY
+    entry = REGISTRY["var-d16"]
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in (entry.tokenizer_file, entry.generator_file):
+        (models / name).write_bytes(b"")  # present (the loader reads them; the list only looks)
+    monkeypatch.setenv("ARNODES_MODELS_DIR", str(models))
+    assert "var-d16" in model_choices() and "var-d30" not in model_choices()
 
 
 @pytest.mark.parametrize("name,family", [(TINY_VAR, "var"), (TINY_LLAMAGEN, "llamagen")])
