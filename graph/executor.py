@@ -72,10 +72,29 @@ class Executor:
         emit = on_event or (lambda event: None)
         emit(Event("start", message=f"{len(order)} node(s) to evaluate"))
         run = _Run(self, wf, Path(input_dir), Path(output_dir), extra_pnginfo, emit, cancel)
+        done: set[str] = set()
         for node_id in order:
-            run.evaluate(node_id)
+            if node_id in done:
+                continue
+            group = self._side_by_side(node_id, order, deps, done, wf)
+            if len(group) == 1:
+                run.evaluate(node_id)
+            else:
+                run.evaluate_together(group)
+            done.update(group)
         emit(Event("done", message=f"{len(run.result.executed)} executed, {len(run.result.cached)} cached"))
         return run.result
+
+    def _side_by_side(self, node_id: str, order: list[str], deps: Mapping[str, set[str]], done: set[str],
+                      wf: Workflow) -> list[str]:
+        """``node_id``, and when it is batchable every other batchable node ready now (all it reads from
+        done): they run at once so that the engine can batch them."""
+        def batchable(n: str) -> bool:
+            return bool(getattr(self.registry[wf[n]["class_type"]].SPEC, "batchable", False))
+        if not batchable(node_id):
+            return [node_id]
+        return [node_id] + [n for n in order if n != node_id and n not in done and batchable(n)
+                            and set(deps.get(n, ())) <= done]
 
     def _targets(self, wf: Workflow, outputs_wanted: Iterable[str] | None) -> list[str]:
         if outputs_wanted is not None:
@@ -160,6 +179,29 @@ class _Run:
         self.result.outputs[node_id] = entry.outputs
         if entry.ui:
             self.result.ui[node_id] = entry.ui
+
+    def evaluate_together(self, node_ids: list[str]) -> None:
+        """Evaluate independent nodes in threads; results are recorded in ``node_ids`` order, and the
+        first failure (in that order) is raised once all have finished."""
+        errors: dict[str, BaseException] = {}
+        executed_before, cached_before = len(self.result.executed), len(self.result.cached)
+
+        def one(node_id: str) -> None:
+            try:
+                self.evaluate(node_id)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, in order
+                errors[node_id] = exc
+        threads = [threading.Thread(target=one, args=(n,), name=f"node-{n}") for n in node_ids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for kind, before in (("executed", executed_before), ("cached", cached_before)):
+            ids = getattr(self.result, kind)
+            ids[before:] = sorted(ids[before:], key=node_ids.index)
+        for node_id in node_ids:
+            if node_id in errors:
+                raise errors[node_id]
 
     def _inputs(self, node_id: str, spec: Any) -> tuple[dict, dict, dict[str, tuple[str, int]]]:
         """(kwargs for execute, literal inputs, {name: (source node id, output index)})."""

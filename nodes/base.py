@@ -107,7 +107,8 @@ class NodeSpec:
     never served from cache. `output_node=True` marks sinks (SaveImage,
     PreviewImage): the executor runs what they need. `comfy_core=True` marks
     nodes implemented under ComfyUI core names, which the ComfyUI pack must not
-    re-export.
+    re-export. `batchable=True` marks nodes the executor runs side by side when several are ready at
+    once (ARGenerate: the engine batches generate requests that meet).
     """
 
     class_type: str
@@ -119,6 +120,7 @@ class NodeSpec:
     pure: bool = True
     output_node: bool = False
     comfy_core: bool = False
+    batchable: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))

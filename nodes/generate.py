@@ -27,7 +27,7 @@ class ARGenerate(Node):
     """
 
     SPEC = NodeSpec(
-        class_type="ARGenerate", display_name="AR Generate", category="sampling",
+        class_type="ARGenerate", display_name="AR Generate", category="sampling", batchable=True,
         inputs=(
             InputSpec("model", AR_MODEL),
             InputSpec("cond", AR_COND),

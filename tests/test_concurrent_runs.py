@@ -71,3 +71,22 @@ def test_cancel_mid_run_frees_the_model_for_the_next_run(tmp_path):
     assert all(not e["pinned"] for e in default_cache().info()), "the cancelled run still pins its model"
     result = executor.run(workflow(5, "sun"), input_dir=tmp_path, output_dir=tmp_path / "out")
     assert result.ui and len(list((tmp_path / "out").iterdir())) == 1
+
+
+def test_generate_nodes_of_one_workflow_run_as_one_batch(tmp_path):
+    """Two ARGenerate nodes ready at the same time run side by side and meet in the batcher; each
+    image is the one its node makes in a workflow of its own."""
+    from arnodes.engine.batching import default_batcher
+
+    wf = workflow(5, "sun")
+    wf["6"] = {"class_type": "ARGenerate", "inputs": {**wf["3"]["inputs"], "seed": 6}}
+    wf["7"] = {"class_type": "ARDecode", "inputs": {"model": ["1", 0], "tokens": ["6", 0], "scales": 0}}
+    wf["8"] = {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "second"}}
+    before = len(default_batcher().batches)
+    result = Executor(default_registry(), LRUCache(64)).run(wf, input_dir=tmp_path, output_dir=tmp_path / "out")
+    assert default_batcher().batches[before:] == [2]
+    assert result.executed.index("3") < result.executed.index("6")  # recorded in workflow order
+    for node, seed in (("4", 5), ("7", 6)):
+        alone = Executor(default_registry(), LRUCache(64)).run(workflow(seed, "sun"), input_dir=tmp_path,
+                                                               output_dir=tmp_path / f"alone{seed}")
+        assert torch.equal(result.outputs[node][0], alone.outputs["4"][0]), seed
