@@ -2,7 +2,8 @@
 
 Table-driven like the model loader: an adapter ``kind`` names a module, its adapter class and
 config class. ``var-cnn`` is arnodes' CAR-style adapter for next-scale models (the bundled
-emoji model's); ``controlar`` is ControlAR's branch for LlamaGen, in the official layout.
+emoji model's); ``controlar`` is ControlAR's branch for LlamaGen, in the official layout, with a
+ViT encoder (the class-to-image checkpoints) or DINOv2 through transformers (the text-to-image ones).
 Importing this package loads no model.
 """
 from __future__ import annotations
@@ -40,7 +41,7 @@ def build_adapter(kind: str, config, state_dict: dict[str, torch.Tensor] | None,
         module = adapter_cls(config)
     else:
         module = build_on_meta(lambda: adapter_cls(config))
-        sd = adapter_cls.remap_state_dict(state_dict) if hasattr(adapter_cls, "remap_state_dict") else state_dict
+        sd = module.remap_state_dict(state_dict) if hasattr(module, "remap_state_dict") else state_dict
         load_into(module, sd, source)
     return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
 

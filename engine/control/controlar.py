@@ -24,13 +24,14 @@ from torch import nn
 
 from ..errors import CheckpointError, InvalidInputError
 from .signal import ControlSignal
+from .dinov2 import DINOv2Config, DINOv2Encoder
 from .vit import ViTConfig, ViTEncoder
 
 CONTROL_PREFIXES = ("adapter.", "adapter_mlp.", "condition_")
 UNUSED_KEYS = ("condition_embeddings.weight", "condition_norm.weight", "condition_mlp.uncond_embedding",
                "adapter.model.pooler.dense.weight", "adapter.model.pooler.dense.bias")
 INJECTIONS = 3  # condition_layers: before blocks 0, n/3, 2n/3
-ENCODERS: dict[str, tuple[type, type]] = {"vit": (ViTEncoder, ViTConfig)}
+ENCODERS: dict[str, tuple[type, type]] = {"vit": (ViTEncoder, ViTConfig), "dinov2": (DINOv2Encoder, DINOv2Config)}
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,12 @@ class ControlARAdapter(nn.Module):
         self.condition_mlp.cap_proj = _MLP(cfg.dim, cfg.dim, cfg.dim)
         self.condition_layers = nn.ModuleList(_MLP(cfg.dim, cfg.dim, cfg.dim) for _ in range(INJECTIONS))
 
-    @classmethod
-    def remap_state_dict(cls, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The branch's keys of an official (GPT + control) state dict, without the unused ones."""
-        return {k: v for k, v in sd.items() if k.startswith(CONTROL_PREFIXES) and k not in UNUSED_KEYS}
+    def remap_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The branch's keys of an official (GPT + control) state dict, without the unused ones, in the
+        encoder's key layout (DINOv2: the installed transformers' names)."""
+        sd = {k: v for k, v in sd.items() if k.startswith(CONTROL_PREFIXES) and k not in UNUSED_KEYS}
+        encoder = self.adapter.model
+        return encoder.remap_keys(sd, "adapter.model.") if hasattr(encoder, "remap_keys") else sd
 
     def check_generator(self, generator: nn.Module) -> None:
         g = generator.config
@@ -108,8 +111,8 @@ class ControlARAdapter(nn.Module):
                                     f"{self.cfg.block_size} tokens; the model has {g.dim}, {g.n_layer}, {g.block_size}")
 
     def map_size(self) -> int:
-        """The control map's side in pixels: one encoder patch per image token."""
-        return self.cfg.grid * self.cfg.encoder_config.patch_size
+        """The control map's side in pixels: the encoder's pixels per image token (ViT: its patch)."""
+        return self.cfg.grid * self.adapter.model.pixels_per_token
 
     def condition_tokens(self, control: torch.Tensor) -> torch.Tensor:
         """control (B, 3, H, W) in [-1, 1] -> (B, L, dim): ``Transformer.condition_token`` of the official code."""

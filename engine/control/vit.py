@@ -120,6 +120,10 @@ class ViTEncoder(nn.Module):
     def out_dim(self) -> int:
         return self.cfg.hidden_size
 
+    @property
+    def pixels_per_token(self) -> int:
+        return self.cfg.patch_size
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.embeddings(x)
         for layer in self.encoder.layer:

@@ -167,7 +167,7 @@ def test_released_controlar_layouts_load_strictly_on_meta(name):
     cfg = config_from_official(entry["model_args"], VIT_S16)
     assert list(cfg.injected_blocks) == entry["condition_injected_before_blocks"]
     adapter = build_on_meta(lambda: ControlARAdapter(cfg))
-    load_into(adapter, ControlARAdapter.remap_state_dict(control_sd), name)  # strict: every key used or known-unused
+    load_into(adapter, adapter.remap_state_dict(control_sd), name)  # strict: every key used or known-unused
     assert set(control_sd) - set(adapter.state_dict()) == set(UNUSED_KEYS)
     vit = sum(p.numel() for k, p in adapter.named_parameters() if k.startswith("adapter.model."))
     assert vit + 384 * 384 + 384 == entry["n_params_adapter_vit"]  # + the (unused) pooler
