@@ -191,5 +191,5 @@ def test_a_missing_model_file_says_where_to_put_it(capsys, tmp_path, monkeypatch
     code, _, err = run_cli(capsys, "generate", "--model", "var-d16", "--class", "goldfish",
                            "--output-dir", str(tmp_path / "out"), "--quiet")
     assert code == 2 and err.startswith("error:")
-    assert "not found" in err and str(tmp_path / "models") in err and "ARNODES_MODELS_DIR" in err
-    assert "--models-dir" not in err
+    assert "not on disk" in err and str(tmp_path / "models") in err and "ARNODES_MODELS_DIR" in err
+    assert "huggingface.co/FoundationVision/var" in err and "--models-dir" not in err
