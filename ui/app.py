@@ -18,7 +18,6 @@ from . import presets
 from .callbacks import MAX_UI_SEED, Callbacks, WorkflowRunner
 from .theme import CSS, theme
 
-DEVICE = {"concurrency_id": "device", "concurrency_limit": presets.CONCURRENT_RUNS}
 LIGHT = {"concurrency_limit": None, "show_progress": "hidden"}
 SEND_TARGETS = (("Inpaint", "inpaint"), ("Edit", "edit"), ("Upscale", "superres"), ("Variation", "control"))
 
@@ -101,6 +100,7 @@ def mask_editor() -> gr.ImageEditor:
 def build_app(runner: Any) -> gr.Blocks:
     """The whole page for `runner` (a WorkflowRunner, or a mock in tests)."""
     cb = Callbacks(runner)
+    device_slots = {"concurrency_id": "device", "concurrency_limit": presets.CONCURRENT_RUNS}  # read at build: tests shrink it
     model_names = runner.model_choices()
     default_model = runner.default_model()
     choices = runner.class_choices(default_model)
@@ -238,31 +238,32 @@ def build_app(runner: Any) -> gr.Blocks:
         engine = [run_dtype, run_quant, run_device]
         _jobs = {
             "generate": gen_run.click(cb.generate, [model, gen.classes, *gen.after_classes, batch, style, *engine, run_decode],
-                                      outs(gen_out, gen), api_name="generate", **DEVICE),
+                                      outs(gen_out, gen), api_name="generate", **device_slots),
             "inpaint": inp_run.click(cb.inpaint, [model, editor, inp.classes, *inp.after_classes, style, *engine, run_decode],
-                                     outs(inp_out, inp), api_name="inpaint", **DEVICE),
+                                     outs(inp_out, inp), api_name="inpaint", **device_slots),
             "outpaint": out_run.click(cb.outpaint, [model, editor, inp.classes, pad["left"], pad["top"], pad["right"],
                                                     pad["bottom"], feather, *inp.after_classes, style, *engine,
                                                     run_decode],
-                                      outs(inp_out, inp), api_name="outpaint", **DEVICE),
+                                      outs(inp_out, inp), api_name="outpaint", **device_slots),
             "edit": ed_run.click(cb.edit, [model, edit_image, ed.classes, box["left"], box["top"], box["right"],
                                            box["bottom"], invert, *ed.after_classes, style, *engine], outs(ed_out, ed),
-                                 api_name="edit", **DEVICE),
+                                 api_name="edit", **device_slots),
             "superres": sr_run.click(cb.super_resolve, [model, sr_image, sr.classes, scale, *sr.after_classes, style, *engine],
-                                     outs(sr_out, sr), api_name="super_resolve", **DEVICE),
+                                     outs(sr_out, sr), api_name="super_resolve", **device_slots),
             "control": ctl_run.click(cb.control, [model, ctl_image, ctl.classes, control_type, control_strength,
                                                   *ctl.after_classes, style, *engine],
-                                     outs(ctl_out, ctl), api_name="control", **DEVICE),
+                                     outs(ctl_out, ctl), api_name="control", **device_slots),
             "variation": var_run.click(cb.variation,
                                        [model, ctl_image, ctl.classes, strength, *ctl.after_classes, style, *engine],
-                                       outs(ctl_out, ctl), api_name="variation", **DEVICE),
+                                       outs(ctl_out, ctl), api_name="variation", **device_slots),
             "workflow": wf_run.click(cb.workflow_run, [wf_file, wf_table, wf_inputs], [wf_out.gallery, wf_out.files],
-                                     api_name="workflow_run", **DEVICE),
+                                     api_name="workflow_run", **device_slots),
         }
         for i, (stop, names) in enumerate(((gen_stop, ["generate"]), (inp_stop, ["inpaint"]),
                                            (out_stop, ["outpaint"]), (ed_stop, ["edit"]), (sr_stop, ["superres"]),
                                            (ctl_stop, ["control", "variation"]), (wf_stop, ["workflow"]))):
-            stop.click(cb.cancel, None, None, api_name="cancel" if i == 0 else False, **LIGHT)
+            # outside the queue: a full queue must not stop a user from cancelling
+            stop.click(cb.cancel, None, None, api_name="cancel" if i == 0 else False, queue=False, **LIGHT)
 
         # ---- wiring: chaining results into other tabs ----
         targets = {"inpaint": (editor, cb.send_to_editor), "edit": (edit_image, cb.send_to),
@@ -279,7 +280,7 @@ def build_app(runner: Any) -> gr.Blocks:
         pickers = [gen.classes, inp.classes, ed.classes, sr.classes, ctl.classes]
         for picker in pickers:
             model.change(cb.classes_for, model, picker, api_name=False, **LIGHT)
-        load_btn.click(cb.model_load, [pick, dtype, quant, device], models_df, api_name="model_load", **DEVICE)
+        load_btn.click(cb.model_load, [pick, dtype, quant, device], models_df, api_name="model_load", **device_slots)
         unload_btn.click(cb.model_unload, pick, models_df, api_name="model_unload", **LIGHT)
         refresh_btn.click(cb.models_table, None, models_df, api_name="models", **LIGHT)
         demo.load(cb.models_table, None, models_df, api_name=False, **LIGHT)
