@@ -15,7 +15,8 @@ variable                    default     what it bounds
 ==========================  ==========  =====================================================
 
 On top of these, :func:`check_memory` refuses a request whose estimated working memory is more
-than the memory available now (``MemAvailable`` on Linux, free memory on a CUDA device).
+than the memory available now (``MemAvailable`` on Linux, or less when a container's cgroup limit
+leaves less; free memory on a CUDA device).
 
 Torch-free at import time: the graph layer checks the node count with it.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import InvalidInputError, LimitError
 
@@ -34,6 +36,8 @@ DEFAULTS: dict[str, int] = {
     "ARNODES_MAX_FRAMES": 1,
 }
 _FLOAT_IMAGE_BYTES = 3 * 4  # an IMAGE pixel: 3 float32 channels
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+_UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a huge number
 
 
 @dataclass(frozen=True)
@@ -102,13 +106,35 @@ def available_bytes(device: str = "cpu") -> int | None:
             return int(torch.cuda.mem_get_info(device)[0]) if torch.cuda.is_available() else None
         except (RuntimeError, AssertionError):
             return None
+    free = None
     try:
         with open("/proc/meminfo", encoding="ascii") as fh:
             for line in fh:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    free = int(line.split()[1]) * 1024
+                    break
     except (OSError, ValueError, IndexError):
-        return None
+        free = None
+    container = cgroup_memory()
+    if container is not None:  # in a container the kernel kills at the cgroup's limit, not at the host's
+        limit, used = container
+        free = max(0, limit - used) if free is None else min(free, max(0, limit - used))
+    return free
+
+
+def cgroup_memory() -> tuple[int, int] | None:
+    """(limit, usage) in bytes of this process's memory cgroup (v2, else v1); None without a limit."""
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            raw = (CGROUP_ROOT / limit_file).read_text().strip()
+            if raw == "max":
+                return None
+            limit = int(raw)
+            used = int((CGROUP_ROOT / usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        return None if limit >= _UNLIMITED else (limit, used)
     return None
 
 

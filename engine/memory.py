@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .limits import cgroup_memory
+
 DEVICE_FRACTION = 0.9  # of a GPU's memory the cache may plan for; the rest is the allocator's slack
 HOST_FRACTION = 0.5  # of physical RAM: the host also runs the OS, the UI, the data a request reads
 
@@ -65,9 +67,11 @@ def device_budget(device: str) -> int | None:
         return int(total * DEVICE_FRACTION)
     if dev.type == "cpu":
         try:
-            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * HOST_FRACTION)
+            ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         except (ValueError, OSError, AttributeError):
             return None
+        container = cgroup_memory()  # a container's limit, when lower than the host's RAM
+        return int(min(ram, container[0] if container else ram) * HOST_FRACTION)
     return None
 
 

@@ -244,3 +244,26 @@ def test_default_budget_is_the_device_memory(monkeypatch):
     monkeypatch.setattr(memory.torch.cuda, "mem_get_info", lambda dev: (5 << 30, 80 << 30))
     assert memory.device_budget("cuda:0") == int((80 << 30) * memory.DEVICE_FRACTION)
     assert ModelCache(7, device_budget=memory.device_budget).budget("cuda:0") == 7  # the env setting wins
+
+
+@pytest.mark.parametrize("layout", ["v2", "v1"])
+def test_a_container_memory_limit_bounds_what_is_available(tmp_path, monkeypatch, layout):
+    """In a container the kernel kills at the cgroup's limit, whatever the host has free."""
+    from arnodes.engine import limits, memory
+
+    root = tmp_path / "cgroup"
+    if layout == "v2":
+        root.mkdir()
+        (root / "memory.max").write_text(f"{3 << 30}\n")
+        (root / "memory.current").write_text(f"{1 << 30}\n")
+    else:
+        (root / "memory").mkdir(parents=True)
+        (root / "memory" / "memory.limit_in_bytes").write_text(f"{3 << 30}\n")
+        (root / "memory" / "memory.usage_in_bytes").write_text(f"{1 << 30}\n")
+    monkeypatch.setattr(limits, "CGROUP_ROOT", root)
+    assert limits.cgroup_memory() == (3 << 30, 1 << 30)
+    assert limits.available_bytes("cpu") <= 2 << 30
+    assert memory.device_budget("cpu") <= int((3 << 30) * memory.HOST_FRACTION)
+    (root / ("memory.max" if layout == "v2" else "memory/memory.limit_in_bytes")).write_text(
+        "max\n" if layout == "v2" else "9223372036854771712\n")
+    assert limits.cgroup_memory() is None and limits.available_bytes("cpu") > 0
