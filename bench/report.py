@@ -152,9 +152,10 @@ def block_emoji_model() -> str:
               f"{f(m['seed_distinct_mean'])} ({m['seed_classes']} classes; different = mean abs. difference "
               f"> {m['distinct_mad_threshold']:.0f}/255)", ">= 3"],
              ["same seed twice gives identical pixels", "yes" if m["same_seed_identical"] else "NO", "yes"],
-             ["style judge accuracy on held-out classes' drawings",
-              f"{pct(m['style_judge_heldout_acc'])} ({m['style_judge_heldout_images']} images)", ""]]
-    rows += [[f"samples judged in the asked style: {s}", f"{pct(v)} ({m['style_classes']} classes)", ">= 80 %"]
+             ["style judge (nearest drawing of the class, per style): accuracy on tokenizer reconstructions",
+              f"{pct(m['style_judge_validation_acc'])} ({m['style_judge_validation_images']} images)", ""]]
+    rows += [[f"samples judged in the asked style: {s}",
+              f"{pct(v)} ({m['style_classes']} classes x {m.get('style_seeds', 1)} seeds)", ">= 80 %"]
              for s, v in m.get("style_acc", {}).items()]
     rows += [["style any: share of samples per style",
               ", ".join(f"{s} {pct(v)}" for s, v in m.get("style_any_share", {}).items()), ""]]

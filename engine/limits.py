@@ -103,7 +103,11 @@ def available_bytes(device: str = "cpu") -> int | None:
         try:
             import torch
 
-            return int(torch.cuda.mem_get_info(device)[0]) if torch.cuda.is_available() else None
+            if not torch.cuda.is_available():
+                return None
+            # free on the device, plus what torch's caching allocator holds but does not use
+            cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+            return int(torch.cuda.mem_get_info(device)[0]) + int(cached)
         except (RuntimeError, AssertionError):
             return None
     free = None

@@ -16,8 +16,10 @@ Metrics:
   when their mean absolute pixel difference exceeds ``DISTINCT_MAD`` (0-255 scale);
   ``seed_distinct_mean`` is the mean number of distinct drawings among the 4 (greedy
   clustering), and the same seed run twice must give identical pixels;
-- style: a small CNN (``style_judge.py``) trained on the style sets judges samples
-  generated with each style named; ``style_acc[NAME]`` is the share judged NAME.
+- style: samples generated with each style named (100 classes drawn in every style x 3 seeds)
+  are judged by the nearest of their class's drawings, one per style (``style_judge.py``;
+  its accuracy on tokenizer reconstructions of those drawings is reported with it);
+  ``style_acc[NAME]`` is the share judged NAME.
 """
 from __future__ import annotations
 
@@ -30,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..engine.conditioning import Conditioning
 from ..engine.generate.canvas import TokenCanvas
@@ -39,6 +40,7 @@ from ..engine.loader import load_manifest
 from ..engine.sampling import SamplingParams
 from . import data as emoji_data
 from .export import MANIFEST, set_defaults
+from .style_judge import build_judge, features
 from .tokenizer_stage import to_model_images
 
 
@@ -47,16 +49,19 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
     return img.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
-@torch.no_grad()
+def reconstruct(tok, images: np.ndarray, batch: int = 100) -> np.ndarray:
+    """uint8 images -> the tokenizer's encode -> decode of them (what model output can look like at best)."""
+    with torch.no_grad():
+        return np.concatenate([to_uint8(tok.decode_scales(tok.encode_scales(to_model_images(images[i:i + batch],
+                                                                                               torch.device("cpu")))))
+                               for i in range(0, len(images), batch)])
+
+
 def tokenizer_psnr(tok, images: np.ndarray, batch: int = 100) -> float:
     """Mean per-image PSNR (dB) of encode -> decode on uint8 ``images``."""
-    vals = []
-    for i in range(0, len(images), batch):
-        x = images[i:i + batch]
-        rec = to_uint8(tok.decode_scales(tok.encode_scales(to_model_images(x, torch.device("cpu")))))
-        mse = ((rec.astype(np.float64) - x.astype(np.float64)) ** 2).reshape(len(x), -1).mean(1)
-        vals.append(10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10)))
-    return float(np.concatenate(vals).mean())
+    rec = reconstruct(tok, images, batch)
+    mse = ((rec.astype(np.float64) - images.astype(np.float64)) ** 2).reshape(len(images), -1).mean(1)
+    return float(np.mean(10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))))
 
 
 @torch.no_grad()
@@ -77,15 +82,9 @@ def generate(bundle, class_ids: list[int], seed: int, cfg: float, top_k: int, to
     return np.concatenate(out)
 
 
-def small(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N,64,64,3] -> float [N, 3*32*32] (area downsampling)."""
-    t = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-    return F.interpolate(t, size=(32, 32), mode="area").flatten(1)
-
-
 def nn_metrics(samples: np.ndarray, requested: list[int], ref: torch.Tensor, ref_labels: np.ndarray) -> dict[str, float]:
     """Nearest reference image (L2 at 32x32) for each sample: class accuracy and distinct classes."""
-    d = torch.cdist(small(samples), ref)
+    d = torch.cdist(features(samples), ref)
     nearest = ref_labels[d.argmin(1).numpy()]
     req = np.asarray(requested)
     return {"nn_class_acc": float((nearest == req).mean()),
@@ -120,28 +119,28 @@ def seed_metrics(bundle, class_ids: list[int], defaults: dict[str, Any], seeds: 
 
 
 def style_metrics(bundle, d: emoji_data.EmojiData, remap: np.ndarray, n_classes: int,
-                  defaults: dict[str, Any]) -> dict[str, Any]:
-    """Per named style: the share of samples the style judge puts in that style (classes drawn in every style)."""
-    from .style_judge import train_judge
-
-    judge = train_judge(d)
-    out: dict[str, Any] = {"style_judge_heldout_acc": judge.heldout_accuracy,
-                           "style_judge_heldout_images": judge.heldout_images}
-    if not bundle.styles:
-        return out
+                  defaults: dict[str, Any], seeds: int = 3) -> dict[str, Any]:
+    """Per named style: the share of samples (classes drawn in every style x ``seeds`` seeds) that the
+    nearest-reference judge (``style_judge.py``, validated on tokenizer reconstructions) puts in it."""
     canon = d.kind == emoji_data.KIND_CANONICAL
     have = [set(remap[d.labels[canon & (d.style == i)]].tolist()) for i in range(len(d.styles))]
     common = sorted(set.intersection(*have) - {-1})
     ids = sorted(np.random.default_rng(99).choice(common, size=min(n_classes, len(common)), replace=False).tolist())
-    acc: dict[str, float] = {}
-    for name in bundle.styles:
-        sid = bundle.styles.index(name)
-        samples = generate(bundle, ids, 0, float(defaults["cfg"]), int(defaults["top_k"]), float(defaults["top_p"]),
-                           style=sid)
-        acc[name] = float((judge.predict(samples) == d.styles.index(name)).mean())
-    any_pred = judge.predict(generate(bundle, ids, 0, float(defaults["cfg"]), int(defaults["top_k"]),
-                                      float(defaults["top_p"])))
+    judge = build_judge(d, remap, ids, lambda x: reconstruct(bundle.tokenizer, x))
+    out: dict[str, Any] = {"style_judge": "nearest canonical drawing of the sample's class, per style (L2 at 32x32)",
+                           "style_judge_validation_acc": judge.validation_accuracy,
+                           "style_judge_validation_images": judge.validation_images}
+    if not bundle.styles:
+        return out
+
+    def judged(style: int | None) -> np.ndarray:
+        return np.concatenate([judge.predict(generate(bundle, ids, seed, float(defaults["cfg"]),
+                                                      int(defaults["top_k"]), float(defaults["top_p"]), style=style),
+                                             ids) for seed in range(seeds)])
+    acc = {name: float((judged(bundle.styles.index(name)) == d.styles.index(name)).mean()) for name in bundle.styles}
+    any_pred = judged(None)
     out.update({"style_acc": acc, "style_acc_min": min(acc.values()), "style_classes": len(ids),
+                "style_seeds": seeds,
                 "style_any_share": {s: float((any_pred == i).mean()) for i, s in enumerate(d.styles)}})
     return out
 
@@ -179,7 +178,7 @@ def evaluate(weights: Path, data_cache: Path, eval_classes: int, seeds: list[int
 
     ref_idx = d.reference_set()
     ref_idx = ref_idx[remap[d.labels[ref_idx]] >= 0]
-    ref, ref_labels = small(d.images[ref_idx]), remap[d.labels[ref_idx]]
+    ref, ref_labels = features(d.images[ref_idx]), remap[d.labels[ref_idx]]
     metrics["reference_drawings"] = int(len(ref_idx))
     n_cls = len(classes)
     rng = np.random.default_rng(1234)
@@ -214,7 +213,7 @@ def evaluate(weights: Path, data_cache: Path, eval_classes: int, seeds: list[int
     log(f"seeds: {metrics['seed_distinct_mean']:.2f} distinct drawings of 4 "
         f"(same seed identical: {metrics['same_seed_identical']})")
     metrics.update(style_metrics(bundle, d, remap, style_classes, defaults))
-    log(f"styles: judge {metrics['style_judge_heldout_acc']:.3f} on held-out classes; {metrics.get('style_acc')}")
+    log(f"styles: judge {metrics['style_judge_validation_acc']:.3f} on reconstructions; {metrics.get('style_acc')}")
     metrics["defaults"] = defaults
 
     if samples_path is not None:

@@ -267,3 +267,16 @@ def test_a_container_memory_limit_bounds_what_is_available(tmp_path, monkeypatch
     (root / ("memory.max" if layout == "v2" else "memory/memory.limit_in_bytes")).write_text(
         "max\n" if layout == "v2" else "9223372036854771712\n")
     assert limits.cgroup_memory() is None and limits.available_bytes("cpu") > 0
+
+
+def test_free_gpu_memory_counts_what_torchs_allocator_holds_unused(monkeypatch):
+    """After a big batch torch keeps the freed blocks reserved; they are free for the next request."""
+    import torch
+
+    from arnodes.engine import limits
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 << 30, 80 << 30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 6 << 30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1 << 30)
+    assert limits.available_bytes("cuda:0") == (2 << 30) + (5 << 30)

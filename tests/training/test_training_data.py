@@ -98,3 +98,27 @@ def test_training_ci_installs_the_npm_sets_the_data_build_reads() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for package in styles.NPM_PACKAGES:
         assert package in ci and package in readme, package
+
+
+def test_training_style_judge_finds_the_style_of_each_drawing(small) -> None:
+    """The style judge names the set a drawing comes from, also after a lossy round trip (a blur
+    standing in for the tokenizer)."""
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    from arnodes.training.style_judge import build_judge
+
+    canon = small.kind == data.KIND_CANONICAL
+    every = [c for c in range(len(small.classes))
+             if all((canon & (small.labels == c) & (small.style == s)).any() for s in range(len(small.styles)))]
+    assert len(every) >= 5
+    remap = np.arange(len(small.classes))
+
+    def blur(images: np.ndarray) -> np.ndarray:
+        return np.stack([np.asarray(Image.fromarray(x).filter(ImageFilter.GaussianBlur(1.0))) for x in images])
+    judge = build_judge(small, remap, every, blur)
+    assert judge.validation_images == len(every) * len(small.styles) and judge.validation_accuracy >= 0.9
+    pick = [np.nonzero(canon & (small.labels == c) & (small.style == s))[0][0]
+            for c in every for s in range(len(small.styles))]
+    truth = np.tile(np.arange(len(small.styles)), len(every))
+    assert (judge.predict(small.images[pick], [c for c in every for _ in small.styles]) == truth).all()

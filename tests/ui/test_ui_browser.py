@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -67,9 +68,23 @@ def screenshot(page, tmp_path: Path, name: str) -> Path:
     return path
 
 
+def wait_until(locator, condition: str, timeout_s: float = TIMEOUT_MS / 1000) -> None:
+    """Poll ``condition`` (a JS function of the element) on whatever element ``locator`` finds now: Gradio
+    re-renders components, and a handle taken earlier can stay on a detached node forever."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if locator.evaluate(condition, timeout=2_000):
+                return
+        except sync_api.Error:  # not there yet, or replaced while we looked: look again
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {condition} on {locator}")
+
+
 def wait_decoded(page, img) -> None:
     """Wait until the browser has fetched and decoded the image (attached is not loaded: naturalWidth 0)."""
-    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img.element_handle())
+    wait_until(img, "img => img.complete && img.naturalWidth > 0")
 
 
 def visible_panel(page):
@@ -102,7 +117,7 @@ def test_paint_a_mask_and_inpaint(page, tmp_path):
     canvas = panel.locator("canvas").first
     canvas.wait_for()
     # the upload has landed in the editor when its history has a step: Undo turns enabled
-    page.wait_for_function("b => !b.disabled", arg=panel.get_by_role("button", name="Undo").element_handle())
+    wait_until(panel.get_by_role("button", name="Undo"), "b => !b.disabled")
     brush = panel.get_by_role("button", name="Brush")
     if brush.count():
         brush.first.click()
