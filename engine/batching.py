@@ -10,10 +10,12 @@ generator (``sampling.RequestGenerators``), so an image is identical alone and i
 Only requests whose settings agree are batched (same model, sampling parameters, guidance, plain
 decoding, no control or token canvas); anything else runs alone, as before.
 
-How requests meet: the first to arrive waits ``window_s`` for company, then takes the model's lock
-and runs everything queued for its settings (up to ``max_images``). Requests arriving while a batch
-runs queue behind the lock and go together in the next batch, so under load batches form without
-any waiting.
+How requests meet: the first to arrive waits ``window_s`` for company, and each request that joins
+restarts that wait (up to ``MAX_WINDOWS`` windows in all), so a burst whose requests trickle in
+through the front end's own work still meets; then the group takes the model's lock and runs
+everything queued for its settings (up to ``max_images``). Requests arriving while a batch runs
+queue behind the lock and go together in the next batch, so under load batches form without any
+waiting.
 """
 from __future__ import annotations
 
@@ -30,13 +32,14 @@ from .generate import DecodeOptions, TokenCanvas, generate, make_generator
 from .sampling import RequestGenerators, SamplingParams
 
 Progress = Callable[[int, int], None]
+MAX_WINDOWS = 5  # a group waits at most this many windows for company, however many keep arriving
 Reserve = Callable[[int], AbstractContextManager]  # images -> holds their working set in the memory budget
 
 
 @dataclass(frozen=True)
 class BatchSettings:
     """``max_images``: most images in one batch (a request larger than this runs alone);
-    ``window_s``: how long a request that finds the model idle waits for others (0 = never waits)."""
+    ``window_s``: how long a group waits for the next request (0 = never waits)."""
 
     max_images: int = 16
     window_s: float = 0.02
@@ -100,7 +103,7 @@ class GenerationBatcher:
         self.settings = settings or BatchSettings.from_env()
         self._lock = threading.Lock()
         self._pending: dict[tuple, list[_Request]] = {}
-        self._opened: dict[tuple, float] = {}  # when each waiting group's first request arrived
+        self._opened: dict[tuple, tuple[float, float]] = {}  # group -> (first arrival, latest arrival)
         self.batches: list[int] = []  # requests per batch run, most recent last (bounded; for tests / stats)
 
     def generate(self, bundle, lock: threading.RLock, cond: Conditioning, params: SamplingParams, seed: int,
@@ -118,11 +121,11 @@ class GenerationBatcher:
         request = _Request(cond, seed, progress, reserve)
         key = _settings_key(bundle, cond, params)
         with self._lock:
-            if key not in self._pending:  # the first of a group opens the window for the others
-                self._opened[key] = time.monotonic()
+            now = time.monotonic()
+            first = self._opened[key][0] if key in self._pending else now  # the first opens the window
+            self._opened[key] = (first, now)
             self._pending.setdefault(key, []).append(request)
-            opened = self._opened[key]
-        self._wait_for_company(key, opened)
+        self._wait_for_company(key)
         while not request.done.is_set():
             with lock:
                 batch = self._take(key) if not request.done.is_set() else []
@@ -134,15 +137,21 @@ class GenerationBatcher:
             stats.update(request.stats)
         return request.result
 
-    def _wait_for_company(self, key: tuple, opened: float) -> None:
-        """Until the group's window closes or it fills a batch: every member waits, so none of them
-        takes the model for a batch of one while the others are still arriving."""
-        deadline = opened + self.settings.window_s
-        while time.monotonic() < deadline:
+    def _wait_for_company(self, key: tuple) -> None:
+        """Until a window passes with no new arrival (at most ``MAX_WINDOWS`` from the first) or the
+        group fills a batch: every member waits, so none of them takes the model for a batch of one
+        while the others are still arriving."""
+        window = self.settings.window_s
+        while True:
             with self._lock:
+                if key not in self._opened:  # taken by a batch already
+                    return
+                first, latest = self._opened[key]
                 if sum(r.cond.batch for r in self._pending.get(key, ())) >= self.settings.max_images:
                     return
-            time.sleep(min(0.002, self.settings.window_s))
+            if time.monotonic() >= min(latest + window, first + MAX_WINDOWS * window):
+                return
+            time.sleep(min(0.002, window))
 
     def _take(self, key: tuple) -> list[_Request]:
         """The oldest queued requests of ``key`` that fit in one batch (at least one)."""

@@ -118,18 +118,36 @@ class ModelCache:
             with self._lock:
                 entry.pins -= 1
                 entry.last_used = time.time()
-                entry.nbytes = entry.bundle.resident_bytes()  # with the KV caches the model keeps for reuse
                 if entry.pins == 0 and entry.doomed and self._entries.get(key) is entry:
                     self._drop(entry)
 
     @contextmanager
-    def reserve(self, device: str | torch.device, need: WorkingSet, what: str) -> Iterator[None]:
+    def reserve(self, device: str | torch.device, need: WorkingSet, what: str,
+                bundle: ModelBundle | None = None) -> Iterator[None]:
         """Hold ``need`` bytes of ``device``'s budget while a request runs. Models not in use are
         evicted (least recently used first) to make room; a request that cannot fit even then, in
-        the budget or in the memory the device has free now, is refused with the numbers."""
+        the budget or in the memory the device has free now, is refused with the numbers.
+        ``bundle``: the model that generates; afterwards the KV caches it keeps for reuse count as its memory."""
         if need.total <= 0:
             yield
             return
+        try:
+            with self._reserved_for(device, need, what):
+                yield
+        finally:
+            if bundle is not None:
+                self._recount(bundle)
+
+    def _recount(self, bundle: ModelBundle) -> None:
+        """A model's resident bytes again (after a generation allocated or grew its KV caches)."""
+        nbytes = bundle.resident_bytes()
+        with self._lock:
+            for e in self._entries.values():
+                if e.bundle is bundle:
+                    e.nbytes = nbytes
+
+    @contextmanager
+    def _reserved_for(self, device: str | torch.device, need: WorkingSet, what: str) -> Iterator[None]:
         device = str(torch.device(device))
         with self._lock:
             self._make_room(device, need.total, refuse=(what, need))

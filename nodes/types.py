@@ -84,7 +84,8 @@ class EngineModelCache:
         cache = default_cache()
         with cache.use(handle.name, device=handle.device, dtype=handle.dtype, quant=handle.quant,
                        models_dir=handle.models_dir) as bundle:
-            with cache.reserve(bundle.device, working_set(bundle, images), f"{what or handle.name} ({images} image(s))"):
+            with cache.reserve(bundle.device, working_set(bundle, images), f"{what or handle.name} ({images} image(s))",
+                               bundle):
                 yield bundle
 
     @staticmethod
@@ -97,7 +98,7 @@ class EngineModelCache:
         with cache.pinned(handle.name, device=handle.device, dtype=handle.dtype, quant=handle.quant,
                           models_dir=handle.models_dir) as bundle:
             yield bundle, lambda n: cache.reserve(bundle.device, working_set(bundle, n),
-                                                  f"{what or handle.name} ({n} image(s))")
+                                                  f"{what or handle.name} ({n} image(s))", bundle)
 
 
 ENGINE_CACHE = EngineModelCache()

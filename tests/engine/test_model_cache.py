@@ -229,7 +229,8 @@ def test_kv_caches_a_model_keeps_after_generating_count_as_its_memory():
     cache = ModelCache(budget_bytes=None)
     with cache.use(DEFAULT_MODEL) as bundle:
         weights = cache.info()[0]["bytes"]
-        generate(bundle, Conditioning((0, 1, 2, 3), cfg=2.0), params=SamplingParams(), seed=0)
+        with cache.reserve(bundle.device, working_set(bundle, 4), "gen", bundle):
+            generate(bundle, Conditioning((0, 1, 2, 3), cfg=2.0), params=SamplingParams(), seed=0)
     kept = cache.info()[0]["bytes"] - weights
     assert 0 < kept <= working_set(bundle, 4).kv_cache  # reused by the next request, so it stays counted
 
