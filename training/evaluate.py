@@ -34,8 +34,7 @@ import numpy as np
 import torch
 
 from ..engine.conditioning import Conditioning
-from ..engine.generate.canvas import TokenCanvas
-from ..engine.generate.next_scale import generate_scales
+from ..engine.generate import DecodeOptions, generate as engine_generate
 from ..engine.loader import load_manifest
 from ..engine.sampling import SamplingParams
 from . import data as emoji_data
@@ -52,8 +51,8 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
 def reconstruct(tok, images: np.ndarray, batch: int = 100) -> np.ndarray:
     """uint8 images -> the tokenizer's encode -> decode of them (what model output can look like at best)."""
     with torch.no_grad():
-        return np.concatenate([to_uint8(tok.decode_scales(tok.encode_scales(to_model_images(images[i:i + batch],
-                                                                                               torch.device("cpu")))))
+        return np.concatenate([to_uint8(tok.decode_grids(tok.encode_grids(to_model_images(images[i:i + batch],
+                                                                                             torch.device("cpu")))))
                                for i in range(0, len(images), batch)])
 
 
@@ -66,19 +65,24 @@ def tokenizer_psnr(tok, images: np.ndarray, batch: int = 100) -> float:
 
 @torch.no_grad()
 def generate(bundle, class_ids: list[int], seed: int, cfg: float, top_k: int, top_p: float,
-             batch: int = 100, style: int | None = None) -> np.ndarray:
-    """uint8 [N,64,64,3] samples for ``class_ids`` (in ``style``; None = any) through the engine."""
-    model, tok = bundle.generator, bundle.tokenizer
+             batch: int = 100, style: int | None = None, decode: DecodeOptions | None = None,
+             stats: list[dict] | None = None) -> np.ndarray:
+    """uint8 [N,H,W,3] samples for ``class_ids`` (in ``style``; None = any) through the engine, for either
+    family; ``decode``: the raster decode strategy (plain when None), each batch's counts appended to ``stats``."""
     gen = torch.Generator().manual_seed(seed)
-    params = SamplingParams(top_k=top_k, top_p=top_p)
+    params = SamplingParams(top_k=top_k, top_p=top_p, temperature=float(bundle.defaults.get("temperature", 1.0)),
+                            top_p_style="llamagen" if bundle.family == "llamagen" else "var")
     out = []
     for i in range(0, len(class_ids), batch):
         ids = tuple(class_ids[i:i + batch])
         cond = Conditioning(class_ids=ids, cfg=cfg, style_ids=None if style is None else (style,) * len(ids))
-        canvas = TokenCanvas.empty("var", "emoji", [(p, p) for p in model.cfg.patch_nums], len(ids))
-        res = generate_scales(model, tok, cond, canvas, params, gen)
-        out.append(to_uint8(tok.decode_scales(res.grids)))
-    model.clear_caches()
+        counts: dict = {}
+        res = engine_generate(bundle, cond, params=params, generator=gen, decode=decode, stats=counts)
+        if stats is not None:
+            stats.append(counts)
+        out.append(to_uint8(bundle.tokenizer.decode_grids(res.grids)))
+    if hasattr(bundle.generator, "clear_caches"):
+        bundle.generator.clear_caches()
     return np.concatenate(out)
 
 
@@ -122,6 +126,8 @@ def style_metrics(bundle, d: emoji_data.EmojiData, remap: np.ndarray, n_classes:
                   defaults: dict[str, Any], seeds: int = 3) -> dict[str, Any]:
     """Per named style: the share of samples (classes drawn in every style x ``seeds`` seeds) that the
     nearest-reference judge (``style_judge.py``, validated on tokenizer reconstructions) puts in it."""
+    if not bundle.styles:
+        return {}
     canon = d.kind == emoji_data.KIND_CANONICAL
     have = [set(remap[d.labels[canon & (d.style == i)]].tolist()) for i in range(len(d.styles))]
     common = sorted(set.intersection(*have) - {-1})
@@ -130,8 +136,6 @@ def style_metrics(bundle, d: emoji_data.EmojiData, remap: np.ndarray, n_classes:
     out: dict[str, Any] = {"style_judge": "nearest canonical drawing of the sample's class, per style (L2 at 32x32)",
                            "style_judge_validation_acc": judge.validation_accuracy,
                            "style_judge_validation_images": judge.validation_images}
-    if not bundle.styles:
-        return out
 
     def judged(style: int | None) -> np.ndarray:
         return np.concatenate([judge.predict(generate(bundle, ids, seed, float(defaults["cfg"]),
@@ -147,10 +151,13 @@ def style_metrics(bundle, d: emoji_data.EmojiData, remap: np.ndarray, n_classes:
 
 def evaluate(weights: Path, data_cache: Path, eval_classes: int, seeds: list[int], sweep: bool,
              samples_path: Path | None, write: bool, seed_classes: int = 100,
-             style_classes: int = 100) -> dict[str, Any]:
+             style_classes: int = 100, manifest_name: str = MANIFEST, decode: str = "plain") -> dict[str, Any]:
+    """Every metric of the module docstring for the bundle ``weights/manifest_name``; samples are drawn with
+    the ``decode`` strategy (a raster model's sjd / gsd; their forward counts are reported)."""
     torch.set_num_threads(2)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    manifest = weights / MANIFEST
+    manifest = weights / manifest_name
+    options = DecodeOptions(strategy=decode)
     bundle = load_manifest(manifest)
     info = json.loads(manifest.read_text(encoding="utf-8"))
     classes = json.loads((weights / info["classes"]).read_text(encoding="utf-8"))
@@ -185,12 +192,15 @@ def evaluate(weights: Path, data_cache: Path, eval_classes: int, seeds: list[int
     picked = sorted(rng.choice(n_cls, size=min(eval_classes, n_cls), replace=False).tolist())
 
     def score(cfg: float, top_k: int, top_p: float, seed_list: list[int], ids: list[int]) -> dict[str, float]:
-        accs, dist = [], []
+        accs, dist, counts = [], [], []
         for s in seed_list:
-            m = nn_metrics(generate(bundle, ids, s, cfg, top_k, top_p), ids, ref, ref_labels)
+            m = nn_metrics(generate(bundle, ids, s, cfg, top_k, top_p, decode=options, stats=counts), ids, ref,
+                           ref_labels)
             accs.append(m["nn_class_acc"])
             dist.append(m["nn_distinct"])
-        return {"nn_class_acc": float(np.mean(accs)), "nn_distinct": float(np.mean(dist))}
+        forwards = sum(c.get("forwards", 0) for c in counts) / max(len(counts), 1)
+        return {"nn_class_acc": float(np.mean(accs)), "nn_distinct": float(np.mean(dist)),
+                "forwards_per_batch": float(forwards)}
 
     defaults = dict(bundle.defaults)
     if sweep:  # choose the defaults on other seeds than the reported ones
@@ -206,14 +216,15 @@ def evaluate(weights: Path, data_cache: Path, eval_classes: int, seeds: list[int
         metrics["sweep_choice"] = defaults
     m = score(float(defaults["cfg"]), int(defaults["top_k"]), float(defaults["top_p"]), seeds, picked)
     metrics.update(m)
-    metrics["eval_classes"], metrics["seeds"] = len(picked), seeds
+    metrics["eval_classes"], metrics["seeds"], metrics["decode"] = len(picked), seeds, decode
     log(f"generation with {defaults}: {m}")
     seed_ids = sorted(np.random.default_rng(4321).choice(n_cls, size=min(seed_classes, n_cls), replace=False).tolist())
     metrics.update(seed_metrics(bundle, seed_ids, defaults))
     log(f"seeds: {metrics['seed_distinct_mean']:.2f} distinct drawings of 4 "
         f"(same seed identical: {metrics['same_seed_identical']})")
     metrics.update(style_metrics(bundle, d, remap, style_classes, defaults))
-    log(f"styles: judge {metrics['style_judge_validation_acc']:.3f} on reconstructions; {metrics.get('style_acc')}")
+    if bundle.styles:
+        log(f"styles: judge {metrics['style_judge_validation_acc']:.3f} on reconstructions; {metrics['style_acc']}")
     metrics["defaults"] = defaults
 
     if samples_path is not None:
@@ -247,17 +258,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sweep", action="store_true", help="choose cfg / top_k / top_p on other seeds first")
     p.add_argument("--samples", default=None, help="write an 8x8 grid of samples here")
     p.add_argument("--write", action="store_true", help="store defaults + metrics in the manifest")
+    p.add_argument("--manifest", default=MANIFEST, help="which bundled model in --weights (its manifest file)")
+    p.add_argument("--decode", default="plain", help="decode strategy of the samples (raster models: sjd, gsd)")
     p.add_argument("--bench-json", default=None, help="also write the metrics (and the machine) to this JSON")
     a = p.parse_args(argv)
     m = evaluate(Path(a.weights), Path(a.data_cache), a.eval_classes, [int(s) for s in a.seeds.split(",")],
-                 a.sweep, Path(a.samples) if a.samples else None, a.write, a.seed_classes, a.style_classes)
+                 a.sweep, Path(a.samples) if a.samples else None, a.write, a.seed_classes, a.style_classes,
+                 a.manifest, a.decode)
     if a.bench_json:
         import os
         import platform
 
         env = {"machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
                "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-        manifest = json.loads((Path(a.weights) / MANIFEST).read_text(encoding="utf-8"))
+        manifest = json.loads((Path(a.weights) / a.manifest).read_text(encoding="utf-8"))
         out = {"model": manifest["name"], "metrics": m, "training": manifest.get("training", {}), "env": env}
         Path(a.bench_json).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(m, indent=2))

@@ -27,29 +27,45 @@ def _jsonable(cfg: Any) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
 
 
+@dataclasses.dataclass(frozen=True)
+class BundleLayout:
+    """What a bundled model is called and which files hold it (one manifest per model in ``weights/``)."""
+
+    name: str = "emoji-var"
+    family: str = "var"
+    tokenizer_kind: str = "msvq"
+    generator_kind: str = "var"
+    manifest: str = MANIFEST
+    tokenizer_file: str = TOKENIZER_FILE
+    generator_file: str = GENERATOR_FILE
+    classes_file: str = CLASSES_FILE
+
+
 def export_weights(out: Path, tok: nn.Module, var: nn.Module, classes: list[dict], *,
                    defaults: dict[str, Any] | None = None, meta: dict[str, Any] | None = None,
-                   var_dtype: torch.dtype = torch.float32, styles: list[str] | None = None) -> Path:
+                   var_dtype: torch.dtype = torch.float32, styles: list[str] | None = None,
+                   layout: BundleLayout = BundleLayout()) -> Path:
     """Write the four files of the bundle into ``out``; returns the manifest path."""
     out.mkdir(parents=True, exist_ok=True)
-    save_file(_state(tok, torch.float32), str(out / TOKENIZER_FILE), metadata={"format": "pt"})
-    save_file(_state(var, var_dtype), str(out / GENERATOR_FILE), metadata={"format": "pt"})
+    save_file(_state(tok, torch.float32), str(out / layout.tokenizer_file), metadata={"format": "pt"})
+    save_file(_state(var, var_dtype), str(out / layout.generator_file), metadata={"format": "pt"})
     rows = [{k: c[k] for k in ("name", "emoji", "group", "keywords") if k in c} for c in classes]
-    (out / CLASSES_FILE).write_text(json.dumps(rows, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+    (out / layout.classes_file).write_text(json.dumps(rows, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+    gen_cfg = var.cfg if hasattr(var, "cfg") else var.config
     manifest: dict[str, Any] = {
-        "name": "emoji-var",
-        "family": "var",
+        "name": layout.name,
+        "family": layout.family,
         "image_size": int(tok.cfg.image_size),
-        "tokenizer": {"kind": "msvq", "file": TOKENIZER_FILE, "config": _jsonable(tok.cfg)},
-        "generator": {"kind": "var", "file": GENERATOR_FILE, "config": _jsonable(var.cfg)},
-        "classes": CLASSES_FILE,
+        "tokenizer": {"kind": layout.tokenizer_kind, "file": layout.tokenizer_file, "config": _jsonable(tok.cfg)},
+        "generator": {"kind": layout.generator_kind, "file": layout.generator_file, "config": _jsonable(gen_cfg)},
+        "classes": layout.classes_file,
         "defaults": dict(defaults or DEFAULTS),
     }
     if styles:
         manifest["styles"] = list(styles)
     if meta:
         manifest["training"] = meta
-    path = out / MANIFEST
+    path = out / layout.manifest
     path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
 
@@ -63,14 +79,14 @@ def set_defaults(manifest: Path, defaults: dict[str, Any], metrics: dict[str, An
     manifest.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def read_bundle(weights: Path) -> tuple[Any, dict[str, Any], list[dict]]:
+def read_bundle(weights: Path, manifest_name: str = MANIFEST) -> tuple[Any, dict[str, Any], list[dict]]:
     """(loaded bundle, manifest dict, class rows) of an exported bundle folder: what every stage that
     continues from an export starts with."""
     from ..engine.loader import load_manifest
 
-    manifest = json.loads((weights / MANIFEST).read_text(encoding="utf-8"))
+    manifest = json.loads((weights / manifest_name).read_text(encoding="utf-8"))
     classes = json.loads((weights / manifest["classes"]).read_text(encoding="utf-8"))
-    return load_manifest(weights / MANIFEST), manifest, classes
+    return load_manifest(weights / manifest_name), manifest, classes
 
 
 @dataclasses.dataclass

@@ -57,25 +57,45 @@ def init_var(model: VAR, std: float = 0.02) -> None:
             block.ffn.fc2.weight.div_((2 * model.cfg.depth) ** 0.5)
 
 
+BatchForward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
 def train_generator(model: VAR, var_input: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor,
-                    state: dict[str, Any], *, steps: int, batch: int, lr: float, gen: torch.Generator,
-                    device: torch.device, amp: bool, cond_drop: float, save: Callable[[], None],
-                    ckpt_every: int, budget_s: float = 0.0, threads: int = 2, tune_threads: bool = True,
-                    styles: torch.Tensor | None = None, style_drop: float = 0.5) -> None:
-    """Train ``model`` for ``steps``; resumes from ``state['var_step']`` / ``state['var_opt']``.
-    ``styles`` (N,): each image's style id, for a model with ``num_styles`` > 0."""
+                    state: dict[str, Any], *, gen: torch.Generator, device: torch.device,
+                    styles: torch.Tensor | None = None, style_drop: float = 0.5, **loop: Any) -> None:
+    """Train ``model`` teacher-forced (see :func:`train_teacher_forced` for ``loop``); resumes from
+    ``state['var_step']`` / ``state['var_opt']``. ``styles`` (N,): each image's style id, for a model with
+    ``num_styles`` > 0."""
+    def forward(idx: torch.Tensor, lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sty = None
+        if styles is not None:
+            sty = styles[idx].clone()
+            sty[torch.rand(len(idx), generator=gen) < style_drop] = model.cfg.num_styles
+            sty = sty.to(device)
+        return model(lab, var_input[idx].to(device), sty), targets[idx].to(device)
+
+    train_teacher_forced(model, labels, model.cfg.num_classes, forward, state, prefix="var", gen=gen, device=device,
+                         **loop)
+
+
+def train_teacher_forced(model: nn.Module, labels: torch.Tensor, null_class: int, forward: BatchForward,
+                         state: dict[str, Any], *, prefix: str, steps: int, batch: int, lr: float,
+                         gen: torch.Generator, device: torch.device, amp: bool, cond_drop: float,
+                         save: Callable[[], None], ckpt_every: int, budget_s: float = 0.0, threads: int = 2,
+                         tune_threads: bool = True) -> None:
+    """The training loop every class-conditional generator shares: AdamW with cosine decay, ``cond_drop`` of
+    the labels replaced by ``null_class`` (classifier-free guidance), cross-entropy of ``forward(idx, labels)``
+    = (logits (B, L, V), targets (B, L)); resumable from ``state[prefix + '_step' / '_opt' / '_time']``."""
     model.train().to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_" not in n and "emb" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_" not in n and "emb" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.95))
-    if state.get("var_opt"):
-        opt.load_state_dict(state["var_opt"])
-    step = int(state.get("var_step", 0))
+    if state.get(f"{prefix}_opt"):
+        opt.load_state_dict(state[f"{prefix}_opt"])
+    step = int(state.get(f"{prefix}_step", 0))
     bar = Progress(steps, "generator", start=step)
-    null = model.cfg.num_classes
-    V = model.cfg.vocab_size
-    clock = StageClock(steps, budget_s, float(state.get("var_time", 0.0)))
+    clock = StageClock(steps, budget_s, float(state.get(f"{prefix}_time", 0.0)))
     tuner = ThreadTuner(threads, enabled=tune_threads)
     warm = max(1, min(200, steps // 10))
     try:
@@ -85,16 +105,10 @@ def train_generator(model: VAR, var_input: torch.Tensor, targets: torch.Tensor, 
                 g["lr"] = cosine_lr(step, clock.progress(step), lr, warm)
             idx = torch.randint(0, len(labels), (batch,), generator=gen)
             lab = labels[idx].clone()
-            lab[torch.rand(batch, generator=gen) < cond_drop] = null
-            sty = None
-            if styles is not None:
-                sty = styles[idx].clone()
-                sty[torch.rand(batch, generator=gen) < style_drop] = model.cfg.num_styles
-                sty = sty.to(device)
-            x, y = var_input[idx].to(device), targets[idx].to(device)
+            lab[torch.rand(batch, generator=gen) < cond_drop] = null_class
             with autocast(device, amp):
-                logits = model(lab.to(device), x, sty)
-            loss = F.cross_entropy(logits.float().view(-1, V), y.view(-1))
+                logits, y = forward(idx, lab.to(device))
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
@@ -105,10 +119,10 @@ def train_generator(model: VAR, var_input: torch.Tensor, targets: torch.Tensor, 
             bar.update(1, loss=loss.item(), acc=acc)
             tuner.record(time.time() - t_step)
             if step % ckpt_every == 0 or clock.done(step):
-                state["var_step"] = step
-                state["var_opt"] = opt.state_dict()
-                state["var_time"] = clock.spent()
-                state["var_done"] = clock.done(step)
+                state[f"{prefix}_step"] = step
+                state[f"{prefix}_opt"] = opt.state_dict()
+                state[f"{prefix}_time"] = clock.spent()
+                state[f"{prefix}_done"] = clock.done(step)
                 save()
     finally:
         bar.close()

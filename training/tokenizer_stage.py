@@ -95,8 +95,10 @@ def tokenizer_step(tok: MSVQTokenizer, img: torch.Tensor, amp: bool) -> tuple[to
 def train_tokenizer(tok: MSVQTokenizer, images: np.ndarray, state: dict[str, Any], *, steps: int, batch: int,
                     lr: float, gen: torch.Generator, device: torch.device, amp: bool, reinit_every: int,
                     save: Callable[[], None], ckpt_every: int, budget_s: float = 0.0,
-                    threads: int = 2, tune_threads: bool = True) -> None:
-    """Train ``tok`` for ``steps`` on uint8 ``images``; resumes from ``state['tok_step']``.
+                    threads: int = 2, tune_threads: bool = True, reseed_all_first: bool = True) -> None:
+    """Train ``tok`` for ``steps`` on uint8 ``images``; resumes from ``state['tok_step']``. A fresh tokenizer
+    re-seeds its whole codebook from encoder outputs at the first step; a fine-tune (``reseed_all_first``
+    False) keeps its codebook and re-seeds only unused codes.
 
     ``state`` holds 'tok_opt' (optimizer state) and 'tok_step'; ``save`` persists it."""
     tok.train().to(device)
@@ -124,7 +126,7 @@ def train_tokenizer(tok: MSVQTokenizer, images: np.ndarray, state: dict[str, Any
             torch.nn.utils.clip_grad_norm_(tok.parameters(), 1.0)
             opt.step()
             step += 1
-            if step == 1 or (step % reinit_every == 0 and clock.progress(step) < 0.8):
+            if (step == 1 and reseed_all_first) or (step % reinit_every == 0 and clock.progress(step) < 0.8):
                 info["reseeded"] = usage.reseed(gen, all_codes=(step == 1))
             elif step % reinit_every == 0:
                 usage.pool()

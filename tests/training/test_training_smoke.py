@@ -47,3 +47,30 @@ def test_training_smoke_end_to_end(tmp_path, capsys) -> None:
     assert "resuming" in capsys.readouterr().err
     assert state2["tok_step"] == 1 and state2["var_step"] == 1
     assert torch.equal(state2["var"]["head.weight"], state["var"]["head.weight"])
+
+
+def test_training_raster_smoke_end_to_end(tmp_path) -> None:
+    """raster.py: one step of each stage on top of a (tiny) exported emoji-var bundle; the exported
+    emoji-raster model loads beside it and draws with plain and speculative decoding."""
+    from arnodes.engine.conditioning import Conditioning
+    from arnodes.engine.generate import DecodeOptions, generate
+    from arnodes.engine.loader import load_manifest
+    from arnodes.training import raster, train
+
+    export, cache = tmp_path / "weights", str(tmp_path / "data")
+    train.run(train.parse_args(["--out", str(tmp_path / "run"), "--export", str(export), "--data-cache", cache] + TINY))
+    state = raster.run(raster.parse_args([
+        "--weights", str(export), "--out", str(tmp_path / "raster"), "--data-cache", cache, "--tok-steps", "1",
+        "--tok-batch", "2", "--gpt-steps", "1", "--gpt-batch", "2", "--dim", "32", "--layers", "1", "--heads", "1",
+        "--threads", "1", "--seed", "3"]))
+    assert state["tok_step"] == 1 and state["gpt_step"] == 1
+    m = json.loads((export / "emoji_raster.json").read_text())
+    assert (m["name"], m["family"], m["generator"]["kind"]) == ("emoji-raster", "llamagen", "llamagen")
+    assert m["tokenizer"]["config"]["patch_nums"] == [8] and m["generator"]["config"]["block_size"] == 64
+    assert m["classes"] == "emoji_classes.json" and m["generator"]["config"]["num_classes"] == 6
+    bundle = load_manifest(export / "emoji_raster.json")
+    for strategy in ("plain", "sjd"):
+        stats: dict = {}
+        canvas = generate(bundle, Conditioning((0, 5), cfg=2.0), seed=0, decode=DecodeOptions(strategy), stats=stats)
+        assert canvas.grids[0].shape == (2, 8, 8) and stats["forwards"] >= 1
+        assert bundle.tokenizer.decode_grids(canvas.grids).shape == (2, 3, 64, 64)

@@ -82,6 +82,21 @@ def wait_until(locator, condition: str, timeout_s: float = TIMEOUT_MS / 1000) ->
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {condition} on {locator}")
 
 
+def upload_into_editor(panel, src: Path, tries: int = 3) -> None:
+    """Upload ``src`` into the panel's image editor until it lands (its history gains a step: Undo turns
+    enabled). An upload made while the editor is still mounting can be dropped; it is then made again."""
+    undo = panel.get_by_role("button", name="Undo")
+    for attempt in range(tries):
+        panel.locator("input[type=file]").first.set_input_files(str(src))
+        panel.locator("canvas").first.wait_for()
+        try:
+            wait_until(undo, "b => !b.disabled", timeout_s=30.0)
+            return
+        except AssertionError:
+            if attempt == tries - 1:
+                raise
+
+
 def wait_decoded(page, img) -> None:
     """Wait until the browser has fetched and decoded the image (attached is not loaded: naturalWidth 0)."""
     wait_until(img, "img => img.complete && img.naturalWidth > 0")
@@ -112,12 +127,10 @@ def test_pick_a_class_and_generate(page, tmp_path):
 def test_paint_a_mask_and_inpaint(page, tmp_path):
     page.get_by_role("tab", name="Inpaint / Outpaint").click()
     panel = visible_panel(page)
+    panel.get_by_role("button", name="Inpaint", exact=True).wait_for()  # the tab's own panel is the visible one
     src = ui_support.sample_image(tmp_path / "source.png", 64)
-    panel.locator("input[type=file]").first.set_input_files(str(src))
+    upload_into_editor(panel, src)
     canvas = panel.locator("canvas").first
-    canvas.wait_for()
-    # the upload has landed in the editor when its history has a step: Undo turns enabled
-    wait_until(panel.get_by_role("button", name="Undo"), "b => !b.disabled")
     brush = panel.get_by_role("button", name="Brush")
     if brush.count():
         brush.first.click()
