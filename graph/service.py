@@ -44,10 +44,14 @@ class WorkflowService:
         return self._registry
 
     def run(self, workflow: Any, on_event: Callable[[Event], None] | None = None,
-            cancel: threading.Event | None = None, extra_pnginfo: dict | None = None) -> list[Path]:
-        """Run one workflow; the paths of the images its output nodes wrote."""
+            cancel: threading.Event | None = None, extra_pnginfo: dict | None = None,
+            ui_out: dict | None = None) -> list[Path]:
+        """Run one workflow; the paths of the images its output nodes wrote. ``ui_out`` receives every
+        node's UI payload (node id -> dict: e.g. a generate node's decode statistics)."""
         result = self._shared_executor().run(workflow, input_dir=self.input_dir, output_dir=self.output_dir,
                                              extra_pnginfo=extra_pnginfo, on_event=on_event, cancel=cancel)
+        if ui_out is not None:
+            ui_out.update(result.ui)
         return [self.output_dir / p for ui in result.ui.values() for p in ui.get("images", [])]
 
     def handle_json(self, request: Any) -> tuple[int, dict]:

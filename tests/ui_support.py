@@ -37,7 +37,7 @@ class MockRunner:
         """The real node registry (no weights are read): workflow uploads validate as in the app."""
         return self._real.registry
 
-    def run(self, workflow: dict, on_event=None, cancel=None, extra_pnginfo=None):
+    def run(self, workflow: dict, on_event=None, cancel=None, extra_pnginfo=None, ui_out=None):
         self.workflows.append(workflow)
         image = Image.new("RGB", (64, 64), (220, 40, 60))
         path = self.output_dir / f"mock_{len(self.workflows):05}_.png"

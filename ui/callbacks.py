@@ -264,6 +264,19 @@ def join_classes(classes: str | Sequence[str] | None) -> str:
     return "; ".join(items)
 
 
+def decode_summaries(ui: dict) -> list[str]:
+    """One line per generation in a run's node UI payloads: the decode strategy, its forward passes and
+    time (what speculative decoding saved is visible after every run, as in ``--stats-json``)."""
+    lines = []
+    for payload in ui.values():
+        for st in payload.get("stats", []) if isinstance(payload, dict) else []:
+            if "forwards" in st:
+                tokens = f" for {st['tokens']} tokens" if "tokens" in st else ""
+                seconds = f" in {st['seconds']:.2f} s" if "seconds" in st else ""
+                lines.append(f"{st.get('decode', 'plain')} decoding: {st['forwards']} model forwards{tokens}{seconds}")
+    return lines
+
+
 def pick_seed(seed: float | int | None, randomize: bool) -> int:
     if randomize or seed is None:
         return random.randint(0, MAX_UI_SEED)
@@ -348,10 +361,13 @@ class Callbacks:
         g.node("SaveImage", images=result.out(0), filename_prefix=f"arnodes_{prefix}")
         session = _session(request)
         cancel = self.cancels.start(session)
+        ui: dict = {}
         try:
-            paths = self.runner.run(g.build(), on_event=_reporter(progress), cancel=cancel)
+            paths = self.runner.run(g.build(), on_event=_reporter(progress), cancel=cancel, ui_out=ui)
         finally:
             self.cancels.finish(session, cancel)
+        for line in decode_summaries(ui):
+            gr.Info(line)
         files = sorted((str(p) for p in paths), key=lambda p: f"arnodes_{prefix}_input" not in Path(p).name)
         return files, files
 

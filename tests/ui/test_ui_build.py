@@ -89,6 +89,22 @@ def test_style_control_reaches_every_task_graph(cb, mock, tmp_path):
     assert styles == ["twemoji", "fluent-flat", "noto"]
 
 
+def test_a_run_shows_its_decode_statistics(cb, mock, monkeypatch):
+    """After a generation the app says how many model forwards it took (what sjd / gsd saved)."""
+    shown: list[str] = []
+    monkeypatch.setattr(callbacks.gr, "Info", lambda message, *a, **k: shown.append(message))
+    plain_run = mock.run
+
+    def run_with_stats(workflow, on_event=None, cancel=None, extra_pnginfo=None, ui_out=None):
+        gen_id = next(n for n, node in workflow.items() if node["class_type"] == "ARGenerate")
+        ui_out[gen_id] = {"stats": [{"forwards": 21, "decode": "sjd", "tokens": 64, "seconds": 0.25}]}
+        return plain_run(workflow, on_event, cancel, extra_pnginfo)
+    monkeypatch.setattr(mock, "run", run_with_stats)
+    cb.generate("mock-model", ["red heart"], *sampler(), 1, "any", "float32", "none", "cpu", "sjd")
+    assert shown == ["sjd decoding: 21 model forwards for 64 tokens in 0.25 s"]
+    assert callbacks.decode_summaries({"4": {"images": ["x.png"]}}) == []
+
+
 def test_engine_menus_reach_every_task_graph(cb, mock, tmp_path):
     """Precision, quantization, device and decoding are the page's menus, not hard-coded."""
     src = Image.open(ui_support.sample_image(tmp_path / "s.png"))

@@ -77,7 +77,7 @@ def test_sixteen_concurrent_clients_each_get_their_own_result(tmp_path):
 class SlowRunner(ui_support.MockRunner):
     """A run takes a few seconds unless its session cancels it (a long generation, without the model)."""
 
-    def run(self, workflow, on_event=None, cancel=None, extra_pnginfo=None):
+    def run(self, workflow, on_event=None, cancel=None, extra_pnginfo=None, ui_out=None):
         from arnodes.engine.errors import CancelledError
 
         for _ in range(100):
