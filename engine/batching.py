@@ -113,7 +113,7 @@ class GenerationBatcher:
         ``lock`` is the model's generation lock (one generation at a time per loaded model);
         ``reserve(images)`` holds the working set of the batch that runs (``ModelCache.reserve``)."""
         decode = decode or DecodeOptions()
-        alone = (decode.strategy != "plain" or cond.control is not None
+        alone = (decode.strategy != "plain" or cond.control is not None or cond.text is not None
                  or cond.batch >= self.settings.max_images or self.settings.max_images == 1)
         if alone:
             with lock, (reserve(cond.batch) if reserve else nullcontext()):

@@ -14,12 +14,15 @@ import pytest
 
 import parity_controlar
 import parity_llamagen
+import parity_llamagen_t2i
 import parity_var
 from conftest import REFERENCE_DIR
 
 FAMILIES = {
     "var": (("vae.safetensors", "var.safetensors", "cases.safetensors"), parity_var.CHECKS),
     "llamagen": (("vq.safetensors", "gpt.safetensors", "cases.safetensors"), parity_llamagen.CHECKS),
+    # a t2i case has a text encoder and no image tokenizer: recognised before controlar, whose files it also has
+    "llamagen_t2i": (("gpt.safetensors", "t5_tiny.safetensors", "cases.safetensors"), parity_llamagen_t2i.CHECKS),
     "controlar": (("gpt.safetensors", "cases.safetensors"), parity_controlar.CHECKS),  # no tokenizer: after llamagen
 }
 
@@ -58,7 +61,7 @@ def _params():
 
 def test_reference_cases_present():
     found = {family_of(c) for c in discover_cases()}
-    assert {"var", "llamagen", "controlar"} <= found, f"reference fixtures missing: found families {found}"
+    assert {"var", "llamagen", "llamagen_t2i", "controlar"} <= found, f"reference fixtures missing: found families {found}"
 
 
 @pytest.mark.parametrize("case_dir,check", _params())

@@ -27,6 +27,8 @@ Progress = Callable[[int, int], None]
 
 def class_labels(model: VAR, cond: Conditioning, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(cond labels, uncond labels) as tensors; the null class is ``num_classes``."""
+    if cond.text is not None:
+        raise InvalidInputError("VAR models are class-conditional: they take class ids, not a text prompt")
     n = model.num_classes
     ids = list(cond.class_ids) + list(cond.negative_class_ids or ())
     bad = [c for c in ids if not 0 <= int(c) <= n]

@@ -1,10 +1,12 @@
 """Raster next-token generation (LlamaGen) over a TokenCanvas, in gpt-fast's four verbs.
 
-``prefill`` runs the class token, ``decode_one_token`` one cached step, ``decode_n_tokens``
-the loop, ``generate_tokens`` the setup. Classifier-free guidance runs as ONE doubled
-batch ``[cond; uncond]`` (cond first, as the reference), and the sampled token is fed to
-both halves. Known canvas positions are teacher-forced: the token is still drawn (so a
-seed gives the same random stream with or without a mask) but the known one is kept.
+``prefill`` runs the prefix (the class token, or a t2i model's caption positions),
+``decode_one_token`` one cached step, ``decode_n_tokens`` the loop, ``generate_tokens`` the
+setup. Classifier-free guidance runs as ONE doubled batch ``[cond; uncond]`` (cond first, as
+the reference), and the sampled token is fed to both halves. The unconditional half is the null
+class (c2i) or the model's learned null caption under the prompt's own caption mask (t2i), as
+the official ``generate()`` builds it. Known canvas positions are teacher-forced: the token is
+still drawn (so a seed gives the same random stream with or without a mask) but the known one is kept.
 
 The loop reads no value back to the host: positions are views of one preallocated
 tensor, the fed token is written into a preallocated buffer, and the chosen tokens go
@@ -45,6 +47,7 @@ class _Step:
     compiled: bool  # run the compiled decode step (static shapes: attention over the whole cache)
     step: Callable  # the model's decode step (compiled.StepFunction), looked up once per generation
     control: ControlSignal | None = None  # condition tokens of a control adapter (ControlAR)
+    prefix_mask: torch.Tensor | None = None  # t2i: (B or 2B, cls) bool, False = padded caption position
 
 
 def _choose(logits: torch.Tensor, t: int, s: _Step, tokens_BL: torch.Tensor, known_BL: torch.Tensor) -> torch.Tensor:
@@ -65,9 +68,10 @@ def _choose(logits: torch.Tensor, t: int, s: _Step, tokens_BL: torch.Tensor, kno
 
 def prefill(model, labels: torch.Tensor, positions: torch.Tensor, s: _Step, tokens_BL: torch.Tensor,
             known_BL: torch.Tensor) -> torch.Tensor:
-    """Class token(s) -> token 0 (B,)."""
+    """The prefix (class ids (NB,) or caption features (NB, cls, C)) -> token 0 (B,)."""
     cls = model.config.cls_token_num
-    return _choose(model.prefill(labels, positions[:cls], cls, control=s.control), 0, s, tokens_BL, known_BL)
+    logits = model.prefill(labels, positions[:cls], cls, control=s.control, emb_mask=s.prefix_mask)  # (B or 2B, V)
+    return _choose(logits, 0, s, tokens_BL, known_BL)
 
 
 def decode_one_token(model, feed: torch.Tensor, t: int, positions: torch.Tensor, s: _Step,
@@ -91,6 +95,40 @@ def decode_n_tokens(model, first: torch.Tensor, start: int, n: int, positions: t
         feed.view(copies, s.batch).copy_(chosen.expand(copies, s.batch))
         if progress is not None:
             progress(t + 1, total)
+
+
+def _prefix(model, cond: Conditioning, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+    """What the prefill embeds, for the (B or 2B) rows: class ids (c2i) or caption features and their mask
+    (t2i), and whether guidance runs."""
+    if model.config.is_t2i:
+        return _captions(model, cond, device)
+    if cond.text is not None:
+        raise InvalidInputError("this is a class-conditional model: it takes class ids, not a text prompt")
+    labels, guided = _labels(model, cond, device)
+    return labels, None, guided
+
+
+def _captions(model, cond: Conditioning, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(NB, cls, C) caption features and (NB, cls) bool mask, [prompt; negative] when guided. The default
+    negative is the learned null caption (``zeros_like(cond) + uncond_embedding`` in the reference), which
+    keeps the prompt's mask."""
+    text, c = cond.text, model.config
+    if text is None:
+        raise InvalidInputError("this is a text-to-image model: it needs a prompt (encoded text), not class ids")
+    if tuple(text.embeddings.shape[1:]) != (c.cls_token_num, c.caption_dim):
+        raise InvalidInputError(f"encoded prompts {tuple(text.embeddings.shape)} do not fit this model: it takes "
+                                f"(B, {c.cls_token_num}, {c.caption_dim}) caption features (text length "
+                                f"{c.cls_token_num}, encoder width {c.caption_dim})")
+    dtype = model.cls_embedding.uncond_embedding.dtype
+    emb, mask = text.embeddings.to(device, dtype), text.mask.to(device).bool()  # (B, cls, C), (B, cls)
+    guided = cond.cfg > 1.0
+    if guided:
+        if text.negative is None:
+            neg, neg_mask = torch.zeros_like(emb) + model.cls_embedding.null_caption(), mask
+        else:
+            neg, neg_mask = text.negative.to(device, dtype), text.negative_mask.to(device).bool()
+        emb, mask = torch.cat([emb, neg]), torch.cat([mask, neg_mask])  # (2B, cls, C), (2B, cls)
+    return emb, mask, guided
 
 
 def _labels(model, cond: Conditioning, device: torch.device) -> tuple[torch.Tensor, bool]:
@@ -148,7 +186,7 @@ def generate_tokens(model, cond: Conditioning, canvas: TokenCanvas | None, param
     ``decode``: the strategy (plain, sjd, gsd; decoders.py); ``stats`` (a dict) receives "forwards".
     """
     device = model.output.weight.device
-    labels, guided = _labels(model, cond, device)
+    labels, prefix_mask, guided = _prefix(model, cond, device)
     B = cond.batch
     tokens_BL, known_BL, tok_id = _canvas_tensors(model, canvas, B, device, tokenizer_id)
     if params.top_p_style != "llamagen":
@@ -158,7 +196,7 @@ def generate_tokens(model, cond: Conditioning, canvas: TokenCanvas | None, param
     positions = torch.arange(cls + L, device=device)  # (cls + L,) sliced into views per step
     control = cond.control.signal(model, B, guided) if cond.control is not None else None
     s = _Step(B, guided, float(cond.cfg), int(cond.cfg_interval), params, generator, trace,
-              wants_compile(compile, device), step_function(model, "decode_step"), control)
+              wants_compile(compile, device), step_function(model, "decode_step"), control, prefix_mask)
     decode = decode or DecodeOptions()
     if decode.strategy == "plain":
         first = prefill(model, labels, positions, s, tokens_BL, known_BL)

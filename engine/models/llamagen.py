@@ -1,13 +1,24 @@
-"""LlamaGen class-to-image GPT: a Llama-style raster next-token transformer with 2D RoPE.
+"""LlamaGen GPT (class-to-image and text-to-image): a Llama-style raster next-token transformer with 2D RoPE.
 
 Parameter names follow the official ``autoregressive/models/gpt.py`` so released
-checkpoints load strictly. Three entry points share the blocks:
+checkpoints load strictly. As there, one model serves both kinds and ``model_type`` picks
+the prefix embedder: c2i puts one class token before the image tokens (``LabelEmbedder``),
+t2i puts ``cls_token_num`` caption positions there, projected from text-encoder features
+(``CaptionEmbedder``; the features come from :mod:`..text`). Everything after the prefix
+(blocks, RoPE, cache, decode) is shared, so t2i is an embedder and a key mask, not a family.
 
-- ``forward(labels, tokens)``: teacher-forced logits, no cache (parity, tests);
-- ``prefill(labels, input_pos)`` / ``decode_step(tokens, input_pos)``: the cached
+Three entry points share the blocks:
+
+- ``forward(cond, tokens)``: teacher-forced logits, no cache (parity, tests);
+- ``prefill(cond, input_pos)`` / ``decode_step(tokens, input_pos)``: the cached
   path used by :mod:`..generate.next_token`. The caches are static buffers written in
   place (``setup_caches``), the attention always spans the whole padded cache under a
   boolean causal mask, so every decode step has identical shapes (CUDA-graph friendly).
+
+Caption padding (t2i): a prompt shorter than the caption length leaves padded positions. Their keys
+are hidden from every query, except that a padded position still sees itself (so no attention row is
+empty), as the official ``generate()`` and training mask do. The cached path keeps that per-row key
+mask in a static buffer (``key_mask``) written at prefill, so the decode steps keep their static shapes.
 
 Conventions: B = batch (doubled for CFG by the caller), S = query length, T = cache
 length, D = dim, H / Hkv = query / key-value heads, hd = head_dim, V = vocab.
@@ -49,12 +60,17 @@ class LlamaGenConfig:
     cls_token_num: int = 1
     block_size: int = 256
     model_type: str = "c2i"
+    caption_dim: int = 2048  # t2i: width of the text-encoder features (flan-t5-xl: 2048)
 
     def __post_init__(self) -> None:
-        if self.model_type != "c2i":
-            raise UnsupportedError(f"LlamaGen model_type {self.model_type!r} is not supported; only 'c2i'")
-        if self.cls_token_num != 1:
+        if self.model_type not in MODEL_TYPES:
+            raise UnsupportedError(f"LlamaGen model_type {self.model_type!r} is not supported; "
+                                   f"expected one of {MODEL_TYPES}")
+        if self.model_type == "c2i" and self.cls_token_num != 1:
             raise UnsupportedError(f"c2i LlamaGen uses one class token; cls_token_num={self.cls_token_num}")
+        if self.cls_token_num < 1 or self.caption_dim < 1:
+            raise InvalidInputError(f"cls_token_num ({self.cls_token_num}) and caption_dim ({self.caption_dim}) "
+                                    f"must be >= 1")
         if self.dim % self.n_head or self.n_head % self.kv_heads:
             raise InvalidInputError(f"dim {self.dim} must divide into n_head {self.n_head} heads, and n_head "
                                     f"into n_kv_head {self.kv_heads} groups")
@@ -62,6 +78,10 @@ class LlamaGenConfig:
             raise InvalidInputError(f"2D RoPE needs head_dim divisible by 4, got {self.head_dim}")
         if math.isqrt(self.block_size) ** 2 != self.block_size:
             raise InvalidInputError(f"block_size {self.block_size} must be a square (g*g tokens)")
+
+    @property
+    def is_t2i(self) -> bool:
+        return self.model_type == "t2i"
 
     @property
     def head_dim(self) -> int:
@@ -89,22 +109,28 @@ class LlamaGenConfig:
 
     @classmethod
     def from_official(cls, model_args: dict[str, Any]) -> "LlamaGenConfig":
-        """From the official ``ModelArgs`` dict; the training-only fields (dropouts, init, caption) are ignored."""
+        """From the official ``ModelArgs`` dict; the training-only fields (dropouts, init, sizes) are ignored."""
         names = cls.__dataclass_fields__
         return cls(**{k: v for k, v in model_args.items() if k in names})
 
 
-def _preset(dim: int, n_layer: int, n_head: int) -> LlamaGenConfig:
+MODEL_TYPES = ("c2i", "t2i")
+NULL_CAPTION_TOKENS = 120  # the official CaptionEmbedder's learned null caption always has 120 rows
+
+
+def _preset(dim: int, n_layer: int, n_head: int, **kw) -> LlamaGenConfig:
     return LlamaGenConfig(dim=dim, n_layer=n_layer, n_head=n_head, num_classes=1000, vocab_size=16384,
-                          block_size=256)
+                          block_size=256, **kw)
 
 
+_T2I = dict(model_type="t2i", cls_token_num=120, caption_dim=2048)  # sample_t2i.py defaults (flan-t5-xl)
 PRESETS: dict[str, LlamaGenConfig] = {
     "GPT-B": _preset(768, 12, 12),
     "GPT-L": _preset(1024, 24, 16),
     "GPT-XL": _preset(1280, 36, 20),
     "GPT-XXL": _preset(1536, 48, 24),
     "GPT-3B": _preset(3200, 24, 32),
+    "GPT-XL-t2i": _preset(1280, 36, 20, **_T2I),  # the released t2i_XL_stage1_256 / stage2_512 (block_size per size)
 }
 
 
@@ -144,8 +170,76 @@ class LabelEmbedder(nn.Module):
         super().__init__()
         self.embedding_table = nn.Embedding(rows, dim)
 
+    @staticmethod
+    def input_shape(batch: int) -> tuple[int, ...]:
+        return (batch,)
+
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
         return self.embedding_table(labels).unsqueeze(1)  # (B, 1, D)
+
+
+class CaptionMLP(nn.Module):
+    """fc2(gelu_tanh(fc1 x)), no biases: text features (C) -> model width (D)."""
+
+    def __init__(self, in_dim: int, dim: int) -> None:
+        super().__init__()
+        self.fc1 = Linear(in_dim, dim, bias=False)
+        self.fc2 = Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class CaptionEmbedder(nn.Module):
+    """Caption features (B, T, C) -> T prefix tokens (B, T, D). ``uncond_embedding`` (a persistent
+    buffer, learned in training and saved in the checkpoint) is the null caption of classifier-free
+    guidance; it is projected like any caption and never masked."""
+
+    def __init__(self, caption_dim: int, dim: int, tokens: int) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.cap_proj = CaptionMLP(caption_dim, dim)
+        self.register_buffer("uncond_embedding", torch.randn(NULL_CAPTION_TOKENS, caption_dim) / caption_dim ** 0.5)
+
+    def input_shape(self, batch: int) -> tuple[int, ...]:
+        return (batch, self.tokens, self.uncond_embedding.shape[1])
+
+    def null_caption(self) -> torch.Tensor:
+        """The learned null caption over the model's caption positions (T, C)."""
+        if self.tokens > self.uncond_embedding.shape[0]:
+            raise InvalidInputError(f"classifier-free guidance needs the null caption, which has "
+                                    f"{self.uncond_embedding.shape[0]} rows; this model has {self.tokens} caption "
+                                    f"positions: use cfg <= 1 or give a negative prompt")
+        return self.uncond_embedding[: self.tokens]
+
+    def forward(self, captions: torch.Tensor) -> torch.Tensor:
+        return self.cap_proj(captions.to(self.cap_proj.fc1.weight.dtype))  # (B, T, D)
+
+
+def prefix_key_mask(causal_rows: torch.Tensor, key_keep: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    """The attention mask under caption padding: (B, 1, S, T) bool.
+
+    causal_rows (S, T): the causal mask rows of the queries at ``input_pos`` (S,); key_keep (B, T): False
+    for padded caption keys. A padded key is hidden unless it is the query itself (the diagonal stays).
+    """
+    diag = torch.arange(causal_rows.shape[1], device=input_pos.device) == input_pos[:, None]  # (S, T)
+    return (causal_rows & (key_keep[:, None, :] | diag)).unsqueeze(1)  # (B, 1, S, T)
+
+
+def caption_key_keep(emb_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Caption mask (B, P) (0 = padded) -> keys to keep (B, length) bool; every position past P is kept."""
+    keep = torch.ones(emb_mask.shape[0], length, dtype=torch.bool, device=emb_mask.device)
+    keep[:, : emb_mask.shape[1]] = emb_mask.bool()
+    return keep
+
+
+def caption_attention_mask(emb_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """The teacher-forced mask over a whole sequence of ``length`` positions with a padded caption prefix
+    (B, 1, length, length) bool: causal, padded caption keys hidden, the diagonal always kept (the
+    official training mask)."""
+    causal = torch.ones(length, length, dtype=torch.bool, device=emb_mask.device).tril_()  # (N, N)
+    pos = torch.arange(length, device=emb_mask.device)
+    return prefix_key_mask(causal, caption_key_keep(emb_mask, length), pos)
 
 
 class Attention(nn.Module):
@@ -206,12 +300,14 @@ class TransformerBlock(nn.Module):
 
 
 class LlamaGen(nn.Module):
-    """Sequence = [class token] + token embeddings; token t sits at position ``cls_token_num + t``."""
+    """Sequence = [class token | caption tokens] + token embeddings; token t sits at position ``cls_token_num + t``."""
 
     def __init__(self, config: LlamaGenConfig) -> None:
         super().__init__()
         self.config = config
-        self.cls_embedding = LabelEmbedder(config.class_rows, config.dim)
+        self.cls_embedding: LabelEmbedder | CaptionEmbedder = (
+            CaptionEmbedder(config.caption_dim, config.dim, config.cls_token_num) if config.is_t2i
+            else LabelEmbedder(config.class_rows, config.dim))
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layer))
         self.norm = RMSNorm(config.dim, eps=config.norm_eps)
@@ -219,6 +315,7 @@ class LlamaGen(nn.Module):
         # float32 RoPE table kept outside the state_dict and out of .to(dtype): a plain attribute
         self.freqs_cis = self._rope_table()
         self.causal_mask: torch.Tensor | None = None  # (T, T) bool, made by setup_caches
+        self.key_mask: torch.Tensor | None = None  # t2i: (max B, T) bool, False = padded caption key; per prefill
         self.max_batch_size, self.max_seq_length = 0, 0
 
     # ---- loading ------------------------------------------------------------------------------
@@ -264,18 +361,36 @@ class LlamaGen(nn.Module):
             raise InvalidInputError(f"{kind} must be in [0, {hi}); got {labels.tolist()}")
 
     # ---- teacher-forced forward (no cache) --------------------------------------------------
-    def forward(self, labels: torch.Tensor, tokens: torch.Tensor, control: ControlSignal | None = None) -> torch.Tensor:
-        """labels (B,), tokens (B, T) with T <= L -> logits (B, T, V) float32; [:, t] predicts token t.
+    def forward(self, cond: torch.Tensor, tokens: torch.Tensor, control: ControlSignal | None = None,
+                emb_mask: torch.Tensor | None = None, all_positions: bool = False) -> torch.Tensor:
+        """cond: class ids (B,) (c2i) or caption features (B, cls, C) (t2i); tokens (B, S) with S <= L ->
+        logits (B, S, V) float32, [:, t] predicts token t. ``emb_mask`` (B, cls), t2i: 0 at padded caption
+        positions (None: nothing hidden, plain causal). ``all_positions``: the logits of the whole sequence
+        (B, cls + S - 1, V) instead, prefix positions included (the reference's training output).
         ``control``: condition tokens per sequence position (ControlAR), added before the adapter's blocks."""
-        B, T = tokens.shape
-        if labels.shape != (B,) or not 1 <= T <= self.config.block_size:
-            raise InvalidInputError(f"forward: labels {tuple(labels.shape)} / tokens {tuple(tokens.shape)}: need "
-                                    f"labels (B,) and tokens (B, T) with 1 <= T <= {self.config.block_size}")
-        h = torch.cat([self.cls_embedding(labels), self.tok_embeddings(tokens[:, :-1])], dim=1)  # (B, T, D)
-        rope = self._rope_on(h.device)[:T]  # (T, hd/2, 2)
+        B, S = tokens.shape
+        want = self.cls_embedding.input_shape(B)
+        if tuple(cond.shape) != want or not 1 <= S <= self.config.block_size:
+            raise InvalidInputError(f"forward: condition {tuple(cond.shape)} / tokens {tuple(tokens.shape)}: need "
+                                    f"a condition {want} and tokens (B, S) with 1 <= S <= {self.config.block_size}")
+        cls = self.config.cls_token_num
+        h = torch.cat([self.cls_embedding(cond), self.tok_embeddings(tokens[:, :-1])], dim=1)  # (B, N = cls+S-1, D)
+        N = h.shape[1]
+        mask = None
+        if emb_mask is not None:
+            self._check_emb_mask(emb_mask, B)
+            mask = caption_attention_mask(emb_mask.to(h.device), N)  # (B, 1, N, N)
+        rope = self._rope_on(h.device)[:N]  # (N, hd/2, 2)
         for i, layer in enumerate(self.layers):
-            h = layer(add_control(control, i, h, slice(0, T)), rope, None, None)
-        return self.output(self.norm(h)).float()  # (B, T, V)
+            h = layer(add_control(control, i, h, slice(0, N)), rope, None, mask)
+        logits = self.output(self.norm(h)).float()  # (B, N, V)
+        return logits if all_positions else logits[:, cls - 1:]  # (B, S, V)
+
+    def _check_emb_mask(self, emb_mask: torch.Tensor, batch: int) -> None:
+        cls = self.config.cls_token_num
+        if not self.config.is_t2i or tuple(emb_mask.shape) != (batch, cls):
+            raise InvalidInputError(f"emb_mask {tuple(emb_mask.shape)}: a caption mask (B={batch}, {cls}) belongs to a "
+                                    f"text-to-image model (this one is {self.config.model_type})")
 
     # ---- cached inference ---------------------------------------------------------------------
     def setup_caches(self, max_batch_size: int, max_seq_length: int, dtype: torch.dtype | None = None) -> None:
@@ -290,6 +405,8 @@ class LlamaGen(nn.Module):
         for layer in self.layers:
             layer.attention.kv_cache = KVCache(max_batch_size, c.kv_heads, T, c.head_dim, dtype, device)
         self.causal_mask = torch.ones(T, T, dtype=torch.bool, device=device).tril_()  # (T, T)
+        if c.is_t2i:
+            self.key_mask = torch.ones(max_batch_size, T, dtype=torch.bool, device=device)  # (max B, T)
         self.max_batch_size, self.max_seq_length = max_batch_size, T
         self._rope_on(device)
         logger.debug("LlamaGen KV cache: batch %d, length %d, %s", max_batch_size, T, dtype)
@@ -300,7 +417,10 @@ class LlamaGen(nn.Module):
         position (B, S, V) without ``last_only``. ``kv_len``: attend only the first kv_len cache positions
         (eager decoding; None = the whole cache)."""
         assert self.causal_mask is not None, "setup_caches() must run before prefill/decode_step"
-        mask = self.causal_mask[input_pos][None, None]  # (1, 1, S, T)
+        if self.key_mask is None:
+            mask = self.causal_mask[input_pos][None, None]  # (1, 1, S, T)
+        else:  # t2i: padded caption keys hidden, per row
+            mask = prefix_key_mask(self.causal_mask[input_pos], self.key_mask[: h.shape[0]], input_pos)  # (B,1,S,T)
         if kv_len is not None:
             mask = mask[..., :kv_len]  # (1, 1, S, kv_len)
         rope = self.freqs_cis[input_pos]  # (S, hd/2, 2)
@@ -308,10 +428,22 @@ class LlamaGen(nn.Module):
             h = layer(add_control(control, i, h, input_pos), rope, input_pos, mask, kv_len)
         return self.output(self.norm(h[:, -1] if last_only else h)).float()  # (B, V) or (B, S, V)
 
-    def prefill(self, labels: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None = None,
-                control: ControlSignal | None = None) -> torch.Tensor:
-        """Class tokens (B,) at positions [0, cls) -> logits (B, V) for token 0."""
-        return self._run_cached(self.cls_embedding(labels), input_pos, kv_len, control=control)
+    def prefill(self, cond: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None = None,
+                control: ControlSignal | None = None, emb_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The prefix at positions [0, cls) -> logits (B, V) for token 0. cond: class ids (B,) (c2i) or
+        caption features (B, cls, C) (t2i), with ``emb_mask`` (B, cls) marking the real caption positions
+        (None: all real); the mask is kept for the decode steps until the next prefill."""
+        h = self.cls_embedding(cond)  # (B, cls, D)
+        if self.key_mask is not None:
+            B = h.shape[0]
+            if emb_mask is None:
+                self.key_mask[:B].fill_(True)
+            else:
+                self._check_emb_mask(emb_mask, B)
+                self.key_mask[:B].copy_(caption_key_keep(emb_mask, self.key_mask.shape[1]))
+        elif emb_mask is not None:
+            raise InvalidInputError("emb_mask: a class-conditional model has no caption positions to mask")
+        return self._run_cached(h, input_pos, kv_len, control=control)
 
     def decode_step(self, tokens: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None = None,
                     control: ControlSignal | None = None) -> torch.Tensor:

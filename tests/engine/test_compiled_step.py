@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 import parity_llamagen as pl
+import parity_llamagen_t2i as pt
 import parity_var as pv
 import pytest
 import torch
@@ -25,6 +26,15 @@ def test_llamagen_parity_with_the_compiled_step(compile_on):
     case = REFERENCE_DIR / "llamagen" / "tiny_a"
     _, _, _, gpt, _ = pl._load(str(case))
     pl._generate(case, "gen_cfg")  # tokens exact, logits within the fixture tolerance
+    step = gpt.__dict__["_arnodes_steps"]["decode_step"]
+    assert step.compiled is not None and not step.failed, "the decode step did not run compiled"
+
+
+def test_llamagen_t2i_parity_with_the_compiled_step(compile_on):
+    """The compiled step of a text-to-image model: the caption key mask lives in a static buffer."""
+    case = REFERENCE_DIR / "llamagen_t2i" / "tiny_a"
+    _, _, gpt, _ = pt._load(str(case))
+    pt.CHECKS["gen_left_cfg"](case)  # tokens exact, logits within the fixture tolerance
     step = gpt.__dict__["_arnodes_steps"]["decode_step"]
     assert step.compiled is not None and not step.failed, "the decode step did not run compiled"
 

@@ -132,8 +132,8 @@ def test_checkpoint_errors_are_clear(tmp_path):
 def test_config_validation():
     with pytest.raises(InvalidInputError, match="square"):
         LlamaGenConfig(dim=64, n_head=2, n_layer=1, block_size=15)
-    with pytest.raises(ArnodesError, match="t2i"):
-        LlamaGenConfig(model_type="t2i")
+    with pytest.raises(ArnodesError, match="i2i"):
+        LlamaGenConfig(model_type="i2i")
     with pytest.raises(InvalidInputError, match="n_kv_head"):
         LlamaGenConfig(dim=64, n_head=4, n_kv_head=3, n_layer=1)
 
