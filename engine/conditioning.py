@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 CfgSchedule = Literal["linear", "constant"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TextCondition:
     """Encoded prompts for a text-to-image model, one row per image (torch-free here: tensors are duck-typed).
 
@@ -22,12 +22,13 @@ class TextCondition:
     ``mask`` (B, T): 1 where a caption position holds a real token. ``negative`` / ``negative_mask``: an
     encoded negative prompt for the unconditional branch; None = the model's own null caption (LlamaGen's
     learned ``uncond_embedding``). ``prompts``: the texts, for display and metadata only.
+    Equality is identity: equal prompts encoded by different encoders are different conditions.
     """
 
-    embeddings: Any = field(compare=False)
-    mask: Any = field(compare=False)
-    negative: Any = field(default=None, compare=False)
-    negative_mask: Any = field(default=None, compare=False)
+    embeddings: Any
+    mask: Any
+    negative: Any = None
+    negative_mask: Any = None
     prompts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -84,7 +85,7 @@ class Conditioning:
     style_ids: tuple[int, ...] | None = None  # one per image, for models with styles; None = "any"
     style_names: tuple[str, ...] = field(default=(), compare=False)
     control: "ControlCondition | None" = field(default=None, compare=False)
-    text: TextCondition | None = field(default=None, compare=False)
+    text: TextCondition | None = None
 
     def __post_init__(self) -> None:
         if not self.class_ids and self.text is None:

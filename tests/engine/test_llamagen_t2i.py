@@ -197,6 +197,9 @@ def test_text_condition_validation_and_repeat():
     assert rep.batch == 6 and rep.text.prompts == ("a", "a", "a", "b", "b", "b")
     assert rep.text.embeddings.shape == (6, 6, 12) and rep.cfg == 3.0
     assert Conditioning((1, 2)).repeat(2).class_ids == (1, 1, 2, 2)  # class conditioning unchanged
+    same = Conditioning(text=text, cfg=3.0)
+    other = Conditioning(text=TextCondition(emb, mask, prompts=("a", "b")), cfg=3.0)
+    assert cond == same and hash(cond) == hash(same) and cond != other  # a text condition is equal only to itself
     for bad, match in [(dict(), "class id"), (dict(class_ids=(1,), text=text), "not both"),
                        (dict(text=text, style_ids=(0, 0)), "styles")]:
         with pytest.raises(InvalidInputError, match=match):
