@@ -1,11 +1,13 @@
 """Forward passes (and wall time) of the raster decode strategies: plain, sjd, gsd.
 
 Same model, classes, seeds and sampler for each strategy; ``forwards`` counts model forward passes per
-image (plain: one per token). Models: ``fixture`` (the tiny parity LlamaGen) and ``gpt-b`` (GPT-B at
+image (plain: one per token). Models: ``emoji-raster`` (the bundled trained raster model, its own
+sampling defaults, a dozen classes), ``fixture`` (the tiny parity LlamaGen) and ``gpt-b`` (GPT-B at
 256 px with random weights: a random model's drafts are rarely right, so it shows the floor of the
 gain, not what a trained model gets).
 
-    python bench/decode_strategies.py --models fixture gpt-b --seeds 2 --out bench/results/decode_strategies.json
+    python bench/decode_strategies.py --models emoji-raster fixture gpt-b --seeds 2 \
+        --out bench/results/decode_strategies.json
 """
 from __future__ import annotations
 
@@ -19,17 +21,27 @@ import torch
 from common import env_info, write_json
 
 GPT_B = {"dim": 768, "n_layer": 12, "n_head": 12, "num_classes": 1000, "vocab_size": 16384, "block_size": 256}
+EMOJI_CLASSES = ["red heart", "grinning face", "cat face", "red apple", "pizza", "fire", "rocket", "dog face",
+                 "sun", "star", "rainbow", "alien"]
+RANDOM_SETTINGS = {"cfg": 4.0, "top_k": 2000, "top_p": 1.0, "temperature": 1.0}
 
 
-def build(name: str):
+def build(name: str) -> tuple:
+    """(generator, sampling settings, class ids) of a bench model."""
     from arnodes.engine.models.llamagen import LlamaGen, LlamaGenConfig
+    if name == "emoji-raster":
+        from arnodes.engine.loader import load_bundle
+        bundle = load_bundle(name)
+        return bundle.generator, bundle.defaults, [bundle.classes.resolve(c) for c in EMOJI_CLASSES]
     if name == "fixture":
         sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tests"))
         import parity_llamagen as pl
         from conftest import REFERENCE_DIR
-        return pl._load(str(REFERENCE_DIR / "llamagen" / "tiny_a"))[3]
-    torch.manual_seed(0)
-    return LlamaGen(LlamaGenConfig.from_official(GPT_B)).eval()
+        model = pl._load(str(REFERENCE_DIR / "llamagen" / "tiny_a"))[3]
+    else:
+        torch.manual_seed(0)
+        model = LlamaGen(LlamaGenConfig.from_official(GPT_B)).eval()
+    return model, RANDOM_SETTINGS, [0]  # untrained: one class shows the floor
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,35 +50,40 @@ def main(argv: list[str] | None = None) -> int:
     from arnodes.engine.generate.next_token import generate_tokens
     from arnodes.engine.sampling import SamplingParams
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["fixture", "gpt-b"])
+    p.add_argument("--models", nargs="+", default=["emoji-raster", "fixture", "gpt-b"])
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--window", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    params = SamplingParams(top_k=2000, top_p=1.0, top_p_style="llamagen")
     rows = []
     for name in a.models:
-        model = build(name)
+        model, settings, class_ids = build(name)
+        params = SamplingParams(top_k=int(settings["top_k"]), top_p=float(settings["top_p"]),
+                                temperature=float(settings.get("temperature", 1.0)), top_p_style="llamagen")
         per = {}
         for strategy in ("plain", "sjd", "gsd"):
             forwards, seconds = [], []
-            for seed in range(a.seeds):
-                stats: dict = {}
-                t0 = time.perf_counter()
-                generate_tokens(model, Conditioning((seed % model.config.num_classes,), cfg=4.0), None, params,
-                                torch.Generator().manual_seed(seed), decode=DecodeOptions(strategy, window=a.window),
-                                stats=stats)
-                seconds.append(time.perf_counter() - t0)
-                forwards.append(stats["forwards"])
-            per[strategy] = {"model": name, "decode": strategy, "tokens": stats["tokens"],
-                             "forwards_mean": statistics.mean(forwards), "seconds_median": statistics.median(seconds)}
+            for cls in class_ids:
+                for seed in range(a.seeds):
+                    stats: dict = {}
+                    t0 = time.perf_counter()
+                    generate_tokens(model, Conditioning((cls,), cfg=float(settings["cfg"])), None, params,
+                                    torch.Generator().manual_seed(seed), decode=DecodeOptions(strategy, window=a.window),
+                                    stats=stats)
+                    seconds.append(time.perf_counter() - t0)
+                    forwards.append(stats["forwards"])
+            per[strategy] = {"model": name, "decode": strategy, "tokens": stats["tokens"], "images": len(forwards),
+                             "cfg": settings["cfg"], "top_k": settings["top_k"], "top_p": settings["top_p"],
+                             "forwards_mean": statistics.mean(forwards), "seconds_mean": statistics.mean(seconds),
+                             "seconds_median": statistics.median(seconds)}
         for strategy, row in per.items():
             row["fewer_forwards_vs_plain"] = per["plain"]["forwards_mean"] / row["forwards_mean"]
+            row["less_time_vs_plain"] = per["plain"]["seconds_mean"] / row["seconds_mean"]
             rows.append(row)
     write_json({"bench": "decode_strategies", "env": env_info("cpu"),
-                "settings": {"seeds": a.seeds, "window": a.window, "cfg": 4.0, "top_k": 2000, "threads": a.threads},
+                "settings": {"seeds": a.seeds, "window": a.window, "threads": a.threads, "batch": 1},
                 "rows": rows}, a.out)
     return 0
 

@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
-DOCS = (BENCH.parent / "README.md", BENCH / "README.md", BENCH.parent / "weights" / "MODEL_CARD.md")
+DOCS = (BENCH.parent / "README.md", BENCH / "README.md", BENCH.parent / "weights" / "MODEL_CARD.md",
+        BENCH.parent / "weights" / "MODEL_CARD_emoji_raster.md")
 BLOCK = re.compile(r"(<!-- bench:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /bench:(?P=name) -->)", re.S)
 
 
@@ -175,6 +176,38 @@ def block_emoji_model() -> str:
     return "\n".join(lines + _table(["metric (`training/evaluate.py`)", "value", "target"], rows)) + "\n"
 
 
+RASTER_EVAL = ("python -m arnodes.training.evaluate --weights weights --manifest emoji_raster.json --write "
+               "--bench-json bench/results/emoji_raster_model.json")
+
+
+def block_emoji_raster() -> str:
+    e, g = load("emoji_raster_model.json"), load("emoji_raster_gsd.json")
+    if e is None or g is None:
+        return _missing("emoji_raster_model.json / emoji_raster_gsd.json", RASTER_EVAL + " (and with --decode gsd "
+                        "--bench-json bench/results/emoji_raster_gsd.json)")
+    m, q, tr = e["metrics"], g["metrics"], e.get("training", {})
+    rows = [["tokenizer PSNR, held-out images (all styles)", f"{f(m['tokenizer_psnr_heldout'])} dB "
+             f"({m['tokenizer_psnr_heldout_n']} images)", ""]]
+    rows += [[f"tokenizer PSNR, held-out, {s}", f"{f(v)} dB", ""] for s, v in m["tokenizer_psnr_heldout_by_style"].items()]
+    for label, r in (("plain decoding", m), ("GSD decoding", q)):
+        rows += [[f"nearest-reference class accuracy, {label}",
+                  f"{pct(r['nn_class_acc'])} ({r['eval_classes']} classes x seeds {r['seeds']})", ">= 90 %"],
+                 [f"distinct-image rate across classes, {label}", pct(r["nn_distinct"]), ">= 90 %"]]
+    rows += [["distinct drawings among 4 seeds, same class (mean)",
+              f"{f(m['seed_distinct_mean'])} ({m['seed_classes']} classes; different = mean abs. difference "
+              f"> {m['distinct_mad_threshold']:.0f}/255)", ""],
+             ["same seed twice gives identical pixels", "yes" if m["same_seed_identical"] else "NO", "yes"]]
+    steps, secs = tr.get("steps", {}), tr.get("train_seconds", {})
+    lines = [f"- Tokenizer fine-tune to one scale (`training/raster.py`, from {tr.get('tokenizer_from')}): "
+             f"{steps.get('tokenizer')} steps, {secs.get('tokenizer')} s.",
+             f"- GPT: {steps.get('generator')} steps, {secs.get('generator')} s on {tr.get('generator_images')} "
+             f"images.",
+             f"\nMeasured on a {_machine(e['env'])} with the defaults {m['defaults']} (evaluation "
+             f"{m['eval_seconds']:.0f} s plain, {q['eval_seconds']:.0f} s GSD):\n"]
+    return "\n".join(lines + _table(["metric (`training/evaluate.py --manifest emoji_raster.json`)", "value",
+                                     "target"], rows)) + "\n"
+
+
 def block_emoji_control() -> str:
     c = load("emoji_control.json")
     if c is None:
@@ -238,11 +271,13 @@ def block_decode() -> str:
     if d is None:
         return _missing("decode_strategies.json", "python bench/decode_strategies.py --out bench/results/decode_strategies.json")
     st = d["settings"]
-    lines = [f"Raster decode strategies ({_machine(d['env'])}; seeds: {st['seeds']}, CFG {st['cfg']}, top-k {st['top_k']}, "
-             f"window {st['window']}, {st['threads']} thread):\n"]
-    lines += _table(["model", "decode", "forwards per image", "fewer forwards than plain", "seconds per image"],
-                    [[r["model"], r["decode"], f"{f(r['forwards_mean'], 1)} of {r['tokens']} tokens",
-                      ratio(r["fewer_forwards_vs_plain"]), f(r["seconds_median"], 2)] for r in d["rows"]])
+    lines = [f"Raster decode strategies ({_machine(d['env'])}; batch 1, {st['seeds']} seeds per class, "
+             f"window {st['window']}, {st['threads']} thread; each model with its sampling settings):\n"]
+    lines += _table(["model", "decode", "images", "forwards per image", "fewer forwards than plain",
+                     "seconds per image", "less time than plain"],
+                    [[r["model"], r["decode"], str(r["images"]), f"{f(r['forwards_mean'], 1)} of {r['tokens']} tokens",
+                      ratio(r["fewer_forwards_vs_plain"]), f(r["seconds_mean"], 3), ratio(r["less_time_vs_plain"])]
+                     for r in d["rows"]])
     return "\n".join(lines) + "\n"
 
 
@@ -264,7 +299,7 @@ def block_kernels() -> str:
 BLOCKS: dict[str, Callable[[], str]] = {"generate": block_generate, "quantize": block_quantize,
                                         "emoji": block_emoji, "gpu": block_gpu, "kernels": block_kernels,
                                         "decode": block_decode, "emoji-model": block_emoji_model,
-                                        "emoji-control": block_emoji_control,
+                                        "emoji-control": block_emoji_control, "emoji-raster": block_emoji_raster,
                                         "serving": block_serving}
 
 

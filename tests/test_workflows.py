@@ -1,9 +1,10 @@
 """Every example in workflows/ validates and runs end to end through the graph executor.
 
-They run on the bundled "emoji-var" when weights/emoji.json exists, else on a tiny
-VAR model built from the parity fixtures (ARModelLoader's model overridden, class
-names equal to the emoji names the workflows use). LlamaGen runs the generate and
-chain examples on its tiny fixture model, so both families go through the graph.
+They run on the bundled model they name ("emoji-var", or "emoji-raster" for the raster
+example) when its manifest is in weights/, else on a tiny model of the same family built
+from the parity fixtures (ARModelLoader's model overridden, class names equal to the emoji
+names the workflows use). LlamaGen also runs the generate and chain examples on its tiny
+fixture model, so both families go through the graph.
 
 This module also holds `tiny_models_dir()`, which the node tests import.
 """
@@ -111,6 +112,14 @@ from arnodes.graph.registry import default_registry  # noqa: E402
 
 NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
 MAIN_MODEL = "emoji-var" if EMOJI_MANIFEST.is_file() else TINY_VAR
+BUNDLED_EXAMPLE_MODELS = {"emoji-var": (EMOJI_MANIFEST, TINY_VAR),
+                          "emoji-raster": (REPO / "weights" / "emoji_raster.json", TINY_LLAMAGEN)}
+
+
+def example_model(name: str) -> str:
+    """The bundled model an example names, or the tiny model of its family when that one is absent."""
+    manifest, tiny = BUNDLED_EXAMPLE_MODELS[read_example(name)["1"]["inputs"]["model"]]
+    return read_example(name)["1"]["inputs"]["model"] if manifest.is_file() else tiny
 
 
 @pytest.fixture(autouse=True)
@@ -169,12 +178,12 @@ def test_examples_exist():
 @pytest.mark.parametrize("name", NAMES)
 def test_example_validates_against_the_default_registry(name):
     assert validate(read_example(name), default_registry()) == []
-    assert read_example(name)["1"]["inputs"]["model"] == "emoji-var"
+    assert read_example(name)["1"]["inputs"]["model"] in BUNDLED_EXAMPLE_MODELS
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_example_runs_end_to_end(name, tmp_root):
-    wf, result, out_dir = run_example(name, MAIN_MODEL, tmp_root)
+    wf, result, out_dir = run_example(name, example_model(name), tmp_root)
     size = source_image(wf, result).shape[1]
     img = final_image(wf, result)
     expected = {"outpaint": (size, size + 32), "chain": (size, 2 * size)}.get(name, (size, size))
@@ -211,8 +220,9 @@ def test_control_example_runs_on_a_controlar_model(tmp_root):
     assert tuple(img.shape) == (1, 64, 64, 3) and img.std() > 0.02
 
 
-def test_saved_png_replays_bit_for_bit(tmp_root, tmp_path):
-    wf, result, out_dir = run_example("generate", MAIN_MODEL, tmp_root)
+@pytest.mark.parametrize("name", ["generate", "raster_sjd"])
+def test_saved_png_replays_bit_for_bit(tmp_root, tmp_path, name):
+    wf, result, out_dir = run_example(name, example_model(name), tmp_root)
     png = out_dir / next(ui for ui in result.ui.values() if "images" in ui)["images"][0]
     loaded = load_workflow(png)
     assert loaded == wf

@@ -35,6 +35,7 @@ def test_choices_list_the_default_and_local_manifests_but_not_checkpoints_missin
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
     choices = model_choices()
     assert choices[0] == "emoji-var" and "var-d16" not in choices and "llamagen-c2i-b-256" not in choices
+    assert "emoji-raster" in choices  # the second bundled model (weights/emoji_raster.json)
     assert TINY_VAR in choices and TINY_LLAMAGEN in choices and "classes.json" not in choices
     assert ARModelLoader.SPEC.input("model").default == "emoji-var"
     workflow = {"1": {"class_type": "ARModelLoader",
