@@ -209,6 +209,7 @@ def evaluate(weights: Path, data_cache: Path, eval_classes: int, seeds: list[int
         for c, k, p in grid:
             m = score(c, k, p, [1000], picked[::2])
             log(f"sweep cfg={c} top_k={k} top_p={p}: {m}")
+            metrics.setdefault("sweep", []).append({"cfg": c, "top_k": k, "top_p": p, **m})
             key = m["nn_class_acc"] + 0.5 * m["nn_distinct"]
             if best is None or key > best[0]:
                 best = (key, {"cfg": c, "top_k": k, "top_p": p})
