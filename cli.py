@@ -104,10 +104,17 @@ def _apply_model_defaults(args: argparse.Namespace) -> None:
 
 
 def _common_nodes(g, args: argparse.Namespace):
+    """The model loader and the condition: ARTextCondition for --prompt, ARClassCondition for --class."""
     _apply_model_defaults(args)
     model = g.node("ARModelLoader", model=args.model, dtype=args.dtype, quant=args.quant, device=args.device)
-    cond = g.node("ARClassCondition", model=model.out(0), classes=args.class_name, cfg=args.cfg,
-                  cfg_schedule="linear", negative="", style=args.style)
+    if args.prompt is not None:
+        if args.style != "any":
+            raise InvalidInputError("--style is for class-conditional models; with --prompt, say the style in words")
+        cond = g.node("ARTextCondition", model=model.out(0), prompt=args.prompt, cfg=args.cfg,
+                      negative=args.negative or "", cfg_interval=-1)
+    else:
+        cond = g.node("ARClassCondition", model=model.out(0), classes=args.class_name, cfg=args.cfg,
+                      cfg_schedule="linear", negative=args.negative or "", style=args.style)
     return model, cond
 
 
@@ -288,7 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--quant", default="none", help=", ".join(QUANTS))
         sp.add_argument("--dtype", default="float32", choices=DTYPES)
         sp.add_argument("--device", default="auto", choices=DEVICES)
-        sp.add_argument("--class", dest="class_name", required=True, help="class name(s) or id(s)")
+        what = sp.add_mutually_exclusive_group(required=True)
+        what.add_argument("--class", dest="class_name", help="class name(s) or id(s), for class-conditional models")
+        what.add_argument("--prompt", help="what to draw, in words, for text-to-image models")
+        sp.add_argument("--negative", help="with --prompt: a prompt to guide away from (default: the model's empty "
+                                           "caption); with --class: class(es) to guide away from")
         sp.add_argument("--style", default="any",
                         help="drawing style of models trained on several sets (`arnodes models` lists them); "
                              "'any' = the seed picks one")
@@ -304,8 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
-    gen = task("generate", cmd_generate, "generate images of a class", image=False)
-    gen.add_argument("--batch", type=int, default=1, help="images per class")
+    gen = task("generate", cmd_generate, "generate images of a class or a prompt", image=False)
+    gen.add_argument("--batch", type=int, default=1, help="images per class (or per prompt)")
     gen.add_argument("--decode", default="plain", choices=DECODE_STRATEGIES,
                      help="raster models: plain, sjd (speculative Jacobi, same distribution, fewer forwards), "
                           "gsd (grouped, fewest forwards, slightly lossy)")

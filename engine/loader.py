@@ -1,4 +1,4 @@
-"""Build a ModelBundle (tokenizer + generator + class names) from a name or a manifest.
+"""Build a ModelBundle (tokenizer + generator + class names or a text encoder) from a name or a manifest.
 
 Table-driven: a ``kind`` names a module and its model/config classes. A model class
 may define ``OPTIONAL_STATE_KEYS`` or a method ``optional_state_keys()`` (buffers a
@@ -23,7 +23,7 @@ from .classes import ClassNames, load_class_names
 from .control import load_controls
 from .kinds import config_from_json, kind_classes
 from .errors import CheckpointError, InvalidInputError, MissingFileError, UnknownNameError
-from .registry import REGISTRY, bundled_manifests, get_entry
+from .registry import REGISTRY, bundled_manifests, get_entry, manifest_class_spec
 from .resolve import resolve_file
 
 ANY_STYLE = "any"
@@ -45,11 +45,12 @@ class ModelBundle:
     family: str  # "var" | "llamagen"
     tokenizer: nn.Module
     generator: nn.Module
-    classes: ClassNames
+    classes: ClassNames | None  # None: a text-to-image model (it takes prompts, through text_encoder)
     image_size: int
     defaults: dict[str, Any] = field(default_factory=dict)
     styles: tuple[str, ...] = ()  # drawing styles the generator was trained on (its style embedding rows)
     controls: dict[str, Any] = field(default_factory=dict)  # name -> control.ControlAdapter
+    text_encoder: Any = None  # text.encoders.PromptEncoder of a text-to-image model
     # one generation at a time per loaded model: the generator holds its KV cache as module state, so
     # two threads decoding on one bundle would overwrite each other's cache (mixed-up images)
     generation_lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
@@ -73,6 +74,11 @@ class ModelBundle:
         raise UnknownNameError(f"unknown style {name!r} for model {self.name!r}; known: {known}")
 
     @property
+    def takes_text(self) -> bool:
+        """A text-to-image model: it is conditioned on prompts, not class ids (its generator decides)."""
+        return bool(getattr(getattr(self.generator, "config", None), "is_t2i", False))
+
+    @property
     def tokenizer_id(self) -> str:
         return f"{self.name}:tokenizer"
 
@@ -85,7 +91,8 @@ class ModelBundle:
         return next(self.generator.parameters()).dtype
 
     def resident_bytes(self) -> int:
-        mods = (self.tokenizer, self.generator, *(c.module for c in self.controls.values()))
+        mods = (self.tokenizer, self.generator, *(c.module for c in self.controls.values()),
+                *(() if self.text_encoder is None else (self.text_encoder.module,)))
         return sum(t.numel() * t.element_size() for m in mods for t in list(m.parameters()) + list(m.buffers()))
 
 
@@ -159,8 +166,11 @@ def load_generator_file(kind: str, config, path: Path, device="cpu", dtype=torch
     return (model.to(dtype=dtype) if dtype != torch.float32 else model).eval()
 
 
-def load_manifest(path: str | Path, device="cpu", dtype=torch.float32, quant: str = "none") -> ModelBundle:
-    """A bundle described by a JSON manifest (the bundled emoji model's format)."""
+def load_manifest(path: str | Path, device="cpu", dtype=torch.float32, quant: str = "none",
+                  models_dir: str | Path | None = None, offline: bool | None = None) -> ModelBundle:
+    """A bundle described by a JSON manifest (the bundled emoji model's format). A text-to-image
+    generator needs a "text_encoder" entry (text/encoders.py; ``models_dir`` is where a released
+    encoder it names is looked for), and a class-conditional one must not have one."""
     path = Path(path)
     if path.is_dir():
         candidates = sorted(path.glob("*.json"))
@@ -176,14 +186,34 @@ def load_manifest(path: str | Path, device="cpu", dtype=torch.float32, quant: st
         gen_cfg = config_from_dict(gen["kind"], gen["config"])
         tokenizer = load_module_file(tok["kind"], tok_cfg, path.parent / tok["file"], device, torch.float32)
         generator = load_generator_file(gen["kind"], gen_cfg, path.parent / gen["file"], device, dtype, quant)
-        classes = load_class_names(data.get("classes", "imagenet"), base_dir=path.parent)
+        spec = manifest_class_spec(data)
+        classes = None if spec is None else load_class_names(str(spec), base_dir=path.parent)
         controls = load_controls(data.get("controls"), path.parent, str(path), device)
+        text = _text_encoder(data.get("text_encoder"), gen_cfg, path.parent, str(path), device, dtype, models_dir,
+                             offline)
         return ModelBundle(name=str(data["name"]), family=str(data["family"]), tokenizer=tokenizer,
                            generator=generator, classes=classes, image_size=int(data["image_size"]),
                            defaults=dict(data.get("defaults", {})), styles=_styles(data, gen_cfg, path),
-                           controls=controls)
+                           controls=controls, text_encoder=text)
     except KeyError as e:
         raise CheckpointError(f"{path}: manifest lacks the field {e.args[0]!r}") from None
+
+
+def _text_encoder(entry: Any, gen_cfg: Any, base_dir: Path | None, source: str, device, dtype: torch.dtype,
+                  models_dir, offline):
+    """The text encoder a text-to-image generator is trained with; refused on a class-conditional one, and
+    required, with features as wide as the generator's captions, on a text-to-image one."""
+    from .text.encoders import load_prompt_encoder
+    t2i = bool(getattr(gen_cfg, "is_t2i", False))
+    if entry is None and t2i:
+        raise CheckpointError(f"{source}: the generator is text-to-image but no 'text_encoder' is given")
+    if entry is not None and not t2i:
+        raise CheckpointError(f"{source}: a 'text_encoder' is given but the generator is class-conditional")
+    encoder = load_prompt_encoder(entry, base_dir, source, device, dtype, models_dir, offline)
+    if encoder is not None and encoder.dim != gen_cfg.caption_dim:
+        raise CheckpointError(f"{source}: the text encoder's features are {encoder.dim} wide; the generator takes "
+                              f"caption_dim {gen_cfg.caption_dim}")
+    return encoder
 
 
 def _styles(data: dict, gen_cfg: Any, path: Path) -> tuple[str, ...]:
@@ -224,9 +254,9 @@ def load_bundle(name_or_path: str | Path, device: torch.device | str = "cpu", dt
     name = str(name_or_path)
     bundled = bundled_manifests()
     if name in bundled:
-        return load_manifest(bundled[name], device, dtype, quant)
+        return load_manifest(bundled[name], device, dtype, quant, models_dir, offline)
     if name not in REGISTRY and (Path(name).suffix == ".json" or Path(name).is_dir()):
-        return load_manifest(Path(name), device, dtype, quant)
+        return load_manifest(Path(name), device, dtype, quant, models_dir, offline)
     entry = get_entry(name)
     tok_path = resolve_file(entry.tokenizer_file, entry.hf_repo, models_dir, offline)
     gen_path = resolve_file(entry.generator_file, entry.hf_repo, models_dir, offline)
@@ -234,8 +264,9 @@ def load_bundle(name_or_path: str | Path, device: torch.device | str = "cpu", dt
     gen_cfg = preset_config(entry.generator_kind, entry.generator_preset)
     if entry.family == "llamagen":  # token grid follows the checkpoint's resolution
         gen_cfg = dataclasses.replace(gen_cfg, block_size=(entry.image_size // 16) ** 2)
+    text = _text_encoder(entry.text_encoder, gen_cfg, None, entry.name, device, dtype, models_dir, offline)
     tokenizer = load_module_file(entry.tokenizer_kind, tok_cfg, tok_path, device, torch.float32)
     generator = load_generator_file(entry.generator_kind, gen_cfg, gen_path, device, dtype, quant)
     return ModelBundle(name=entry.name, family=entry.family, tokenizer=tokenizer, generator=generator,
-                       classes=load_class_names(entry.classes), image_size=entry.image_size,
-                       defaults=dict(entry.defaults))
+                       classes=None if entry.classes is None else load_class_names(entry.classes),
+                       image_size=entry.image_size, defaults=dict(entry.defaults), text_encoder=text)

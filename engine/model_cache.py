@@ -315,6 +315,8 @@ class ModelCache:
     def _move(bundle: ModelBundle, device: str) -> ModelBundle:
         bundle.generator.to(device)
         bundle.tokenizer.to(device)
+        if bundle.text_encoder is not None:
+            bundle.text_encoder.to(device)
         return bundle
 
 

@@ -1,8 +1,8 @@
 """Known models: name -> family, presets, checkpoint files and where to get them.
 
-Names are looked up exactly. A bundle is a tokenizer plus a generator; released
-checkpoints are resolved from a local models directory or the Hugging Face hub
-(see :mod:`.resolve`), the bundled emoji model from ``weights/``.
+Names are looked up exactly. A bundle is a tokenizer plus a generator (plus, for a text-to-image
+generator, its text encoder); released checkpoints are resolved from a local models directory or
+the Hugging Face hub (see :mod:`.resolve`), the bundled emoji model from ``weights/``.
 """
 from __future__ import annotations
 
@@ -28,9 +28,11 @@ class ModelEntry:
     tokenizer_file: str
     generator_file: str
     hf_repo: str | None  # None: shipped with arnodes
-    classes: str = "imagenet"
+    classes: str | None = "imagenet"  # None: a text-to-image model
     defaults: dict = field(default_factory=dict, compare=False, hash=False)
     description: str = ""
+    # a manifest's "text_encoder" entry (text/encoders.py), e.g. {"kind": "t5", "name": "flan-t5-xl"}
+    text_encoder: dict | None = field(default=None, compare=False, hash=False)
 
 
 def _var(depth: int, image_size: int = 256) -> ModelEntry:
@@ -53,11 +55,24 @@ def _llamagen(size: str, image_size: int) -> ModelEntry:
         description=f"LlamaGen GPT-{size} class-to-image {image_size}px (official release)")
 
 
+def _llamagen_t2i(stage: int, image_size: int) -> ModelEntry:
+    """The released text-to-image GPT-XL (stage 1: 256px, stage 2: fine-tuned at 512px) with its VQ and
+    the flan-t5-xl encoder it was trained with; sampling defaults of the official sample_t2i.py."""
+    return ModelEntry(
+        name=f"llamagen-t2i-xl-{image_size}", family="llamagen", tokenizer_kind="vq", tokenizer_preset="vq_ds16_t2i",
+        generator_kind="llamagen", generator_preset="GPT-XL-t2i", image_size=image_size,
+        tokenizer_file="vq_ds16_t2i.pt", generator_file=f"t2i_XL_stage{stage}_{image_size}.pt",
+        hf_repo="peizesun/llamagen_t2i", classes=None, text_encoder={"kind": "t5", "name": "flan-t5-xl"},
+        defaults={"cfg": 7.5, "top_k": 1000, "top_p": 1.0, "temperature": 1.0},
+        description=f"LlamaGen GPT-XL text-to-image {image_size}px, flan-t5-xl prompts (official release)")
+
+
 _ENTRIES = [
     *(_var(d) for d in (16, 20, 24, 30)),
     _var(36, image_size=512),
     _llamagen("B", 256), _llamagen("B", 384), _llamagen("L", 256), _llamagen("L", 384),
     _llamagen("XL", 384), _llamagen("XXL", 384), _llamagen("3B", 384),
+    _llamagen_t2i(1, 256), _llamagen_t2i(2, 512),
 ]
 REGISTRY: dict[str, ModelEntry] = {e.name: e for e in _ENTRIES}
 
@@ -112,9 +127,13 @@ def bundled_style_names() -> list[str]:
 
 def checkpoint_present(entry: ModelEntry, models_dir: str | Path | None = None) -> bool:
     """Whether a released checkpoint's files are on disk now (the models directory, or the Hugging
-    Face cache); never touches the network."""
+    Face cache), its text encoder's too; never touches the network."""
     from .resolve import default_models_dir
     folder = Path(models_dir) if models_dir is not None else default_models_dir()
+    if entry.text_encoder is not None:
+        from .text.encoders import encoder_present
+        if not encoder_present(entry.text_encoder, folder):
+            return False
     for filename in (entry.tokenizer_file, entry.generator_file):
         if (folder / filename).is_file():
             continue
@@ -135,8 +154,13 @@ def how_to_fetch(entry: ModelEntry, models_dir: str | Path | None = None) -> str
     folder = Path(models_dir) if models_dir is not None else default_models_dir()
     files = f"{entry.tokenizer_file} and {entry.generator_file}"
     source = f"https://huggingface.co/{entry.hf_repo}" if entry.hf_repo else "its publisher"
-    return (f"download {files} from {source} into {folder} (or set ARNODES_MODELS_DIR to the folder that "
-            f"has them)")
+    encoder = ""
+    if entry.text_encoder is not None:
+        from .text.encoders import fetch_hint
+        hint = fetch_hint(entry.text_encoder, folder)
+        encoder = f", and {hint}" if hint else ""
+    return (f"download {files} from {source} into {folder}{encoder} (or set ARNODES_MODELS_DIR to the folder "
+            f"that has them)")
 
 
 def bundled_control_names() -> list[str]:
@@ -146,6 +170,28 @@ def bundled_control_names() -> list[str]:
         controls = data.get("controls", {})
         names += [c for c in controls if isinstance(c, str) and c not in names] if isinstance(controls, dict) else []
     return names
+
+
+def manifest_class_spec(data: dict) -> str | None:
+    """A manifest's class names (a file, or "imagenet"); None for a text-to-image model, which has a
+    "text_encoder" instead. The one rule the loader, the node menus and the app's pickers share."""
+    if "classes" in data:
+        return None if data["classes"] is None else str(data["classes"])
+    return None if data.get("text_encoder") is not None else "imagenet"
+
+
+def takes_text(name: str) -> bool:
+    """Whether a model (registry name, bundled name, or manifest path) is conditioned on prompts,
+    read from its entry or manifest without loading it; unknown or unreadable: False."""
+    import json
+    if name in REGISTRY:
+        return REGISTRY[name].text_encoder is not None
+    path = bundled_manifests().get(name) or (Path(name) if Path(name).suffix == ".json" else None)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path is not None else {}
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("text_encoder") is not None
 
 
 def bundled_model_names() -> list[str]:

@@ -39,6 +39,7 @@ class BundleModules(nn.Module):
         self.tokenizer = bundle.tokenizer
         self.generator = bundle.generator
         self.controls = nn.ModuleDict({name: c.module for name, c in bundle.controls.items()})
+        self.text_encoder = bundle.text_encoder.module if bundle.text_encoder is not None else None
         self._dtype = bundle.dtype
 
     def get_dtype(self) -> torch.dtype:  # ComfyUI asks a patched model for its dtype

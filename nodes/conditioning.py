@@ -1,5 +1,9 @@
 """ARClassCondition: class names or ids plus classifier-free guidance settings -> AR_COND;
-ARClassPicker: a searchable list of the known class names, for front ends without our class menu."""
+ARTextCondition: a prompt (and a negative one) encoded by the model's text encoder -> AR_COND;
+ARClassPicker: a searchable list of the known class names, for front ends without our class menu.
+
+Both conditions feed every task node; which one a model takes is the model's (``bundle.takes_text``),
+and the other is refused naming the model."""
 from __future__ import annotations
 
 from typing import Any
@@ -9,11 +13,14 @@ from ..engine.errors import ArnodesError, InvalidInputError, LimitError, Unknown
 from ..engine.limits import check_batch
 from ..engine.limits import current as current_limits
 from ..engine.loader import ANY_STYLE
-from .base import AR_COND, AR_MODEL, COMBO, FLOAT, STRING, ExecutionContext, InputSpec, Node, NodeSpec, OutputSpec
+from .base import (
+    AR_COND, AR_MODEL, COMBO, FLOAT, INT, STRING, ExecutionContext, InputSpec, Node, NodeSpec, OutputSpec,
+)
 from .types import check_model, check_range, class_name_choices, style_choices
 
 
 MAX_NAME_CHARS = 100  # per class: the longest emoji / ImageNet names are ~70 characters
+MAX_PROMPT_CHARS = 4000  # a caption is 120 tokens (~600 characters); the encoder truncates, with a warning
 
 
 def _check_size(text: str, name: str) -> None:
@@ -75,6 +82,9 @@ class ARClassCondition(Node):
         if not isinstance(classes, str):
             classes = str(classes)
         with handle.use() as bundle:
+            if bundle.takes_text:
+                raise InvalidInputError(f"input 'model': {bundle.name!r} is a text-to-image model; give it a prompt "
+                                        f"(ARTextCondition), not classes")
             ids = _resolve(bundle, classes, "classes")
             neg = None
             if negative is not None and str(negative).strip():
@@ -95,6 +105,61 @@ class ARClassCondition(Node):
                             negative_class_ids=None if neg is None else tuple(neg), class_names=names,
                             style_ids=styles, style_names=style_names)
         return (cond,)
+
+
+def _prompt(text: Any, name: str, required: bool) -> str | None:
+    """The stripped prompt; None for an empty optional one."""
+    if text is None:
+        text = ""
+    if not isinstance(text, str):
+        raise InvalidInputError(f"input {name!r} must be text, got {type(text).__name__}")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise LimitError(f"input {name!r}: {len(text):,} characters; a prompt may have at most {MAX_PROMPT_CHARS:,} "
+                         f"(the text encoder reads 120 tokens of it)")
+    text = text.strip()
+    if not text and required:
+        raise InvalidInputError(f"input {name!r} is empty; describe the picture to generate")
+    return text or None
+
+
+class ARTextCondition(Node):
+    """The model's own text encoder turns the prompt into caption features; a prompt it has encoded
+    before is not encoded again (the encoder remembers it), so a new seed or a second node costs nothing."""
+
+    SPEC = NodeSpec(
+        class_type="ARTextCondition", display_name="AR Text Condition", category="conditioning",
+        inputs=(
+            InputSpec("model", AR_MODEL),
+            InputSpec("prompt", STRING, default="", multiline=True,
+                      tooltip="What to draw, in words (text-to-image models). One prompt; batch_size makes more."),
+            InputSpec("cfg", FLOAT, default=7.5, min=0.0, max=30.0, step=0.1,
+                      tooltip="Classifier-free guidance scale: higher follows the prompt more closely."),
+            InputSpec("negative", STRING, default="", optional=True, multiline=True,
+                      tooltip="What to guide away from; empty = the model's learned empty caption."),
+            InputSpec("cfg_interval", INT, default=-1, min=-1, max=1_000_000, optional=True,
+                      tooltip="Guide only the first N image tokens; -1 = every token."),
+        ),
+        outputs=(OutputSpec("cond", AR_COND),),
+        description="Text conditioning and guidance for the AR task nodes (text-to-image models).",
+    )
+
+    @classmethod
+    def execute(cls, ctx: ExecutionContext, model: Any, prompt: str, cfg: float, negative: str | None = "",
+                cfg_interval: int | None = -1) -> tuple[Conditioning]:
+        handle = check_model(model)
+        check_range("cfg", cfg, 0.0, 30.0)
+        interval = -1 if cfg_interval is None else cfg_interval
+        check_range("cfg_interval", interval, -1, None)
+        text = _prompt(prompt, "prompt", required=True)
+        neg = _prompt(negative, "negative", required=False)
+        with handle.use() as bundle:
+            if not bundle.takes_text:
+                raise InvalidInputError(f"input 'model': {bundle.name!r} is a class-conditional model; give it "
+                                        f"classes (ARClassCondition), not a prompt")
+            if bundle.text_encoder is None:
+                raise InvalidInputError(f"input 'model': {bundle.name!r} has no text encoder to read the prompt")
+            encoded = bundle.text_encoder.encode([text], None if neg is None else [neg])
+        return (Conditioning(cfg=float(cfg), schedule="constant", cfg_interval=int(interval), text=encoded),)
 
 
 class ARClassPicker(Node):

@@ -1,4 +1,4 @@
-"""ARGenerate: the constrained-generation primitive as a node (class-conditional sampling)."""
+"""ARGenerate: the constrained-generation primitive as a node (class- or text-conditioned sampling)."""
 from __future__ import annotations
 
 import time
@@ -32,7 +32,7 @@ class ARGenerate(Node):
             InputSpec("model", AR_MODEL),
             InputSpec("cond", AR_COND),
             *sampler_inputs(),
-            InputSpec("batch_size", INT, default=1, min=1, max=MAX_BATCH, tooltip="Images per class."),
+            InputSpec("batch_size", INT, default=1, min=1, max=MAX_BATCH, tooltip="Images per class (or per prompt)."),
             InputSpec("more_smooth", BOOLEAN, default=False,
                       tooltip="VAR only: gumbel soft-embedding of the sampled tokens (smoother, less faithful)."),
             decode_input(),
@@ -40,7 +40,7 @@ class ARGenerate(Node):
                       tooltip="Optional canvas whose known tokens are kept; the others are generated."),
         ),
         outputs=(OutputSpec("tokens", AR_TOKENS, "The completed canvas (every token known)."),),
-        description="Sample image tokens for the given classes; decode them with ARDecode.",
+        description="Sample image tokens for the given classes or prompt; decode them with ARDecode.",
     )
 
     @classmethod

@@ -133,13 +133,15 @@ def class_name_choices() -> list[str]:
     import json
 
     from ..engine.classes import load_class_names
-    from ..engine.registry import bundled_manifests
+    from ..engine.registry import bundled_manifests, manifest_class_spec
 
     names: list[str] = []
     for path in bundled_manifests().values():
         try:
-            spec = json.loads(path.read_text()).get("classes", "imagenet")
-            names += load_class_names(str(spec), base_dir=path.parent).names
+            spec = manifest_class_spec(json.loads(path.read_text()))
+            if spec is None:  # a text-to-image model
+                continue
+            names += load_class_names(spec, base_dir=path.parent).names
         except (OSError, ValueError, ArnodesError):
             continue  # a broken manifest is reported when that model is loaded, not here
     names += load_class_names("imagenet").names
@@ -297,11 +299,13 @@ def match_batch(cond: Any, n: int, what: str = "image"):
     from ..engine.conditioning import Conditioning
 
     if not isinstance(cond, Conditioning):
-        raise InvalidInputError(f"input 'cond' must come from ARClassCondition (AR_COND), got {type(cond).__name__}")
+        raise InvalidInputError(f"input 'cond' must come from ARClassCondition or ARTextCondition (AR_COND), got "
+                                f"{type(cond).__name__}")
     check_batch(max(cond.batch, n), f"input {what!r}")
     if cond.batch == n or n == 1:
         return cond
     if n % cond.batch == 0:
         return cond.repeat(n // cond.batch)
-    raise InvalidInputError(f"input 'cond' has {cond.batch} classes but input {what!r} has {n} images; "
-                            f"give one class, one image, or a multiple of the classes' count of images")
+    kind = "prompts" if cond.text is not None else "classes"
+    raise InvalidInputError(f"input 'cond' has {cond.batch} {kind} but input {what!r} has {n} images; "
+                            f"give one of them, one image, or a multiple of the {kind}' count of images")

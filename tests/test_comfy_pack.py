@@ -192,8 +192,8 @@ def test_pack_imports_and_runs_like_comfyui(pack_run):
     assert report["workflow_inputs_missing"] == []
     assert not report["torch_at_import"], "importing the pack must stay light"
     assert not report["cuda_initialized"] and report["models_loaded"] == []
-    assert set(report["names"]) >= {"ARModelLoader", "ARClassCondition", "ARTokenize", "ARDecode", "ARGenerate",
-                                    "ARInpaint", "AROutpaint", "AREdit", "ARSuperResolve", "ARControl",
+    assert set(report["names"]) >= {"ARModelLoader", "ARClassCondition", "ARTextCondition", "ARTokenize", "ARDecode",
+                                    "ARGenerate", "ARInpaint", "AROutpaint", "AREdit", "ARSuperResolve", "ARControl",
                                     "ARVariation", "ARRegionMask"}
     assert not CORE & set(report["names"]) and all(n.startswith("AR") for n in report["names"])
     assert all(c.startswith("arnodes/") for c in report["categories"])

@@ -66,6 +66,11 @@ class MockRunner:
     def style_choices(self) -> list[str]:
         return ["any"]
 
+    text_models: tuple[str, ...] = ()  # model names the mock calls text-to-image
+
+    def takes_prompt(self, model: str | None) -> bool:
+        return model in self.text_models
+
     def loaded(self) -> list[dict]:
         return []
 

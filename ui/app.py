@@ -24,7 +24,7 @@ SEND_TARGETS = (("Inpaint", "inpaint"), ("Edit", "edit"), ("Upscale", "superres"
 
 @dataclass
 class Sampling:
-    """The class picker and sampler widgets every task tab has."""
+    """The class picker, the prompt boxes and the sampler widgets every task tab has."""
 
     classes: gr.Dropdown
     seed: gr.Number
@@ -33,10 +33,17 @@ class Sampling:
     top_k: gr.Slider
     top_p: gr.Slider
     temperature: gr.Slider
+    prompt: gr.Textbox
+    negative: gr.Textbox
 
     @property
     def after_classes(self) -> list[Any]:
         return [self.seed, self.randomize, self.cfg, self.top_k, self.top_p, self.temperature]
+
+    @property
+    def prompts(self) -> list[Any]:
+        """The callbacks' last two inputs: a prompt makes the task text-conditioned."""
+        return [self.prompt, self.negative]
 
 
 @dataclass
@@ -51,7 +58,9 @@ def sampling_controls(choices: list[tuple[str, str]], label: str = "Class") -> S
     d = presets.SAMPLER_DEFAULTS
     classes = gr.Dropdown(choices, value=[choices[0][1]] if choices else [], multiselect=True, max_choices=8,
                           allow_custom_value=True, filterable=True, label=label,
-                          info="Type to search; names or ids, several allowed")
+                          info="Type to search; names or ids, several allowed (class-conditional models)")
+    prompt = gr.Textbox("", label="Prompt", lines=2, max_lines=6,
+                        placeholder="Text-to-image models: describe the picture (the classes above are then unused)")
     with gr.Row():
         seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_UI_SEED, label="Seed", scale=3)
         randomize = gr.Checkbox(True, label="🎲 random", scale=1, min_width=90)
@@ -60,7 +69,8 @@ def sampling_controls(choices: list[tuple[str, str]], label: str = "Class") -> S
         top_k = gr.Slider(0, 1000, d["top_k"], step=1, label="Top-k", info="0 = off")
         top_p = gr.Slider(0.05, 1.0, d["top_p"], step=0.01, label="Top-p", info="1 = off")
         temperature = gr.Slider(0.05, 2.0, d["temperature"], step=0.01, label="Temperature")
-    return Sampling(classes, seed, randomize, cfg, top_k, top_p, temperature)
+        negative = gr.Textbox("", label="Negative prompt", lines=1, placeholder="Text-to-image models: what to avoid")
+    return Sampling(classes, seed, randomize, cfg, top_k, top_p, temperature, prompt, negative)
 
 
 def run_buttons(label: str) -> tuple[gr.Button, gr.Button]:
@@ -237,24 +247,28 @@ def build_app(runner: Any) -> gr.Blocks:
         outs = lambda r, s: [r.gallery, r.files, s.seed]  # noqa: E731
         engine = [run_dtype, run_quant, run_device]
         _jobs = {
-            "generate": gen_run.click(cb.generate, [model, gen.classes, *gen.after_classes, batch, style, *engine, run_decode],
+            "generate": gen_run.click(cb.generate, [model, gen.classes, *gen.after_classes, batch, style, *engine,
+                                                    run_decode, *gen.prompts],
                                       outs(gen_out, gen), api_name="generate", **device_slots),
-            "inpaint": inp_run.click(cb.inpaint, [model, editor, inp.classes, *inp.after_classes, style, *engine, run_decode],
+            "inpaint": inp_run.click(cb.inpaint, [model, editor, inp.classes, *inp.after_classes, style, *engine,
+                                                  run_decode, *inp.prompts],
                                      outs(inp_out, inp), api_name="inpaint", **device_slots),
             "outpaint": out_run.click(cb.outpaint, [model, editor, inp.classes, pad["left"], pad["top"], pad["right"],
                                                     pad["bottom"], feather, *inp.after_classes, style, *engine,
-                                                    run_decode],
+                                                    run_decode, *inp.prompts],
                                       outs(inp_out, inp), api_name="outpaint", **device_slots),
             "edit": ed_run.click(cb.edit, [model, edit_image, ed.classes, box["left"], box["top"], box["right"],
-                                           box["bottom"], invert, *ed.after_classes, style, *engine], outs(ed_out, ed),
-                                 api_name="edit", **device_slots),
-            "superres": sr_run.click(cb.super_resolve, [model, sr_image, sr.classes, scale, *sr.after_classes, style, *engine],
+                                           box["bottom"], invert, *ed.after_classes, style, *engine, *ed.prompts],
+                                 outs(ed_out, ed), api_name="edit", **device_slots),
+            "superres": sr_run.click(cb.super_resolve, [model, sr_image, sr.classes, scale, *sr.after_classes, style,
+                                                        *engine, *sr.prompts],
                                      outs(sr_out, sr), api_name="super_resolve", **device_slots),
             "control": ctl_run.click(cb.control, [model, ctl_image, ctl.classes, control_type, control_strength,
-                                                  *ctl.after_classes, style, *engine],
+                                                  *ctl.after_classes, style, *engine, *ctl.prompts],
                                      outs(ctl_out, ctl), api_name="control", **device_slots),
             "variation": var_run.click(cb.variation,
-                                       [model, ctl_image, ctl.classes, strength, *ctl.after_classes, style, *engine],
+                                       [model, ctl_image, ctl.classes, strength, *ctl.after_classes, style, *engine,
+                                        *ctl.prompts],
                                        outs(ctl_out, ctl), api_name="variation", **device_slots),
             "workflow": wf_run.click(cb.workflow_run, [wf_file, wf_table, wf_inputs], [wf_out.gallery, wf_out.files],
                                      api_name="workflow_run", **device_slots),

@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 MAX_UI_SEED = 2 ** 31 - 1
 STEP_LABELS = {  # progress-bar captions, in words an artist reads
-    "ARModelLoader": "Loading model", "ARClassCondition": "Reading classes", "ARGenerate": "Generating",
+    "ARModelLoader": "Loading model", "ARClassCondition": "Reading classes", "ARTextCondition": "Reading the prompt",
+    "ARGenerate": "Generating",
     "ARDecode": "Decoding", "ARInpaint": "Inpainting", "AROutpaint": "Outpainting", "AREdit": "Editing",
     "ARSuperResolve": "Super-resolving", "ARControl": "Generating from control", "ARVariation": "Making variations",
     "SaveImage": "Saving", "LoadImage": "Reading image", "LoadImageMask": "Reading mask",
@@ -122,6 +123,17 @@ class WorkflowRunner(WorkflowService):
         """(label, value) pairs for the class picker; the label shows the emoji when the model has one."""
         return list(_class_choices(model or "", _models_key()))
 
+    def takes_prompt(self, model: str | None) -> bool:
+        """Whether ``model`` is a text-to-image model (read from its manifest or registry entry, not loaded)."""
+        from ..engine.registry import takes_text
+        from ..nodes.types import resolve_model_name
+        if not model:
+            return False
+        try:
+            return takes_text(resolve_model_name(model))
+        except ArnodesError:
+            return False
+
     def style_choices(self) -> list[str]:
         """'any' and the bundled models' drawing styles (the node's list)."""
         from ..nodes.types import style_choices
@@ -157,17 +169,16 @@ def _models_key() -> str:
 @functools.lru_cache(maxsize=16)
 def _class_choices(model: str, _models_dir: str) -> tuple[tuple[str, str], ...]:
     from ..engine.classes import load_class_names
-    from ..engine.registry import REGISTRY, bundled_manifests
+    from ..engine.registry import REGISTRY, bundled_manifests, manifest_class_spec
     from ..nodes.types import local_manifests
 
     manifest = bundled_manifests().get(model) or local_manifests().get(model)
+    spec = (manifest_class_spec(_manifest(manifest)) if manifest is not None
+            else REGISTRY[model].classes if model in REGISTRY else None)
+    if spec is None:  # unknown, or a text-to-image model: no classes to pick
+        return ()
     try:
-        if manifest is not None:
-            names = load_class_names(str(_manifest(manifest).get("classes", "imagenet")), base_dir=manifest.parent)
-        elif model in REGISTRY:
-            names = load_class_names(REGISTRY[model].classes)
-        else:
-            return ()
+        names = load_class_names(spec, base_dir=manifest.parent if manifest is not None else None)
     except ArnodesError:
         logger.warning("no class names for model %s", model, exc_info=True)
         return ()
@@ -343,13 +354,23 @@ class Callbacks:
     # --- shared plumbing ---
 
     def _base(self, g: GraphBuilder, model: str | None, classes: Any, cfg: float,
-              style: str | None = "any", engine: "Engine | None" = None) -> tuple[Any, Any]:
+              style: str | None = "any", engine: "Engine | None" = None, prompt: str | None = "",
+              negative: str | None = "") -> tuple[Any, Any]:
+        """The loader and the condition: ARTextCondition when a prompt is given or the model is
+        text-to-image, else ARClassCondition from the class picker."""
         if not model:
             raise InvalidInputError("pick a model first (Models tab lists what is available)")
         engine = (engine or Engine()).checked()
         m = g.node("ARModelLoader", model=model, dtype=engine.dtype, quant=engine.quant, device=engine.device)
-        c = g.node("ARClassCondition", model=m.out(0), classes=join_classes(classes), cfg=float(cfg),
-                   cfg_schedule="linear", negative="", style=style or "any")
+        prompt, negative = str(prompt or "").strip(), str(negative or "").strip()
+        if prompt or self.runner.takes_prompt(model):
+            if not prompt:
+                raise InvalidInputError(f"{model} is a text-to-image model: write a prompt (what to draw, in words)")
+            c = g.node("ARTextCondition", model=m.out(0), prompt=prompt, cfg=float(cfg), negative=negative,
+                       cfg_interval=-1)
+        else:
+            c = g.node("ARClassCondition", model=m.out(0), classes=join_classes(classes), cfg=float(cfg),
+                       cfg_schedule="linear", negative="", style=style or "any")
         return m, c
 
     def _execute(self, g: GraphBuilder, result: Any, prefix: str, request: gr.Request | None,
@@ -389,12 +410,12 @@ class Callbacks:
     def generate(self, model: str, classes: Any, seed: float, randomize: bool, cfg: float, top_k: float,
                  top_p: float, temperature: float, batch: float, style: str = "any",
                  dtype: str = "float32", quant: str = "none", device: str = "auto", decode: str = "plain",
-                 request: gr.Request = None,
+                 prompt: str = "", negative_prompt: str = "", request: gr.Request = None,
                  progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
-        """Class-conditional generation: one image per class and batch slot."""
+        """Generation: one image per class and batch slot, or per batch slot of the prompt (text models)."""
         seed = pick_seed(seed, randomize)
         g = GraphBuilder()
-        m, c = self._base(g, model, classes, cfg, style, Engine(dtype, quant, device))
+        m, c = self._base(g, model, classes, cfg, style, Engine(dtype, quant, device), prompt, negative_prompt)
         t = g.node("ARGenerate", model=m.out(0), cond=c.out(0), batch_size=int(batch), more_smooth=False,
                    **self._sampler(seed, top_k, top_p, temperature), decode=decode)
         image = g.node("ARDecode", model=m.out(0), tokens=t.out(0), scales=0)
@@ -404,13 +425,13 @@ class Callbacks:
     def inpaint(self, model: str, editor: dict, classes: Any, seed: float, randomize: bool, cfg: float,
                 top_k: float, top_p: float, temperature: float, style: str = "any",
                 dtype: str = "float32", quant: str = "none", device: str = "auto", decode: str = "plain",
-                request: gr.Request = None,
+                prompt: str = "", negative_prompt: str = "", request: gr.Request = None,
                 progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Regenerate the painted area; the rest of the image is kept token for token."""
         mask = mask_from_editor(editor)
         seed = pick_seed(seed, randomize)
         g = GraphBuilder()
-        m, c = self._base(g, model, classes, cfg, style, Engine(dtype, quant, device))
+        m, c = self._base(g, model, classes, cfg, style, Engine(dtype, quant, device), prompt, negative_prompt)
         image = self._load(g, editor)
         mask_node = g.node("LoadImageMask", image=self.runner.save_input(mask, "mask"), channel="red")
         out = g.node("ARInpaint", model=m.out(0), cond=c.out(0), image=image.out(0), mask=mask_node.out(0),
@@ -422,14 +443,14 @@ class Callbacks:
                  bottom: float, feathering: float, seed: float, randomize: bool, cfg: float, top_k: float,
                  top_p: float, temperature: float, style: str = "any",
                  dtype: str = "float32", quant: str = "none", device: str = "auto", decode: str = "plain",
-                 request: gr.Request = None,
+                 prompt: str = "", negative_prompt: str = "", request: gr.Request = None,
                  progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Extend the canvas on the chosen sides and generate the new border."""
         if not any((left, top, right, bottom)):
             raise InvalidInputError("set at least one side to extend (left, top, right or bottom > 0)")
         seed = pick_seed(seed, randomize)
         g = GraphBuilder()
-        m, c = self._base(g, model, classes, cfg, style, Engine(dtype, quant, device))
+        m, c = self._base(g, model, classes, cfg, style, Engine(dtype, quant, device), prompt, negative_prompt)
         image = self._load(g, editor)
         out = g.node("AROutpaint", model=m.out(0), cond=c.out(0), image=image.out(0), left=int(left), top=int(top),
                      right=int(right), bottom=int(bottom), feathering=int(feathering),
@@ -441,7 +462,7 @@ class Callbacks:
              invert: bool, seed: float, randomize: bool, cfg: float, top_k: float, top_p: float,
              temperature: float, style: str = "any",
              dtype: str = "float32", quant: str = "none", device: str = "auto",
-             request: gr.Request = None,
+             prompt: str = "", negative_prompt: str = "", request: gr.Request = None,
              progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Regenerate a box of the image as another class (box edges in % of the image)."""
         if left >= right or top >= bottom:
@@ -449,7 +470,7 @@ class Callbacks:
                                     f"top {top}% < bottom {bottom}%")
         seed = pick_seed(seed, randomize)
         g = GraphBuilder()
-        m, c = self._base(g, model, classes, cfg, style, Engine(dtype, quant, device))
+        m, c = self._base(g, model, classes, cfg, style, Engine(dtype, quant, device), prompt, negative_prompt)
         img = self._load(g, image)
         region = g.node("ARRegionMask", image=img.out(0), left=left / 100, top=top / 100, right=right / 100,
                         bottom=bottom / 100, invert=bool(invert))
@@ -461,12 +482,12 @@ class Callbacks:
     def super_resolve(self, model: str, image: Any, classes: Any, scale: float, seed: float, randomize: bool,
                       cfg: float, top_k: float, top_p: float, temperature: float, style: str = "any",
                       dtype: str = "float32", quant: str = "none", device: str = "auto",
-                      request: gr.Request = None,
+                      prompt: str = "", negative_prompt: str = "", request: gr.Request = None,
                       progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Training-free super-resolution: keep the coarse scales of the upsampled image, generate the fine ones."""
         seed = pick_seed(seed, randomize)
         g = GraphBuilder()
-        m, c = self._base(g, model, classes, cfg, style, Engine(dtype, quant, device))
+        m, c = self._base(g, model, classes, cfg, style, Engine(dtype, quant, device), prompt, negative_prompt)
         img = self._load(g, image)
         out = g.node("ARSuperResolve", model=m.out(0), cond=c.out(0), image=img.out(0), scale=int(scale),
                      **self._sampler(seed, top_k, top_p, temperature))
@@ -476,7 +497,7 @@ class Callbacks:
     def control(self, model: str, image: Any, classes: Any, control_type: str, strength: float, seed: float,
                 randomize: bool, cfg: float, top_k: float, top_p: float, temperature: float, style: str = "any",
                 dtype: str = "float32", quant: str = "none", device: str = "auto",
-                request: gr.Request = None,
+                prompt: str = "", negative_prompt: str = "", request: gr.Request = None,
                 progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """New image of the class drawn along the picture's structure: the control map (Canny edges, or the
         picture itself with 'none') is shown first, then the result."""
@@ -484,7 +505,7 @@ class Callbacks:
         if control_type not in CONTROL_TYPES:
             raise InvalidInputError(f"control type {control_type!r} is not one of {', '.join(CONTROL_TYPES)}")
         g = GraphBuilder()
-        m, c = self._base(g, model, classes, cfg, style, Engine(dtype, quant, device))
+        m, c = self._base(g, model, classes, cfg, style, Engine(dtype, quant, device), prompt, negative_prompt)
         control_map = self._load(g, image, "control image")
         if control_type == "canny":
             from ..engine.registry import control_preprocessor
@@ -499,12 +520,12 @@ class Callbacks:
     def variation(self, model: str, image: Any, classes: Any, strength: float, seed: float, randomize: bool,
                   cfg: float, top_k: float, top_p: float, temperature: float, style: str = "any",
                   dtype: str = "float32", quant: str = "none", device: str = "auto",
-                  request: gr.Request = None,
+                  prompt: str = "", negative_prompt: str = "", request: gr.Request = None,
                   progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Img2img: keep the image's first scales (fewer with more strength) and resample the rest."""
         seed = pick_seed(seed, randomize)
         g = GraphBuilder()
-        m, c = self._base(g, model, classes, cfg, style, Engine(dtype, quant, device))
+        m, c = self._base(g, model, classes, cfg, style, Engine(dtype, quant, device), prompt, negative_prompt)
         img = self._load(g, image)
         out = g.node("ARVariation", model=m.out(0), cond=c.out(0), image=img.out(0), strength=float(strength),
                      **self._sampler(seed, top_k, top_p, temperature))

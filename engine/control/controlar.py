@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointError, InvalidInputError
+from ..errors import CheckpointError, InvalidInputError, UnsupportedError
 from .signal import ControlSignal
 from .dinov2 import DINOv2Config, DINOv2Encoder
 from .vit import ViTConfig, ViTEncoder
@@ -106,6 +106,9 @@ class ControlARAdapter(nn.Module):
 
     def check_generator(self, generator: nn.Module) -> None:
         g = generator.config
+        if getattr(g, "is_t2i", False):  # position j gets token j only with a single class position
+            raise UnsupportedError("this ControlAR adapter is for class-to-image models; a text-to-image model's "
+                                   "caption positions shift where the control tokens go, which is not supported yet")
         if (g.dim, g.n_layer, g.block_size) != (self.cfg.dim, self.cfg.n_layer, self.cfg.block_size):
             raise InvalidInputError(f"ControlAR adapter made for dim {self.cfg.dim}, {self.cfg.n_layer} layers, "
                                     f"{self.cfg.block_size} tokens; the model has {g.dim}, {g.n_layer}, {g.block_size}")

@@ -36,6 +36,18 @@ def empty_canvas(bundle, batch: int) -> TokenCanvas:
     return TokenCanvas.empty(bundle.family, bundle.tokenizer_id, shapes, batch, device=bundle.device)
 
 
+def check_condition_kind(bundle, cond: Conditioning) -> None:
+    """A prompt for a class-conditional model, or classes for a text-to-image one: refused, naming the model
+    (the conditioning and the model come from different places in a graph)."""
+    text_model = bool(getattr(bundle, "takes_text", False))
+    if cond.text is not None and not text_model:
+        raise InvalidInputError(f"model {bundle.name!r} is class-conditional: it takes class names or ids, not a "
+                                f"text prompt")
+    if cond.text is None and text_model:
+        raise InvalidInputError(f"model {bundle.name!r} is a text-to-image model: it takes a text prompt, not "
+                                f"class ids")
+
+
 def generate(bundle, cond: Conditioning, canvas: TokenCanvas | None = None, params: SamplingParams | None = None,
              seed: int | None = None, generator: Randomness = None,
              progress: Callable[[int, int], None] | None = None, trace: dict | None = None,
@@ -48,6 +60,7 @@ def generate(bundle, cond: Conditioning, canvas: TokenCanvas | None = None, para
     requests batched, each row group drawing from its own request's generator (engine/batching.py)."""
     decode = decode or DecodeOptions()
     decode.check_family(bundle.family)
+    check_condition_kind(bundle, cond)
     if isinstance(generator, RequestGenerators) and decode.strategy != "plain":
         raise InvalidInputError(f"{decode.strategy} decoding accepts a batch's tokens together; it cannot run "
                                 f"several requests' seeds as one batch")

@@ -83,6 +83,11 @@ class T5TextEncoder:
         return int(self.model.config.d_model)
 
     @property
+    def module(self) -> nn.Module:
+        """The weights, for callers that measure or move a model's modules (caches, ComfyUI)."""
+        return self.model
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -205,3 +210,91 @@ def load_text_encoder(name_or_path: str | Path = "flan-t5-xl", device: torch.dev
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"{folder}: the text encoder could not be loaded ({first})") from e
     return T5TextEncoder(model.to(device=device, dtype=dtype), tokenizer, max_length, name=str(name_or_path))
+
+
+# ---- a model's "text_encoder" entry of kind "t5" (text/encoders.py) ---------------------------------
+ENTRY_FIELDS = ("name", "folder", "file", "config", "tokenizer", "max_length")
+T5_SPECIAL_TOKENS = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
+
+
+def _relative(base_dir: Path | None, name: str) -> Path:
+    path = Path(name).expanduser()
+    return path if path.is_absolute() or base_dir is None else base_dir / path
+
+
+def from_entry(fields: Mapping[str, Any], base_dir: Path | None, models_dir: str | Path | None,
+               offline: bool | None, device: torch.device | str, dtype: torch.dtype,
+               source: str) -> T5TextEncoder:
+    """A "t5" entry: ``{"name": "flan-t5-xl"}`` (a released encoder, from ``<models dir>/<name>`` or the
+    Hugging Face cache), ``{"folder": ...}`` (a ``save_pretrained`` folder), or ``{"file": weights,
+    "config": {T5 config}, "tokenizer": "tokenizer.json"}`` (weights and a ``tokenizers`` file next to the
+    manifest, T5's special tokens); optional ``"max_length"`` (caption tokens, default 120)."""
+    unknown = sorted(set(fields) - set(ENTRY_FIELDS))
+    if unknown:
+        raise CheckpointError(f"{source}: t5 text_encoder has unknown fields {unknown}; known: "
+                              f"{['kind', 'left_padding', *ENTRY_FIELDS]}")
+    forms = [k for k in ("name", "folder", "file") if k in fields]
+    if len(forms) != 1:
+        raise CheckpointError(f"{source}: a t5 text_encoder gives exactly one of 'name', 'folder' or 'file'; "
+                              f"got {forms or 'none'}")
+    max_length = fields.get("max_length", MAX_LENGTH)
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise CheckpointError(f"{source}: text_encoder 'max_length' must be a positive integer, got {max_length!r}")
+    if "name" in fields:
+        if fields["name"] not in TEXT_ENCODERS:
+            raise CheckpointError(f"{source}: unknown t5 text encoder {fields['name']!r}; known: "
+                                  f"{sorted(TEXT_ENCODERS)} (or give a 'folder')")
+        return load_text_encoder(fields["name"], device, dtype, models_dir, offline, max_length)
+    if "folder" in fields:
+        return load_text_encoder(_relative(base_dir, str(fields["folder"])), device, dtype, models_dir, offline,
+                                 max_length)
+    config, tok = fields.get("config"), fields.get("tokenizer")
+    if not isinstance(config, Mapping) or not isinstance(tok, str):
+        raise CheckpointError(f"{source}: a t5 text_encoder 'file' needs 'config' (a T5 config object) and "
+                              f"'tokenizer' (a tokenizer.json file)")
+    from ..checkpoint import read_checkpoint, unwrap_state_dict
+    weights, tok_path = _relative(base_dir, str(fields["file"])), _relative(base_dir, tok)
+    state = unwrap_state_dict(read_checkpoint(weights), source=str(weights))
+    if not tok_path.is_file():
+        raise MissingFileError(f"text encoder tokenizer {str(tok_path)!r} not found (named by {source})")
+    from transformers import PreTrainedTokenizerFast
+    try:
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tok_path), **T5_SPECIAL_TOKENS)
+    except Exception as e:  # noqa: BLE001 - whatever the tokenizers library raises for a bad file
+        raise CheckpointError(f"{tok_path}: not a readable tokenizer.json ({type(e).__name__}: {e})") from None
+    try:
+        encoder = T5TextEncoder.from_config(config, state, tokenizer, max_length=max_length, name=str(weights))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: the t5 text_encoder config is not a T5 config ({e})") from None
+    return encoder.to(device, dtype)
+
+
+def present(fields: Mapping[str, Any], models_dir: str | Path | None = None) -> bool:
+    """Whether a named released encoder is complete on disk (the models folder or the Hugging Face
+    cache), without the network; entries with their own files: True (the loader names a missing one)."""
+    if "name" not in fields:
+        return True
+    entry = TEXT_ENCODERS.get(str(fields["name"]))
+    if entry is None:
+        return False
+    folder = (Path(models_dir).expanduser() if models_dir is not None else default_models_dir()) / entry.name
+    try:
+        if folder.is_dir() and _complete(folder) is None:
+            return True
+        from huggingface_hub import snapshot_download
+        cached = Path(snapshot_download(entry.hf_repo, local_files_only=True,
+                                        allow_patterns=["*.json", "spiece.model", "*.safetensors"]))
+        return _complete(cached) is None
+    except Exception:  # noqa: BLE001 - nothing usable in an absent or unreadable cache
+        return False
+
+
+def fetch_hint(fields: Mapping[str, Any], models_dir: str | Path | None = None) -> str:
+    """Where a named released encoder comes from and where it goes."""
+    entry = TEXT_ENCODERS.get(str(fields.get("name")))
+    if entry is None:
+        return ""
+    folder = (Path(models_dir).expanduser() if models_dir is not None else default_models_dir()) / entry.name
+    return (f"the text encoder {entry.name}: the files of https://huggingface.co/{entry.hf_repo} (config.json, "
+            f"spiece.model or tokenizer.json, the weights) into {folder}, or into the Hugging Face cache with "
+            f"`huggingface-cli download {entry.hf_repo}`")

@@ -68,6 +68,9 @@ class VQConfig:
 PRESETS: dict[str, VQConfig] = {
     "vq_ds16_c2i": VQConfig(encoder_ch_mult=(1, 1, 2, 2, 4), decoder_ch_mult=(1, 1, 2, 2, 4)),
     "vq_ds8_c2i": VQConfig(encoder_ch_mult=(1, 2, 2, 4), decoder_ch_mult=(1, 2, 2, 4)),
+    # the text-to-image release's VQ-16: the same architecture (sample_t2i.py builds VQ_models["VQ-16"]),
+    # its own weights
+    "vq_ds16_t2i": VQConfig(encoder_ch_mult=(1, 1, 2, 2, 4), decoder_ch_mult=(1, 1, 2, 2, 4)),
 }
 
 CODEBOOK_USED_LEN = 65536  # fixed length of the official usage ring buffer
