@@ -23,7 +23,8 @@ FAVOURITE_CLASSES: tuple[tuple[str, ...], ...] = (
 )
 
 TIPS = {
-    "generate": "Pick one or more classes (type to search), then **Generate**. Each class gets its own images.",
+    "generate": "Pick one or more classes (type to search), then **Generate**. Each class gets its own images. "
+                "Text-to-image models take a **prompt** instead (every tab has one).",
     "inpaint": "Upload an image, **paint over what should change** with the brush, pick what it should become.",
     "outpaint": "Add pixels on any side; the new border is generated to continue the picture.",
     "edit": "Choose a box (in % of the image) and the class it should turn into; the rest is kept.",
