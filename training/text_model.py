@@ -1,0 +1,237 @@
+"""Train the bundled text-to-image model ``emoji-text``: a small T5 encoder and a LlamaGen t2i GPT,
+trained together on captioned emoji drawings (``prompts.py``), offline.
+
+    python -m arnodes.training.text_model --weights weights --out training/.cache/text
+
+Why these parts. The generator is a raster LlamaGen t2i GPT (our ``models/llamagen.py``, the released
+t2i layout: caption features -> ``cls_token_num`` prefix positions with a padding mask, a learned null
+caption for classifier-free guidance), so the bundled model runs through exactly the code path of the
+released LlamaGen-T2I checkpoints. It starts from the bundled ``emoji-raster`` GPT (same width, depth
+and image tokens; only the prefix embedder is new) and uses its tokenizer file unchanged, so training
+time goes to the text, not to relearning how to draw. The encoder is a two-layer T5 (``transformers``,
+the architecture the released models use) over a word-level vocabulary of the emoji names, keywords
+and style names, trained from scratch with the GPT: no download, and a prompt's words are whole
+tokens. The 10 % of captions dropped for guidance are replaced by a learned null caption.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ..engine.loader import load_manifest
+from ..engine.models.llamagen import LlamaGen, LlamaGenConfig
+from ..engine.text.captions import caption_condition
+from . import data as emoji_data
+from . import prompts
+from .common import bf16_autocast_pays, load_checkpoint, pick_device, rng_state, save_checkpoint, seed_everything, \
+    set_rng_state
+from .generator_stage import train_teacher_forced
+from .raster import LAYOUT as RASTER, init_gpt, raster_tokens
+
+NAME, MANIFEST = "emoji-text", "emoji_text.json"
+GPT_FILE, ENCODER_FILE, TOKENIZER_FILE = "emoji_text_gpt.safetensors", "emoji_text_t5.safetensors", \
+    "emoji_text_tokenizer.json"
+DEFAULTS = {"cfg": 1.0, "top_k": 50, "top_p": 0.9, "temperature": 1.0}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="train the bundled text-to-image model (emoji-text)")
+    p.add_argument("--weights", default=str(Path(__file__).resolve().parent.parent / "weights"),
+                   help="folder with the bundled emoji-raster model (its GPT is the start, its tokenizer is shared); "
+                        "the export goes here")
+    p.add_argument("--out", default=str(emoji_data.DEFAULT_CACHE / "text"), help="checkpoint directory")
+    p.add_argument("--data-cache", default=str(emoji_data.DEFAULT_CACHE))
+    p.add_argument("--no-export", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--caption-tokens", type=int, default=16, help="caption positions (the encoder's max length)")
+    p.add_argument("--text-dim", type=int, default=128)
+    p.add_argument("--text-layers", type=int, default=2)
+    p.add_argument("--text-heads", type=int, default=4)
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--minutes", type=float, default=40.0)
+    p.add_argument("--cond-drop", type=float, default=0.1)
+    p.add_argument("--ckpt-every", type=int, default=100)
+    return p.parse_args(argv)
+
+
+def t5_config(a: argparse.Namespace, vocab_size: int) -> dict[str, Any]:
+    """A small T5 encoder's config.json content (the keys ``transformers.T5Config`` takes)."""
+    return {"vocab_size": vocab_size, "d_model": a.text_dim, "d_kv": a.text_dim // a.text_heads,
+            "d_ff": 2 * a.text_dim, "num_layers": a.text_layers, "num_decoder_layers": a.text_layers,
+            "num_heads": a.text_heads, "relative_attention_num_buckets": 16,
+            "relative_attention_max_distance": 2 * a.caption_tokens, "dropout_rate": 0.0,
+            "layer_norm_epsilon": 1e-6, "initializer_factor": 1.0, "feed_forward_proj": "gated-gelu",
+            "is_encoder_decoder": False, "use_cache": False, "pad_token_id": 0, "eos_token_id": 1,
+            "tie_word_embeddings": True, "model_type": "t5"}
+
+
+class TextToImage(nn.Module):
+    """The encoder, the GPT and the null caption, trained as one module."""
+
+    def __init__(self, encoder: nn.Module, gpt: LlamaGen) -> None:
+        super().__init__()
+        self.encoder, self.gpt = encoder, gpt
+        c = gpt.config
+        self.null_caption = nn.Parameter(torch.randn(c.cls_token_num, c.caption_dim) / c.caption_dim ** 0.5)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Caption ids / mask (B, T) right-padded, drop (B,) bool, image tokens (B, L) -> logits (B, L, V)."""
+        feats = self.encoder(input_ids=ids, attention_mask=mask)["last_hidden_state"]  # (B, T, C)
+        cond, emb_mask = caption_condition(feats, mask)  # left padding, as the engine pads prompts
+        cond = torch.where(drop[:, None, None], self.null_caption[None].to(cond.dtype), cond)
+        return self.gpt(cond, tokens, emb_mask=emb_mask)
+
+    def export_gpt_state(self) -> dict[str, torch.Tensor]:
+        """The GPT's state dict with the learned null caption in its ``uncond_embedding`` rows."""
+        sd = {k: v.detach().clone() for k, v in self.gpt.state_dict().items()}
+        buf = sd["cls_embedding.uncond_embedding"]
+        buf[: self.null_caption.shape[0]] = self.null_caption.detach().to(buf.dtype)
+        return sd
+
+
+def warm_start(gpt: LlamaGen, raster_gpt: nn.Module) -> list[str]:
+    """Copy every raster-GPT weight the t2i GPT shares (all but the prefix embedder); returns their names."""
+    mine = gpt.state_dict()
+    shared = {k: v.float() for k, v in raster_gpt.state_dict().items()
+              if k in mine and not k.startswith("cls_embedding.") and mine[k].shape == v.shape}
+    gpt.load_state_dict(shared, strict=False)
+    return sorted(shared)
+
+
+def run(a: argparse.Namespace) -> dict[str, Any]:
+    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+    from ..engine.text.t5 import T5_SPECIAL_TOKENS, T5TextEncoder
+
+    torch.set_num_threads(a.threads)
+    device = pick_device(a.device)
+    amp = bf16_autocast_pays(device)
+    weights, out = Path(a.weights), Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "ckpt.pt"
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+
+    raster = load_manifest(weights / RASTER.manifest)
+    raster_info = json.loads((weights / RASTER.manifest).read_text(encoding="utf-8"))
+    classes = json.loads((weights / raster_info["classes"]).read_text(encoding="utf-8"))
+    d = emoji_data.load_dataset(a.data_cache, None, log=log)
+    by_emoji = {c["emoji"]: i for i, c in enumerate(classes)}
+    remap = np.array([by_emoji.get(c["emoji"], -1) for c in d.classes])
+    gen = seed_everything(a.seed)
+    rng = np.random.default_rng(a.seed)
+
+    vocab = prompts.vocabulary(classes)
+    tok_json = prompts.tokenizer_json(vocab)
+    (out / TOKENIZER_FILE).write_text(tok_json, encoding="utf-8")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(out / TOKENIZER_FILE), **T5_SPECIAL_TOKENS)
+    texts = T5TextEncoder(nn.Identity(), tokenizer, max_length=a.caption_tokens)  # tokenisation only
+    t5_cfg = t5_config(a, len(vocab))
+    encoder = T5EncoderModel(T5Config(**t5_cfg))
+    rc = raster.generator.config
+    gpt = LlamaGen(LlamaGenConfig(dim=rc.dim, n_layer=rc.n_layer, n_head=rc.n_head, vocab_size=rc.vocab_size,
+                                  block_size=rc.block_size, model_type="t2i", cls_token_num=a.caption_tokens,
+                                  caption_dim=a.text_dim, class_dropout_prob=a.cond_drop))
+    init_gpt(gpt)
+    copied = warm_start(gpt, raster.generator)
+    model = TextToImage(encoder, gpt)
+    log(f"{len(vocab)} words; encoder {sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M params, GPT "
+        f"{sum(p.numel() for p in gpt.parameters()) / 1e6:.2f}M ({len(copied)} tensors from {RASTER.name})")
+
+    run_args = {k: v for k, v in vars(a).items() if k not in ("weights", "out", "data_cache", "device", "threads",
+                                                               "no_export")}
+    state: dict[str, Any] = load_checkpoint(ckpt_path) or {}
+    if state:
+        if state.get("args") != json.dumps(run_args, sort_keys=True):
+            raise SystemExit(f"{ckpt_path} was written with other settings; use another --out or delete it")
+        model.load_state_dict(state["model"])
+        set_rng_state(state["rng"], gen)
+        rng = np.random.default_rng(state["np_rng"])
+        log(f"resuming from {ckpt_path}: step {state.get('t2i_step', 0)}")
+    state["args"] = json.dumps(run_args, sort_keys=True)
+
+    idx = d.generator_train()
+    idx = idx[remap[d.labels[idx]] >= 0]
+    labels = torch.from_numpy(remap[d.labels[idx]])
+    styles = [d.styles[s] for s in d.style[idx]]
+    tokens = raster_tokens(raster.tokenizer, d.images[idx], device)
+    heldout = prompts.heldout_prompts(classes, common_style_classes(d, remap))
+    sampler = prompts.CaptionSampler(classes, heldout)
+
+    def save() -> None:
+        state["model"], state["rng"] = model.state_dict(), rng_state(gen)
+        state["np_rng"] = int(rng.integers(2 ** 62))
+        save_checkpoint(ckpt_path, state)
+
+    def forward(batch_idx: torch.Tensor, lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = batch_idx.tolist()
+        caps = [sampler.caption(int(labels[i]), styles[i], rng) for i in rows]
+        ids, mask = texts.tokenize(caps)
+        y = tokens[batch_idx].to(device)
+        return model(ids.to(device), mask.to(device), lab.to(device) == 1, y), y
+
+    if not state.get("t2i_done"):
+        # labels here only mark dropped captions: 0 = caption, 1 = the null caption
+        train_teacher_forced(model, torch.zeros(len(idx), dtype=torch.long), 1, forward, state, prefix="t2i",
+                             steps=a.steps, batch=a.batch, lr=a.lr, cond_drop=a.cond_drop, budget_s=60 * a.minutes,
+                             gen=gen, device=device, amp=amp, save=save, ckpt_every=a.ckpt_every, threads=a.threads)
+    save()
+    log(f"training time {state.get('t2i_time', 0):.0f}s ({state.get('t2i_step')} steps)")
+    if not a.no_export:
+        meta = {"train_seconds": round(state.get("t2i_time", 0.0)), "steps": state.get("t2i_step"),
+                "images": int(len(idx)), "generator_from": RASTER.name, "tokenizer_from": RASTER.name,
+                "heldout_prompts": len(heldout), "args": run_args}
+        export(weights, model.cpu(), t5_cfg, tok_json, raster_info, meta)
+        log(f"exported {NAME} to {weights}")
+    return state
+
+
+def common_style_classes(d: emoji_data.EmojiData, remap: np.ndarray) -> list[int]:
+    """Model classes drawn canonically in every style (the style test needs all of them)."""
+    canon = d.kind == emoji_data.KIND_CANONICAL
+    have = [set(remap[d.labels[canon & (d.style == i)]].tolist()) for i in range(len(d.styles))]
+    return sorted(set.intersection(*have) - {-1})
+
+
+def export(weights: Path, model: TextToImage, t5_cfg: dict[str, Any], tok_json: str, raster_info: dict[str, Any],
+           meta: dict[str, Any], defaults: dict[str, Any] | None = None) -> Path:
+    """The GPT (float16), the encoder (float32: T5 activations overflow float16), the tokenizer and the
+    manifest; the image tokenizer is emoji-raster's file, named, not copied."""
+    import dataclasses
+
+    gpt_sd = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in model.export_gpt_state().items()}
+    save_file({k: v.contiguous() for k, v in gpt_sd.items()}, str(weights / GPT_FILE), metadata={"format": "pt"})
+    enc_sd = {k: v.detach().float().contiguous().clone() for k, v in model.encoder.state_dict().items()}
+    save_file(enc_sd, str(weights / ENCODER_FILE), metadata={"format": "pt"})
+    (weights / TOKENIZER_FILE).write_text(tok_json, encoding="utf-8")
+    manifest = {
+        "name": NAME, "family": "llamagen", "image_size": raster_info["image_size"],
+        "tokenizer": dict(raster_info["tokenizer"]),
+        "generator": {"kind": "llamagen", "file": GPT_FILE, "config": dataclasses.asdict(model.gpt.config)},
+        "text_encoder": {"kind": "t5", "file": ENCODER_FILE, "config": t5_cfg, "tokenizer": TOKENIZER_FILE,
+                         "max_length": model.gpt.config.cls_token_num},
+        "defaults": dict(defaults or DEFAULTS),
+        "training": meta,
+    }
+    path = weights / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
