@@ -11,8 +11,11 @@ model's. The drafts that were not reached are re-drafted from the distributions 
 for them (the Jacobi step); tokens entering the window are drafted by ``init``.
 
 GSD (grouped speculative decoding, 2025) relaxes the test: a draft that falls in the most probable
-set of ``P`` covering ``group_mass`` of its probability is accepted outright, since such tokens are
-near-interchangeable in a VQ codebook; fewer forwards, no longer exact (``group_mass = 0`` is SJD).
+set of the model's distribution (guided, at the sampling temperature, before top-k / top-p) covering
+``group_mass`` of its probability is accepted outright, since such tokens are near-interchangeable in
+a VQ codebook; fewer forwards, no longer exact (``group_mass = 0`` is SJD). The group is taken before
+the truncation because a Jacobi draft was drawn under an older context: when it misses, it mostly
+misses the truncated support altogether, so a group inside that support would accept nothing more.
 
 The KV cache needs no roll-back: a window writes its keys / values at its positions, and the next
 window starts at the first uncommitted position and overwrites whatever the rejected drafts left.
@@ -28,7 +31,7 @@ import torch
 
 from ..errors import InvalidInputError
 from ..guidance import cfg_combine, llamagen_guided_step
-from ..sampling import filter_logits
+from ..sampling import apply_temperature, filter_logits
 
 INITS = ("uniform", "above")
 
@@ -52,16 +55,27 @@ class SpeculativeParams:
             raise InvalidInputError(f"group_mass must be in [0, 1), got {self.group_mass!r}")
 
 
-def window_probs(logits: torch.Tensor, start: int, s) -> torch.Tensor:
-    """Raw window logits (B or 2B, w, V) for tokens start.. -> the distributions plain sampling would
-    draw from (B, w, V): CFG by LlamaGen's interval rule per token, then temperature / top-k / top-p."""
+def guided_window(logits: torch.Tensor, start: int, s) -> torch.Tensor:
+    """Raw window logits (B or 2B, w, V) for tokens start.. -> the guided logits (B, w, V): CFG by
+    LlamaGen's interval rule per token."""
     B, w = s.batch, logits.shape[1]
     guided = logits[:B]
     if s.guided:
         mixed = cfg_combine(logits[:B], logits[B:], s.cfg)
         use = torch.tensor([llamagen_guided_step(start + j, s.cfg_interval) for j in range(w)], device=logits.device)
         guided = torch.where(use.view(1, w, 1), mixed, guided)
+    return guided
+
+
+def window_probs(guided: torch.Tensor, s) -> torch.Tensor:
+    """Guided window logits -> the distributions plain sampling would draw from (temperature, top-k, top-p)."""
     return filter_logits(guided, s.params).float().softmax(dim=-1)
+
+
+def model_probs(guided: torch.Tensor, s) -> torch.Tensor:
+    """Guided window logits -> the model's distributions at the sampling temperature, before top-k / top-p
+    truncation: what GSD groups on (a draft the truncation cut can still be one of the likely tokens)."""
+    return apply_temperature(guided, s.params.temperature).float().softmax(dim=-1)
 
 
 def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -113,14 +127,15 @@ class _Window:
         self.q = rest
 
 
-def verify(draft: torch.Tensor, q: torch.Tensor, p: torch.Tensor, known: torch.Tensor, group_mass: float,
+def verify(draft: torch.Tensor, q: torch.Tensor, p: torch.Tensor, known: torch.Tensor, grouped: torch.Tensor | None,
            generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(accepted (B, w) bool, the token each position gets if it is the first rejection (B, w))."""
+    """(accepted (B, w) bool, the token each position gets if it is the first rejection (B, w)).
+    ``grouped`` (GSD): drafts accepted outright, being in their position's group (None for SJD)."""
     p_d, q_d = p.gather(-1, draft.unsqueeze(-1)).squeeze(-1), q.gather(-1, draft.unsqueeze(-1)).squeeze(-1)
     u = torch.rand(draft.shape, device=draft.device, generator=generator)
     accepted = known | (u * q_d < p_d)  # u < p/q without dividing by a zero q
-    if group_mass > 0:
-        accepted |= in_top_mass(p, draft, group_mass)
+    if grouped is not None:
+        accepted |= grouped
     residual = (p - q).clamp_min(0)
     empty = residual.sum(-1, keepdim=True) <= 0
     residual = torch.where(empty, p, residual)  # p == q there: the draft is always accepted anyway
@@ -153,9 +168,12 @@ def decode_speculative(model, labels: torch.Tensor, positions: torch.Tensor, s, 
         pos = cls + n - 1
         logits = model.decode_window(inp, positions[pos:pos + w], pos + w, control=s.control)  # (NB, w, V)
         forwards += 1
-        p = window_probs(logits, n, s)  # (B, w, V)
+        guided = guided_window(logits, n, s)  # (B, w, V)
+        p = window_probs(guided, s)
         known = known_BL[:, n:n + w]
-        accepted, fallback = verify(win.draft[:, :w], win.q[:, :w], p, known, spec.group_mass, s.generator)
+        grouped = None if spec.group_mass <= 0 else in_top_mass(model_probs(guided, s), win.draft[:, :w],
+                                                                 spec.group_mass)
+        accepted, fallback = verify(win.draft[:, :w], win.q[:, :w], p, known, grouped, s.generator)
         first_reject = torch.where(accepted.all(1), w, (~accepted).float().argmax(1))  # (B,)
         c = int(torch.clamp(first_reject + 1, max=w).min())  # the one host sync per forward
         chosen = torch.where(accepted[:, :c], win.draft[:, :c], fallback[:, :c])

@@ -73,8 +73,8 @@ def test_a_wrong_acceptance_rule_is_caught(model, plain_counts, monkeypatch):
     """Accepting every draft (no min(1, p/q) test) must fail the same check: the test has teeth."""
     real = speculative.verify
 
-    def accept_all(draft, q, p, known, group_mass, generator):
-        _, fallback = real(draft, q, p, known, group_mass, generator)
+    def accept_all(draft, q, p, known, grouped, generator):
+        _, fallback = real(draft, q, p, known, grouped, generator)
         return torch.ones_like(draft, dtype=torch.bool), fallback
     monkeypatch.setattr(speculative, "verify", accept_all)
     tv = _tv(plain_counts, _histograms(model, DecodeOptions("sjd", window=3, init="uniform"), 1500))
