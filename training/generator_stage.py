@@ -85,7 +85,7 @@ def train_teacher_forced(model: nn.Module, labels: torch.Tensor, null_class: int
                          tune_threads: bool = True) -> None:
     """The training loop every class-conditional generator shares: AdamW with cosine decay, ``cond_drop`` of
     the labels replaced by ``null_class`` (classifier-free guidance), cross-entropy of ``forward(idx, labels)``
-    = (logits (B, L, V), targets (B, L)); resumable from ``state[prefix + '_step' / '_opt' / '_time']``."""
+    = (logits (B, L, V), targets (B, L)[, auxiliary loss to add]); resumable from ``state[prefix + '_step' / '_opt' / '_time']``."""
     model.train().to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_" not in n and "emb" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_" not in n and "emb" not in n)]
@@ -107,8 +107,10 @@ def train_teacher_forced(model: nn.Module, labels: torch.Tensor, null_class: int
             lab = labels[idx].clone()
             lab[torch.rand(batch, generator=gen) < cond_drop] = null_class
             with autocast(device, amp):
-                logits, y = forward(idx, lab.to(device))
+                logits, y, *extra = forward(idx, lab.to(device))
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+            if extra:  # a model's auxiliary loss, added as it comes
+                loss = loss + extra[0]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)

@@ -139,12 +139,16 @@ class CaptionSampler:
         return cw.name
 
     def caption(self, c: int, style: str | None, rng: np.random.Generator) -> str:
+        return self.caption_and_style(c, style, rng)[0]
+
+    def caption_and_style(self, c: int, style: str | None, rng: np.random.Generator) -> tuple[str, bool]:
+        """(caption, whether it names the style)."""
         text = self.subject(c, rng)
         if rng.random() < P_FRAME:
             text = FRAMES[int(rng.integers(len(FRAMES)))].format(text)
         if style is not None and rng.random() < P_STYLE:
-            text = with_style(text, style, rng)
-        return text
+            return with_style(text, style, rng), True
+        return text, False
 
 
 def tokenizer_json(vocab: list[str]) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import save_file
+import torch.nn.functional as F
 from torch import nn
 
 from ..engine.loader import load_manifest
@@ -63,6 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=40.0)
     p.add_argument("--cond-drop", type=float, default=0.1)
     p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--aux-weight", type=float, default=0.0,
+                   help="weight of the auxiliary loss: the caption's class and named style predicted from the "
+                        "encoder's pooled features (heads used in training only)")
+    p.add_argument("--init", default=None, help="start the weights from this run's checkpoint (ckpt.pt of another "
+                                                "--out); optimiser and schedule start afresh")
     return p.parse_args(argv)
 
 
@@ -78,20 +84,31 @@ def t5_config(a: argparse.Namespace, vocab_size: int) -> dict[str, Any]:
 
 
 class TextToImage(nn.Module):
-    """The encoder, the GPT and the null caption, trained as one module."""
+    """The encoder, the GPT and the null caption, trained as one module; the class / style heads of the
+    auxiliary loss are training-only (not exported)."""
 
-    def __init__(self, encoder: nn.Module, gpt: LlamaGen) -> None:
+    def __init__(self, encoder: nn.Module, gpt: LlamaGen, num_classes: int, num_styles: int) -> None:
         super().__init__()
         self.encoder, self.gpt = encoder, gpt
         c = gpt.config
         self.null_caption = nn.Parameter(torch.randn(c.cls_token_num, c.caption_dim) / c.caption_dim ** 0.5)
+        self.class_head = nn.Linear(c.caption_dim, num_classes)
+        self.style_head = nn.Linear(c.caption_dim, num_styles + 1)  # + "no style named"
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Caption ids / mask (B, T) right-padded, drop (B,) bool, image tokens (B, L) -> logits (B, L, V)."""
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor, tokens: torch.Tensor,
+                targets: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Caption ids / mask (B, T) right-padded, drop (B,) bool, image tokens (B, L) -> (logits (B, L, V),
+        auxiliary loss or None). ``targets``: (class ids (B,), style ids (B,), num_styles = none named)."""
         feats = self.encoder(input_ids=ids, attention_mask=mask)["last_hidden_state"]  # (B, T, C)
+        aux = None
+        if targets is not None and bool((~drop).any()):
+            m = mask[..., None].to(feats.dtype)
+            pooled = ((feats * m).sum(1) / m.sum(1).clamp_min(1))[~drop]  # (B', C)
+            aux = (F.cross_entropy(self.class_head(pooled).float(), targets[0][~drop])
+                   + F.cross_entropy(self.style_head(pooled).float(), targets[1][~drop]))
         cond, emb_mask = caption_condition(feats, mask)  # left padding, as the engine pads prompts
         cond = torch.where(drop[:, None, None], self.null_caption[None].to(cond.dtype), cond)
-        return self.gpt(cond, tokens, emb_mask=emb_mask)
+        return self.gpt(cond, tokens, emb_mask=emb_mask), aux
 
     def export_gpt_state(self) -> dict[str, torch.Tensor]:
         """The GPT's state dict with the learned null caption in its ``uncond_embedding`` rows."""
@@ -145,7 +162,19 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                                   caption_dim=a.text_dim, class_dropout_prob=a.cond_drop))
     init_gpt(gpt)
     copied = warm_start(gpt, raster.generator)
-    model = TextToImage(encoder, gpt)
+    model = TextToImage(encoder, gpt, len(classes), len(d.styles))
+    if a.init:
+        start = load_checkpoint(Path(a.init))
+        if start is None:
+            raise SystemExit(f"--init {a.init}: no checkpoint there")
+        missing, unexpected = model.load_state_dict(start["model"], strict=False)
+        if unexpected or any(not k.startswith(("class_head.", "style_head.")) for k in missing):
+            raise SystemExit(f"--init {a.init}: not a checkpoint of this model (missing {missing}, unexpected "
+                             f"{unexpected})")
+        log(f"weights from {a.init} (step {start.get('t2i_step')})")
+        earlier = {"init_steps": start.get("t2i_step"), "init_seconds": round(start.get("t2i_time", 0.0))}
+    else:
+        earlier = {}
     log(f"{len(vocab)} words; encoder {sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M params, GPT "
         f"{sum(p.numel() for p in gpt.parameters()) / 1e6:.2f}M ({len(copied)} tensors from {RASTER.name})")
 
@@ -174,12 +203,19 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         state["np_rng"] = int(rng.integers(2 ** 62))
         save_checkpoint(ckpt_path, state)
 
-    def forward(batch_idx: torch.Tensor, lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    style_ids = torch.from_numpy(d.style[idx].astype(np.int64))
+    no_style = len(d.styles)
+
+    def forward(batch_idx: torch.Tensor, lab: torch.Tensor) -> tuple[torch.Tensor, ...]:
         rows = batch_idx.tolist()
-        caps = [sampler.caption(int(labels[i]), styles[i], rng) for i in rows]
-        ids, mask = texts.tokenize(caps)
+        caps = [sampler.caption_and_style(int(labels[i]), styles[i], rng) for i in rows]
+        ids, mask = texts.tokenize([c for c, _ in caps])
+        named = torch.tensor([n for _, n in caps])
+        targets = (labels[batch_idx].to(device),
+                   torch.where(named, style_ids[batch_idx], no_style).to(device)) if a.aux_weight > 0 else None
         y = tokens[batch_idx].to(device)
-        return model(ids.to(device), mask.to(device), lab.to(device) == 1, y), y
+        logits, aux = model(ids.to(device), mask.to(device), lab.to(device) == 1, y, targets)
+        return (logits, y) if aux is None else (logits, y, a.aux_weight * aux)
 
     if not state.get("t2i_done"):
         # labels here only mark dropped captions: 0 = caption, 1 = the null caption
@@ -191,7 +227,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     if not a.no_export:
         meta = {"train_seconds": round(state.get("t2i_time", 0.0)), "steps": state.get("t2i_step"),
                 "images": int(len(idx)), "generator_from": RASTER.name, "tokenizer_from": RASTER.name,
-                "heldout_prompts": len(heldout), "args": run_args}
+                "heldout_prompts": len(heldout), "args": run_args, **earlier}
         export(weights, model.cpu(), t5_cfg, tok_json, raster_info, meta)
         log(f"exported {NAME} to {weights}")
     return state
