@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from .engine.choices import CONTROL_TYPES, DECODE_STRATEGIES, DEVICES, DTYPES, QUANTS
 from .engine.errors import ArnodesError, InvalidInputError
 from .graph.errors import NodeExecutionError
-from .engine.registry import DEFAULT_MODEL, control_preprocessor
+from .engine.registry import DEFAULT_MODEL, DEFAULT_TEXT_MODEL, control_preprocessor
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 70  # EX_SOFTWARE (sysexits.h): an internal software error
@@ -105,6 +105,8 @@ def _apply_model_defaults(args: argparse.Namespace) -> None:
 
 def _common_nodes(g, args: argparse.Namespace):
     """The model loader and the condition: ARTextCondition for --prompt, ARClassCondition for --class."""
+    if args.model is None:  # a prompt without a model: the bundled text model; a class: the bundled class model
+        args.model = DEFAULT_TEXT_MODEL if args.prompt is not None else DEFAULT_MODEL
     _apply_model_defaults(args)
     model = g.node("ARModelLoader", model=args.model, dtype=args.dtype, quant=args.quant, device=args.device)
     if args.prompt is not None:
@@ -291,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def task(name: str, func, help_: str, image: bool = True) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_)
-        sp.add_argument("--model", default=DEFAULT_MODEL)
+        sp.add_argument("--model", help=f"model name (default: {DEFAULT_MODEL} for --class, {DEFAULT_TEXT_MODEL} "
+                                        f"for --prompt)")
         sp.add_argument("--quant", default="none", help=", ".join(QUANTS))
         sp.add_argument("--dtype", default="float32", choices=DTYPES)
         sp.add_argument("--device", default="auto", choices=DEVICES)

@@ -22,7 +22,7 @@ from typing import Any, Callable
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 DOCS = (BENCH.parent / "README.md", BENCH / "README.md", BENCH.parent / "weights" / "MODEL_CARD.md",
-        BENCH.parent / "weights" / "MODEL_CARD_emoji_raster.md")
+        BENCH.parent / "weights" / "MODEL_CARD_emoji_raster.md", BENCH.parent / "weights" / "MODEL_CARD_emoji_text.md")
 BLOCK = re.compile(r"(<!-- bench:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /bench:(?P=name) -->)", re.S)
 
 
@@ -208,6 +208,34 @@ def block_emoji_raster() -> str:
                                      "target"], rows)) + "\n"
 
 
+TEXT_EVAL = ("python -m arnodes.training.evaluate_text --weights weights --sweep --write --samples "
+             "weights/samples_text.png --bench-json bench/results/emoji_text_model.json")
+
+
+def block_emoji_text() -> str:
+    e = load("emoji_text_model.json")
+    if e is None:
+        return _missing("emoji_text_model.json", TEXT_EVAL)
+    m, tr = e["metrics"], e.get("training", {})
+    n = m["heldout_prompts"]
+    rows = [["held-out prompt -> its emoji (nearest-reference class)",
+             f"{pct(m['prompt_class_acc'])} ({n} prompts x seeds {m['prompt_seeds']})", ">= 80 %"]]
+    rows += [[f"style named -> sample in that style: {s}", pct(v), ">= 80 %"] for s, v in m["style_acc"].items()]
+    rows += [["style named, all styles (mean)", pct(m["style_acc_mean"]), ">= 80 %"],
+             ["style judge on tokenizer reconstructions of the references",
+              f"{pct(m['style_judge_validation_acc'])} ({m['style_judge_validation_images']} images)", ""],
+             ["4 seeds of one prompt: distinct drawings (mean)", f(m["seed_distinct_mean"]), ""],
+             ["4 seeds of one prompt: prompts with >= 3 distinct drawings", pct(m["seed_at_least_3_share"]), ""],
+             ["same seed twice gives identical pixels", "yes" if m["same_seed_identical"] else "NO", "yes"]]
+    before = (f" after a first run of {tr['init_steps']} steps, {tr['init_seconds']} s (`--init`)"
+              if tr.get("init_steps") else "")
+    lines = [f"- Training (`training/text_model.py`, GPT from {tr.get('generator_from')}): {tr.get('steps')} steps, "
+             f"{tr.get('train_seconds')} s on {tr.get('images')} captioned images{before}; auxiliary loss weight "
+             f"{tr.get('args', {}).get('aux_weight', 0)}.",
+             f"\nMeasured on a {_machine(e['env'])} with the defaults {m['defaults']} (evaluation "
+             f"{m['eval_seconds']:.0f} s):\n"]
+    return "\n".join(lines + _table(["metric (`training/evaluate_text.py`)", "value", "target"], rows)) + "\n"
+
 def block_emoji_control() -> str:
     c = load("emoji_control.json")
     if c is None:
@@ -300,7 +328,7 @@ BLOCKS: dict[str, Callable[[], str]] = {"generate": block_generate, "quantize": 
                                         "emoji": block_emoji, "gpu": block_gpu, "kernels": block_kernels,
                                         "decode": block_decode, "emoji-model": block_emoji_model,
                                         "emoji-control": block_emoji_control, "emoji-raster": block_emoji_raster,
-                                        "serving": block_serving}
+                                        "emoji-text": block_emoji_text, "serving": block_serving}
 
 
 # ---- documents --------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from .errors import UnknownNameError
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR = PACKAGE_ROOT / "weights"
 DEFAULT_MODEL = "emoji-var"
+DEFAULT_TEXT_MODEL = "emoji-text"  # the bundled text-to-image model: the default when a prompt comes without a model
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,9 @@ logger = logging.getLogger(__name__)
 
 CATEGORY_ROOT = "arnodes"
 FUNCTION_NAME = "run"
-_HIDDEN = {"unique_id": "UNIQUE_ID", "prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
+# ComfyUI passes a hidden input under the key named here; "prompt" would collide with ARTextCondition's own
+# prompt input (ComfyUI would hand the node the workflow in place of the text), hence "comfy_prompt".
+_HIDDEN = {"unique_id": "UNIQUE_ID", "comfy_prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
 
 
 @dataclass
@@ -110,11 +112,11 @@ def make_comfy_class(node_cls: type) -> type:
             out["optional"] = optional
         return out
 
-    def run(self, unique_id: Any = None, prompt: Any = None, extra_pnginfo: Any = None, **inputs: Any):
+    def run(self, unique_id: Any = None, comfy_prompt: Any = None, extra_pnginfo: Any = None, **inputs: Any):
         utils, mm, folder_paths = _comfy_modules()
         input_dir, output_dir, models_dir = _dirs(folder_paths)
         ctx = ComfyContext(str(unique_id or spec.class_type), spec.class_type, input_dir, output_dir,
-                           prompt if isinstance(prompt, dict) else {}, extra_pnginfo, _progress_hook(utils, mm),
+                           comfy_prompt if isinstance(comfy_prompt, dict) else {}, extra_pnginfo, _progress_hook(utils, mm),
                            None, models_dir, _model_host(mm))
         kwargs = {i.name: inputs.get(i.name, i.default) for i in spec.inputs}
         for i in spec.inputs:  # ComfyUI passes widget FLOATs as given; the nodes expect floats

@@ -157,6 +157,35 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
+# The pack's import and ComfyUI's stubbed runtime, as above, then an API-format workflow from the pack's
+# workflows/ run node by node the way ComfyUI's executor does (inputs resolved from upstream outputs, then the
+# hidden inputs written over them under the names the node declares: a hidden input named like a widget
+# would replace the widget's value, which is how ARTextCondition once lost its prompt);
+# the one core node, SaveImage, is replaced by reporting the images it would save.
+IMPORT_PACK = SCRIPT[:SCRIPT.index('report = {"torch_at_import"')]
+COMFY_STUBS = SCRIPT[SCRIPT.index("# ComfyUI's runtime modules, stubbed"):SCRIPT.index("def call(key, **kw):")]
+RUN_WORKFLOW = IMPORT_PACK + "import torch\nM = module.NODE_CLASS_MAPPINGS\n" + COMFY_STUBS + textwrap.dedent('''
+    with open(os.path.join(pack_dir, "workflows", sys.argv[2])) as f:
+        wf = json.load(f)
+    outputs, saved, pending = {}, {}, dict(wf)
+    while pending:
+        ready = [n for n, node in pending.items()
+                 if not any(isinstance(v, list) and v[0] in pending for v in node["inputs"].values())]
+        for node_id in ready:
+            node = pending.pop(node_id)
+            kw = {k: outputs[v[0]][v[1]] if isinstance(v, list) else v for k, v in node["inputs"].items()}
+            if node["class_type"] in M:
+                cls = M[node["class_type"]]
+                hidden = cls.INPUT_TYPES().get("hidden", {})  # filled in after the widgets, as ComfyUI does
+                kw.update({k: {"PROMPT": wf, "UNIQUE_ID": node_id, "EXTRA_PNGINFO": None}[v] for k, v in hidden.items()})
+                res = getattr(cls(), cls.FUNCTION)(**kw)
+                outputs[node_id] = res["result"] if isinstance(res, dict) else res
+            else:
+                saved[node_id] = kw["images"].tolist()
+    print(json.dumps({"saved": saved}))
+''')
+
+
 def copy_pack(dest: Path) -> None:
     """The package files only: *.py plus the data dirs; no tests, no VCS, no caches."""
     for path in REPO.rglob("*"):
@@ -243,3 +272,30 @@ def test_inside_comfyui_the_models_folder_is_comfyuis(tmp_path, monkeypatch):
     monkeypatch.setenv("ARNODES_MODELS_DIR", str(tmp_path / "mine"))
     comfy_pack.use_comfy_models_folder()
     assert models_dir() == tmp_path / "mine"
+
+
+def test_the_text_to_image_example_runs_in_the_pack_as_in_arnodes(tmp_path):
+    """workflows/text_to_image.json, run by the pack's node classes in ComfyUI's way (bundled emoji-text,
+    offline), saves the very pixels arnodes' own executor makes of it."""
+    import numpy as np
+    import torch
+
+    from arnodes.graph import Executor
+    from arnodes.graph.registry import default_registry
+
+    pack = tmp_path / "custom_nodes" / "ComfyUI-arnodes"
+    copy_pack(pack)
+    (tmp_path / "io").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(ARNODES_MODELS_DIR=str(tiny_models_dir()), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    proc = subprocess.run([sys.executable, "-I", "-c", RUN_WORKFLOW, str(pack), "text_to_image.json",
+                           str(tmp_path / "models"), str(tmp_path / "io")], capture_output=True, text=True,
+                          timeout=240, cwd=str(tmp_path), env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (comfy,) = json.loads(proc.stdout.strip().splitlines()[-1])["saved"].values()
+    comfy = np.asarray(comfy, dtype=np.float32)
+    workflow = json.loads((REPO / "workflows" / "text_to_image.json").read_text())
+    result = Executor(default_registry()).run(workflow, input_dir=tmp_path / "io", output_dir=tmp_path / "ours")
+    ours = result.outputs[workflow["5"]["inputs"]["images"][0]][0]
+    assert comfy.shape == (1, 64, 64, 3) and comfy.std() > 0.02
+    assert torch.equal(torch.from_numpy(comfy), ours.float())

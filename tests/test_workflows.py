@@ -1,7 +1,7 @@
 """Every example in workflows/ validates and runs end to end through the graph executor.
 
-They run on the bundled model they name ("emoji-var", or "emoji-raster" for the raster
-example) when its manifest is in weights/, else on a tiny model of the same family built
+They run on the bundled model they name ("emoji-var", "emoji-raster" for the raster example,
+"emoji-text" for the text-to-image one) when its manifest is in weights/, else on a tiny model of the same family built
 from the parity fixtures (ARModelLoader's model overridden, class names equal to the emoji
 names the workflows use). LlamaGen also runs the generate and chain examples on its tiny
 fixture model, so both families go through the graph.
@@ -113,13 +113,14 @@ from arnodes.graph.registry import default_registry  # noqa: E402
 NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
 MAIN_MODEL = "emoji-var" if EMOJI_MANIFEST.is_file() else TINY_VAR
 BUNDLED_EXAMPLE_MODELS = {"emoji-var": (EMOJI_MANIFEST, TINY_VAR),
-                          "emoji-raster": (REPO / "weights" / "emoji_raster.json", TINY_LLAMAGEN)}
+                          "emoji-raster": (REPO / "weights" / "emoji_raster.json", TINY_LLAMAGEN),
+                          "emoji-text": (REPO / "weights" / "emoji_text.json", None)}  # no tiny text model here
 
 
 def example_model(name: str) -> str:
     """The bundled model an example names, or the tiny model of its family when that one is absent."""
     manifest, tiny = BUNDLED_EXAMPLE_MODELS[read_example(name)["1"]["inputs"]["model"]]
-    return read_example(name)["1"]["inputs"]["model"] if manifest.is_file() else tiny
+    return read_example(name)["1"]["inputs"]["model"] if manifest.is_file() or tiny is None else tiny
 
 
 @pytest.fixture(autouse=True)
@@ -220,7 +221,7 @@ def test_control_example_runs_on_a_controlar_model(tmp_root):
     assert tuple(img.shape) == (1, 64, 64, 3) and img.std() > 0.02
 
 
-@pytest.mark.parametrize("name", ["generate", "raster_sjd"])
+@pytest.mark.parametrize("name", ["generate", "raster_sjd", "text_to_image"])
 def test_saved_png_replays_bit_for_bit(tmp_root, tmp_path, name):
     wf, result, out_dir = run_example(name, example_model(name), tmp_root)
     png = out_dir / next(ui for ui in result.ui.values() if "images" in ui)["images"][0]

@@ -361,8 +361,9 @@ class Callbacks:
         if not model:
             raise InvalidInputError("pick a model first (Models tab lists what is available)")
         engine = (engine or Engine()).checked()
-        m = g.node("ARModelLoader", model=model, dtype=engine.dtype, quant=engine.quant, device=engine.device)
         prompt, negative = str(prompt or "").strip(), str(negative or "").strip()
+        model = self._model_for_prompt(model, classes, prompt)
+        m = g.node("ARModelLoader", model=model, dtype=engine.dtype, quant=engine.quant, device=engine.device)
         if prompt or self.runner.takes_prompt(model):
             if not prompt:
                 raise InvalidInputError(f"{model} is a text-to-image model: write a prompt (what to draw, in words)")
@@ -372,6 +373,17 @@ class Callbacks:
             c = g.node("ARClassCondition", model=m.out(0), classes=join_classes(classes), cfg=float(cfg),
                        cfg_schedule="linear", negative="", style=style or "any")
         return m, c
+
+    def _model_for_prompt(self, model: str, classes: Any, prompt: str) -> str:
+        """A prompt with no class on the default class model means "draw this": the bundled text model
+        draws it (as the CLI's ``--prompt`` without ``--model``), and a toast says so."""
+        from ..engine.registry import DEFAULT_MODEL, DEFAULT_TEXT_MODEL
+        picked = [classes] if isinstance(classes, str) else list(classes or [])
+        if (prompt and model == DEFAULT_MODEL and not any(str(c).strip() for c in picked)
+                and DEFAULT_TEXT_MODEL in self.runner.model_choices()):
+            gr.Info(f"{DEFAULT_MODEL} draws classes; the prompt is drawn by the text model {DEFAULT_TEXT_MODEL}")
+            return DEFAULT_TEXT_MODEL
+        return model
 
     def _execute(self, g: GraphBuilder, result: Any, prefix: str, request: gr.Request | None,
                  progress: gr.Progress | None, shown_first: Any = None) -> tuple[list[str], list[str]]:

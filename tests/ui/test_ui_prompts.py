@@ -82,3 +82,33 @@ def test_the_real_runner_knows_text_models_without_loading_them(tmp_path, monkey
     assert runner.takes_prompt("llamagen-t2i-xl-256") and not runner.takes_prompt("nonexistent")
     assert runner.class_choices(TINY_T2I) == [] and len(runner.class_choices(TINY_C2I)) == 10
     assert runner.class_choices("llamagen-t2i-xl-256") == []
+
+
+def test_a_prompt_with_no_class_on_the_default_class_model_is_drawn_by_the_text_model(cb, mock, monkeypatch):
+    """As `arnodes generate --prompt` without --model: emoji-var picked, no class, a prompt -> emoji-text;
+    a class picked (or another model) keeps the model the user chose."""
+    monkeypatch.setattr(mock, "model_choices", lambda: ["emoji-var", "emoji-text"])
+    loaders = lambda: [n["inputs"]["model"] for n in mock.workflows[-1].values()  # noqa: E731
+                       if n["class_type"] == "ARModelLoader"]
+    cb.generate("emoji-var", [], *SAMPLER, 1, "any", *ENGINE, "plain", "red heart", "")
+    assert loaders() == ["emoji-text"] and list(conditions(mock.workflows[-1])) == ["ARTextCondition"]
+    cb.generate("emoji-var", ["red heart"], *SAMPLER, 1, "any", *ENGINE, "plain", "", "")
+    assert loaders() == ["emoji-var"] and list(conditions(mock.workflows[-1])) == ["ARClassCondition"]
+    cb.generate("mock-model", [], *SAMPLER, 1, "any", *ENGINE, "plain", "red heart", "")
+    assert loaders() == ["mock-model"]
+
+
+def test_the_text_to_image_example_runs_in_the_app(tmp_path):
+    """workflows/text_to_image.json uploaded to the Workflow tab runs on the bundled emoji-text model."""
+    import numpy as np
+
+    from arnodes.ui.presets import example_workflows
+
+    (path,) = [p for p in example_workflows() if p.endswith("text_to_image.json")]
+    real = callbacks.Callbacks(callbacks.WorkflowRunner(tmp_path / "work"))
+    rows, summary = real.workflow_load(path)
+    assert ["2", "ARTextCondition", "prompt", "smiling cat, twemoji style"] in rows
+    files, _ = real.workflow_run(path, rows, None)
+    (png,) = files
+    img = np.asarray(Image.open(png).convert("RGB")).astype(float)
+    assert img.shape == (64, 64, 3) and img.std() > 10 and img[:4, :4].mean() > 200
