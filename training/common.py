@@ -159,3 +159,35 @@ class ThreadTuner:
     def _set(self, n: int) -> None:
         self.cur = n
         torch.set_num_threads(n)
+
+
+# ---- what every resumable training script shares -----------------------------------------------------
+WHERE_ARGS = ("weights", "out", "export", "data_cache", "device", "threads", "fixed_threads", "no_export")
+
+
+def add_where_args(p: Any, out_default: str, data_cache_default: str) -> None:
+    """The options that say where a run reads, writes and runs (not what it trains), and its seed."""
+    p.add_argument("--out", default=out_default, help="checkpoint directory")
+    p.add_argument("--data-cache", default=data_cache_default)
+    p.add_argument("--no-export", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=2)
+
+
+def run_settings(a: Any) -> dict[str, Any]:
+    """The settings that define a run: everything but where it is read / written / run."""
+    return {k: v for k, v in vars(a).items() if k not in WHERE_ARGS}
+
+
+def resume_state(ckpt_path: Path, settings: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """(the checkpoint's state, whether there was one), refusing one written with other settings; the
+    state records ``settings`` for the next resume."""
+    import json
+
+    state: dict[str, Any] = load_checkpoint(ckpt_path) or {}
+    found = bool(state)
+    if found and state.get("args") != json.dumps(settings, sort_keys=True):
+        raise SystemExit(f"{ckpt_path} was written with other settings; use another --out or delete it")
+    state["args"] = json.dumps(settings, sort_keys=True)
+    return state, found

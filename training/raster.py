@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,8 @@ from torch import nn
 from ..engine.models.llamagen import LlamaGen, LlamaGenConfig
 from ..engine.tokenizers.msvq import MSVQTokenizer
 from . import data as emoji_data
-from .common import bf16_autocast_pays, load_checkpoint, pick_device, rng_state, save_checkpoint, seed_everything, \
-    set_rng_state
+from .common import add_where_args, bf16_autocast_pays, pick_device, resume_state, rng_state, run_settings, \
+    save_checkpoint, seed_everything, set_rng_state
 from .export import BundleLayout, export_weights, read_bundle
 from .generator_stage import train_teacher_forced
 from .tokenizer_stage import to_model_images, train_tokenizer
@@ -41,12 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="train the bundled raster model (emoji-raster)")
     p.add_argument("--weights", default=str(Path(__file__).resolve().parent.parent / "weights"),
                    help="folder with the bundled emoji-var model (tokenizer and classes); the export goes here")
-    p.add_argument("--out", default=str(emoji_data.DEFAULT_CACHE / "raster"), help="checkpoint directory")
-    p.add_argument("--data-cache", default=str(emoji_data.DEFAULT_CACHE))
-    p.add_argument("--no-export", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=2)
+    add_where_args(p, str(emoji_data.DEFAULT_CACHE / "raster"), str(emoji_data.DEFAULT_CACHE))
     p.add_argument("--tok-steps", type=int, default=3000)
     p.add_argument("--tok-batch", type=int, default=32)
     p.add_argument("--tok-lr", type=float, default=3e-4)
@@ -115,17 +109,13 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     gpt = LlamaGen(gpt_config(a, len(classes), tok))
     init_gpt(gpt)
 
-    run_args = {k: v for k, v in vars(a).items() if k not in ("weights", "out", "data_cache", "device", "threads",
-                                                               "no_export")}
-    state: dict[str, Any] = load_checkpoint(ckpt_path) or {}
-    if state:
-        if state.get("args") != json.dumps(run_args, sort_keys=True):
-            raise SystemExit(f"{ckpt_path} was written with other settings; use another --out or delete it")
+    run_args = run_settings(a)
+    state, resumed = resume_state(ckpt_path, run_args)
+    if resumed:
         tok.load_state_dict(state["tok"])
         gpt.load_state_dict(state["gpt"])
         set_rng_state(state["rng"], gen)
         log(f"resuming from {ckpt_path}: tokenizer step {state.get('tok_step', 0)}, gpt step {state.get('gpt_step', 0)}")
-    state["args"] = json.dumps(run_args, sort_keys=True)
 
     def save() -> None:
         state["tok"], state["gpt"], state["rng"] = tok.state_dict(), gpt.state_dict(), rng_state(gen)

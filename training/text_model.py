@@ -32,8 +32,8 @@ from ..engine.models.llamagen import LlamaGen, LlamaGenConfig
 from ..engine.text.captions import caption_condition
 from . import data as emoji_data
 from . import prompts
-from .common import bf16_autocast_pays, load_checkpoint, pick_device, rng_state, save_checkpoint, seed_everything, \
-    set_rng_state
+from .common import add_where_args, bf16_autocast_pays, load_checkpoint, pick_device, resume_state, rng_state, \
+    run_settings, save_checkpoint, seed_everything, set_rng_state
 from .generator_stage import train_teacher_forced
 from .raster import LAYOUT as RASTER, init_gpt, raster_tokens
 
@@ -48,12 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", default=str(Path(__file__).resolve().parent.parent / "weights"),
                    help="folder with the bundled emoji-raster model (its GPT is the start, its tokenizer is shared); "
                         "the export goes here")
-    p.add_argument("--out", default=str(emoji_data.DEFAULT_CACHE / "text"), help="checkpoint directory")
-    p.add_argument("--data-cache", default=str(emoji_data.DEFAULT_CACHE))
-    p.add_argument("--no-export", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=2)
+    add_where_args(p, str(emoji_data.DEFAULT_CACHE / "text"), str(emoji_data.DEFAULT_CACHE))
     p.add_argument("--caption-tokens", type=int, default=16, help="caption positions (the encoder's max length)")
     p.add_argument("--text-dim", type=int, default=128)
     p.add_argument("--text-layers", type=int, default=2)
@@ -178,17 +173,13 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     log(f"{len(vocab)} words; encoder {sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M params, GPT "
         f"{sum(p.numel() for p in gpt.parameters()) / 1e6:.2f}M ({len(copied)} tensors from {RASTER.name})")
 
-    run_args = {k: v for k, v in vars(a).items() if k not in ("weights", "out", "data_cache", "device", "threads",
-                                                               "no_export")}
-    state: dict[str, Any] = load_checkpoint(ckpt_path) or {}
-    if state:
-        if state.get("args") != json.dumps(run_args, sort_keys=True):
-            raise SystemExit(f"{ckpt_path} was written with other settings; use another --out or delete it")
+    run_args = run_settings(a)
+    state, resumed = resume_state(ckpt_path, run_args)
+    if resumed:
         model.load_state_dict(state["model"])
         set_rng_state(state["rng"], gen)
         rng = np.random.default_rng(state["np_rng"])
         log(f"resuming from {ckpt_path}: step {state.get('t2i_step', 0)}")
-    state["args"] = json.dumps(run_args, sort_keys=True)
 
     idx = d.generator_train()
     idx = idx[remap[d.labels[idx]] >= 0]

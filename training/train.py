@@ -8,8 +8,6 @@ from ``<out>/ckpt.pt``); progress on stderr; CUDA when available, else CPU.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,8 +19,8 @@ import torch
 from ..engine.models.var import VAR, VARConfig
 from ..engine.tokenizers.msvq import MSVQConfig, MSVQTokenizer
 from . import data as emoji_data
-from .common import (bf16_autocast_pays, load_checkpoint, pick_device, rng_state, save_checkpoint, seed_everything,
-                     set_rng_state)
+from .common import (bf16_autocast_pays, pick_device, resume_state, rng_state, run_settings, save_checkpoint,
+                     seed_everything, set_rng_state)
 from .export import export_weights
 from .generator_stage import init_var, tokenize, train_generator
 from .tokenizer_stage import train_tokenizer
@@ -112,16 +110,13 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     tok, var = MSVQTokenizer(tcfg), VAR(vcfg)
     init_var(var)
 
-    state: dict[str, Any] = load_checkpoint(ckpt_path) or {}
-    if state:
-        if state.get("args") != json.dumps(_run_args(a), sort_keys=True):
-            raise SystemExit(f"{ckpt_path} was written with other settings; use another --out or delete it")
+    state, resumed = resume_state(ckpt_path, run_settings(a))
+    if resumed:
         tok.load_state_dict(state["tok"])
         var.load_state_dict(state["var"])
         set_rng_state(state["rng"], gen)
         log(f"resuming from {ckpt_path}: tokenizer step {state.get('tok_step', 0)}, "
             f"generator step {state.get('var_step', 0)}")
-    state["args"] = json.dumps(_run_args(a), sort_keys=True)
 
     def save() -> None:
         state["tok"], state["var"], state["rng"] = tok.state_dict(), var.state_dict(), rng_state(gen)
@@ -153,15 +148,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             "train_seconds": {"tokenizer": round(state.get("tok_time", 0.0)),
                               "generator": round(state.get("var_time", 0.0))},
             "steps": {"tokenizer": state.get("tok_step"), "generator": state.get("var_step")},
-            "args": _run_args(a)})
+            "args": run_settings(a)})
         log(f"exported to {a.export}")
     return state
-
-
-def _run_args(a: argparse.Namespace) -> dict[str, Any]:
-    """The settings that define a run (everything but where it is written / run)."""
-    skip = {"out", "export", "data_cache", "device", "threads", "fixed_threads"}
-    return {k: v for k, v in vars(a).items() if k not in skip}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -74,3 +74,37 @@ def test_training_raster_smoke_end_to_end(tmp_path) -> None:
         canvas = generate(bundle, Conditioning((0, 5), cfg=2.0), seed=0, decode=DecodeOptions(strategy), stats=stats)
         assert canvas.grids[0].shape == (2, 8, 8) and stats["forwards"] >= 1
         assert bundle.tokenizer.decode_grids(canvas.grids).shape == (2, 3, 64, 64)
+
+
+def test_training_text_model_smoke_end_to_end(tmp_path, capsys) -> None:
+    """text_model.py: one step on top of a (tiny) exported emoji-raster bundle; the exported emoji-text model
+    loads (its encoder through the manifest) and draws a prompt; a second run continues from the first
+    (--init) with the auxiliary loss; re-running resumes."""
+    from arnodes.engine.conditioning import Conditioning
+    from arnodes.engine.generate import generate
+    from arnodes.engine.loader import load_manifest
+    from arnodes.training import raster, text_model, train
+
+    export, cache = tmp_path / "weights", str(tmp_path / "data")
+    train.run(train.parse_args(["--out", str(tmp_path / "run"), "--export", str(export), "--data-cache", cache] + TINY))
+    raster.run(raster.parse_args([
+        "--weights", str(export), "--out", str(tmp_path / "raster"), "--data-cache", cache, "--tok-steps", "1",
+        "--tok-batch", "2", "--gpt-steps", "1", "--gpt-batch", "2", "--dim", "32", "--layers", "1", "--heads", "1",
+        "--threads", "1", "--seed", "3"]))
+    tiny = ["--weights", str(export), "--data-cache", cache, "--steps", "1", "--batch", "2", "--text-dim", "16",
+            "--text-layers", "1", "--text-heads", "2", "--caption-tokens", "8", "--threads", "1", "--seed", "3"]
+    first = text_model.run(text_model.parse_args(["--out", str(tmp_path / "t1")] + tiny))
+    second = text_model.run(text_model.parse_args(["--out", str(tmp_path / "t2"), "--init", str(tmp_path / "t1" / "ckpt.pt"),
+                                                   "--aux-weight", "1"] + tiny))
+    assert first["t2i_step"] == 1 and second["t2i_step"] == 1
+    assert not torch.equal(first["model"]["gpt.output.weight"], second["model"]["gpt.output.weight"])
+    m = json.loads((export / "emoji_text.json").read_text())
+    assert m["generator"]["config"]["model_type"] == "t2i" and m["generator"]["config"]["cls_token_num"] == 8
+    assert m["text_encoder"]["max_length"] == 8 and m["training"]["init_steps"] == 1
+    bundle = load_manifest(export / "emoji_text.json")
+    canvas = generate(bundle, Conditioning(text=bundle.text_encoder.encode(["red heart, twemoji style"]), cfg=1.5),
+                      seed=0)
+    assert bundle.tokenizer.decode_grids(canvas.grids).shape == (1, 3, 64, 64)
+    capsys.readouterr()
+    again = text_model.run(text_model.parse_args(["--out", str(tmp_path / "t1")] + tiny))
+    assert "resuming" in capsys.readouterr().err and again["t2i_step"] == 1
