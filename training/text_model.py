@@ -35,6 +35,7 @@ from . import prompts
 from .common import add_where_args, bf16_autocast_pays, load_checkpoint, pick_device, resume_state, rng_state, \
     run_settings, save_checkpoint, seed_everything, set_rng_state
 from .generator_stage import train_teacher_forced
+from .export import MANIFEST as VAR_MANIFEST
 from .raster import LAYOUT as RASTER, init_gpt, raster_tokens
 
 NAME, MANIFEST = "emoji-text", "emoji_text.json"
@@ -138,7 +139,10 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     raster = load_manifest(weights / RASTER.manifest)
     raster_info = json.loads((weights / RASTER.manifest).read_text(encoding="utf-8"))
     classes = json.loads((weights / raster_info["classes"]).read_text(encoding="utf-8"))
-    d = emoji_data.load_dataset(a.data_cache, None, log=log)
+    var_manifest = weights / VAR_MANIFEST  # the data set emoji-var (and so emoji-raster) was trained on
+    var_args = json.loads(var_manifest.read_text(encoding="utf-8")).get("training", {}).get("args", {}) \
+        if var_manifest.is_file() else {}
+    d = emoji_data.load_dataset(a.data_cache, var_args.get("data_classes"), log=log)
     by_emoji = {c["emoji"]: i for i, c in enumerate(classes)}
     remap = np.array([by_emoji.get(c["emoji"], -1) for c in d.classes])
     gen = seed_everything(a.seed)
