@@ -115,9 +115,9 @@ def make_comfy_class(node_cls: type) -> type:
     def run(self, unique_id: Any = None, comfy_prompt: Any = None, extra_pnginfo: Any = None, **inputs: Any):
         utils, mm, folder_paths = _comfy_modules()
         input_dir, output_dir, models_dir = _dirs(folder_paths)
-        ctx = ComfyContext(str(unique_id or spec.class_type), spec.class_type, input_dir, output_dir,
-                           comfy_prompt if isinstance(comfy_prompt, dict) else {}, extra_pnginfo, _progress_hook(utils, mm),
-                           None, models_dir, _model_host(mm))
+        workflow = comfy_prompt if isinstance(comfy_prompt, dict) else {}
+        ctx = ComfyContext(str(unique_id or spec.class_type), spec.class_type, input_dir, output_dir, workflow,
+                           extra_pnginfo, _progress_hook(utils, mm), None, models_dir, _model_host(mm))
         kwargs = {i.name: inputs.get(i.name, i.default) for i in spec.inputs}
         for i in spec.inputs:  # ComfyUI passes widget FLOATs as given; the nodes expect floats
             if i.type == "FLOAT" and isinstance(kwargs[i.name], int) and not isinstance(kwargs[i.name], bool):

@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     sd = {k: v.detach().contiguous().clone() for k, v in gpt.state_dict().items()
           if ".kv_cache." not in k and k not in ("freqs_cis", "causal_mask")}
     save_file(sd, str(out / "gpt.safetensors"))
-    save_file({k: v.detach().contiguous().clone() for k, v in t5.state_dict().items()}, str(out / "t5_tiny.safetensors"))
+    save_file({k: v.detach().contiguous().clone() for k, v in t5.state_dict().items()},
+              str(out / "t5_tiny.safetensors"))
     save_file({k: v.contiguous() for k, v in t.items()}, str(out / "cases.safetensors"))
     commit = a.peer_commit or subprocess.run(["git", "-C", str(peer), "rev-parse", "HEAD"], capture_output=True,
                                              text=True).stdout.strip()
@@ -180,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
         "official_repo": "FoundationVision/LlamaGen", "official_commit": commit or "see --peer-src", "config_name": "B",
         "seed": a.seed, "torch_version": torch.__version__, "torch_num_threads": 1, "token_grid": [grid, grid],
         "tokens_per_image": L, "gpt_model_args": dataclasses.asdict(args),
-        "gpt_derived": {"head_dim": args.dim // args.n_head, "ffn_hidden_dim": gpt.layers[0].feed_forward.w1.out_features,
+        "gpt_derived": {"head_dim": args.dim // args.n_head,
+                        "ffn_hidden_dim": gpt.layers[0].feed_forward.w1.out_features,
                         "uncond_embedding_shape": list(gpt.cls_embedding.uncond_embedding.shape), "caption_len_T": T,
                         "freqs_cis_rows": int(gpt.freqs_cis.shape[0])},
         "captions": {"valid_lens": cfg["valid_lens"], "B": B},
@@ -194,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for k, v in t.items()},
             "checks": {"generation": checks}}
     (out / "cases.json").write_text(json.dumps(meta, indent=1) + "\n")
-    print(f"wrote {out}: {len(t)} tensors; sampled tokens rerun identical: {checks['gen_left_sample']['rerun_identical']}")
+    same = checks["gen_left_sample"]["rerun_identical"]
+    print(f"wrote {out}: {len(t)} tensors; sampled tokens rerun identical: {same}")
 
 
 if __name__ == "__main__":

@@ -138,8 +138,9 @@ def write_samples(path: Path, runs: np.ndarray, held: list[prompts.HeldoutPrompt
     pick = np.linspace(0, len(held) - 1, 16).round().astype(int)
     grid = runs[pick].reshape(8, 8, 64, 64, 3).transpose(0, 2, 1, 3, 4).reshape(512, 512, 3)
     Image.fromarray(grid).save(path)
-    lines = [f"row {r} {side}: {held[pick[2 * r + j]].prompt!r} (held out; class {classes[held[pick[2 * r + j]].class_id]['name']})"
-             for r in range(8) for j, side in enumerate(("left", "right"))]
+    shown = [held[i] for i in pick]
+    lines = [f"row {r} {side}: {h.prompt!r} (held out; class {classes[h.class_id]['name']})"
+             for r in range(8) for j, side in enumerate(("left", "right")) for h in [shown[2 * r + j]]]
     path.with_suffix(".txt").write_text("8x8 grid: each row holds two held-out prompts x seeds 0..3 (no style named)\n"
                                         + "\n".join(lines) + "\n", encoding="utf-8")
 

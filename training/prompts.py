@@ -89,7 +89,8 @@ class HeldoutPrompt:
 def heldout_prompts(classes: list[dict], candidates: list[int] | None = None, n: int = HELDOUT_CLASSES,
                     seed: int = HELDOUT_SEED) -> list[HeldoutPrompt]:
     """Two-word keyword prompts that name one class only (no other class has both words) and are not
-    its name, with a word of the name where one can be; ``n`` classes drawn from ``candidates`` (default: all) with a fixed seed."""
+    its name, with a word of the name where one can be; ``n`` classes drawn from ``candidates`` (default:
+    all) with a fixed seed."""
     cw = [ClassWords.of(r) for r in classes]
     sets = [set(c.pool) for c in cw]
     rng = np.random.default_rng(seed)
