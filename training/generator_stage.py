@@ -9,6 +9,7 @@ style embedding's last row), so a class can be asked for without a style.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -57,35 +58,83 @@ def init_var(model: VAR, std: float = 0.02) -> None:
             block.ffn.fc2.weight.div_((2 * model.cfg.depth) ** 0.5)
 
 
+@dataclass(frozen=True)
+class CoarseBatch:
+    """An extra batch per step on the first ``scales`` scales only. Those few tokens are all the class
+    and style decide (finer scales follow from them), and a prefix of 5 tokens costs a 26th of a full
+    sequence, so a large batch of them teaches the class/style -> first-tokens mapping cheaply."""
+
+    batch: int = 256
+    scales: int = 2
+    weight: float = 1.0
+    cond_drop: float = 0.1
+
+
 BatchForward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def train_generator(model: VAR, var_input: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor,
                     state: dict[str, Any], *, gen: torch.Generator, device: torch.device,
-                    styles: torch.Tensor | None = None, style_drop: float = 0.5, **loop: Any) -> None:
+                    styles: torch.Tensor | None = None, style_drop: float = 0.5,
+                    coarse: CoarseBatch | None = None, **loop: Any) -> None:
     """Train ``model`` teacher-forced (see :func:`train_teacher_forced` for ``loop``); resumes from
     ``state['var_step']`` / ``state['var_opt']``. ``styles`` (N,): each image's style id, for a model with
-    ``num_styles`` > 0."""
-    def forward(idx: torch.Tensor, lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        sty = None
-        if styles is not None:
-            sty = styles[idx].clone()
-            sty[torch.rand(len(idx), generator=gen) < style_drop] = model.cfg.num_styles
-            sty = sty.to(device)
-        return model(lab, var_input[idx].to(device), sty), targets[idx].to(device)
+    ``num_styles`` > 0. ``coarse``: an extra batch on the first scales alone, its loss added."""
+    def style_ids(idx: torch.Tensor) -> torch.Tensor | None:
+        if styles is None:
+            return None
+        sty = styles[idx].clone()
+        sty[torch.rand(len(idx), generator=gen) < style_drop] = model.cfg.num_styles
+        return sty.to(device)
+
+    def coarse_loss() -> torch.Tensor:
+        end = model.scale_ends()[coarse.scales - 1]
+        idx = torch.randint(0, len(labels), (coarse.batch,), generator=gen)
+        lab = labels[idx].clone()
+        lab[torch.rand(coarse.batch, generator=gen) < coarse.cond_drop] = model.cfg.num_classes
+        logits = model(lab.to(device), var_input[idx, :end - model.first_l].to(device), style_ids(idx))
+        return coarse.weight * weighted_cross_entropy(logits, targets[idx, :end].to(device), None)
+
+    def forward(idx: torch.Tensor, lab: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = (model(lab, var_input[idx].to(device), style_ids(idx)), targets[idx].to(device))
+        return out + (coarse_loss(),) if coarse is not None else out
 
     train_teacher_forced(model, labels, model.cfg.num_classes, forward, state, prefix="var", gen=gen, device=device,
                          **loop)
+
+
+def scale_balanced_weights(patch_nums: tuple[int, ...], balance: float) -> torch.Tensor:
+    """Per-token loss weights (mean 1) for next-scale training. With plain token averaging the 1x1 and
+    2x2 scales are 5 of 130 tokens, yet they are the only ones predicted from the class (and style)
+    alone: teacher forcing lets every finer scale read the drawing off the coarser ones, so a
+    generator can memorise the fine scales and still ignore its style input (emoji-var v2 did).
+    ``balance`` 0 = every token equal, 1 = every scale equal."""
+    if not 0.0 <= balance <= 1.0:
+        raise ValueError(f"scale balance must be in [0, 1], got {balance}")
+    sizes = torch.tensor([p * p for p in patch_nums], dtype=torch.float32)
+    per_scale = sizes.sum() / (len(patch_nums) * sizes)  # every scale's tokens together weigh the same
+    w = torch.repeat_interleave((1.0 - balance) + balance * per_scale, sizes.long())
+    return w / w.mean()
+
+
+def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean cross-entropy over (B, L) positions, each position weighted by ``weights`` (L,) when given."""
+    flat = logits.float().reshape(-1, logits.shape[-1])
+    if weights is None:
+        return F.cross_entropy(flat, targets.reshape(-1))
+    ce = F.cross_entropy(flat, targets.reshape(-1), reduction="none").view(targets.shape)
+    return (ce * weights.to(ce.device)).mean()
 
 
 def train_teacher_forced(model: nn.Module, labels: torch.Tensor, null_class: int, forward: BatchForward,
                          state: dict[str, Any], *, prefix: str, steps: int, batch: int, lr: float,
                          gen: torch.Generator, device: torch.device, amp: bool, cond_drop: float,
                          save: Callable[[], None], ckpt_every: int, budget_s: float = 0.0, threads: int = 2,
-                         tune_threads: bool = True) -> None:
+                         tune_threads: bool = True, token_weights: torch.Tensor | None = None) -> None:
     """The training loop every class-conditional generator shares: AdamW with cosine decay, ``cond_drop`` of
     the labels replaced by ``null_class`` (classifier-free guidance), cross-entropy of ``forward(idx, labels)``
-    = (logits (B, L, V), targets (B, L)[, auxiliary loss to add]); resumable from ``state[prefix + '_step' / '_opt' / '_time']``."""
+    = (logits (B, L, V), targets (B, L)[, auxiliary loss to add]); resumable from ``state[prefix + '_step' / '_opt' / '_time']``.
+    ``token_weights`` (L,), mean 1: per-position weights of the cross-entropy (None: all equal)."""
     model.train().to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_" not in n and "emb" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_" not in n and "emb" not in n)]
@@ -108,7 +157,7 @@ def train_teacher_forced(model: nn.Module, labels: torch.Tensor, null_class: int
             lab[torch.rand(batch, generator=gen) < cond_drop] = null_class
             with autocast(device, amp):
                 logits, y, *extra = forward(idx, lab.to(device))
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+            loss = weighted_cross_entropy(logits, y, token_weights)
             if extra:  # a model's auxiliary loss, added as it comes
                 loss = loss + extra[0]
             opt.zero_grad(set_to_none=True)

@@ -8,6 +8,12 @@ Style labels are dropped to "any" half of the time, so without a style the seed 
 Class names and ids are unchanged. The tokenizer is unchanged (run ``finetune_decoder`` on the
 v2 data before or after: it does not change tokens).
 
+Teacher-forced, every scale after the second can read the style off the coarser tokens, so with a
+plain token-mean loss the generator learnt the drawings but not which one a style asks for: the
+1x1 and 2x2 tokens (5 of 130) are the only ones the class and style alone decide. ``--scale-balance``
+weighs each scale's loss equally and ``--coarse-batch`` adds a large cheap batch of those first
+scales, which is what made the style input count (MODEL_CARD.md).
+
     python -m arnodes.training.restyle --weights weights --steps 4000 --minutes 30
 """
 from __future__ import annotations
@@ -23,7 +29,7 @@ from ..engine.models.var import VAR
 from . import data as emoji_data
 from .common import bf16_autocast_pays, seed_everything
 from .export import export_weights, open_stage
-from .generator_stage import tokenize, train_generator
+from .generator_stage import CoarseBatch, scale_balanced_weights, tokenize, train_generator
 
 
 def add_style_table(var: VAR, num_styles: int) -> VAR:
@@ -59,6 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--style-drop", type=float, default=0.5)
+    p.add_argument("--scale-balance", type=float, default=0.0,
+                   help="0: every token weighs the same in the loss; 1: every scale does (see scale_balanced_weights)")
+    p.add_argument("--coarse-batch", type=int, default=0,
+                   help="an extra batch of this many images on the first --coarse-scales scales per step (0: none)")
+    p.add_argument("--coarse-scales", type=int, default=2)
     p.add_argument("--seed", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
@@ -79,11 +90,14 @@ def main(argv: list[str] | None = None) -> None:
                     lr=a.lr, gen=gen, device=torch.device("cpu"), amp=bf16_autocast_pays(torch.device("cpu")),
                     cond_drop=0.1, save=lambda: None,
                     ckpt_every=10 ** 9, budget_s=60 * a.minutes, threads=a.threads,
-                    styles=torch.from_numpy(d.style[idx].astype(np.int64)), style_drop=a.style_drop)
+                    styles=torch.from_numpy(d.style[idx].astype(np.int64)), style_drop=a.style_drop,
+                    token_weights=scale_balanced_weights(var.cfg.patch_nums, a.scale_balance) if a.scale_balance else None,
+                    coarse=CoarseBatch(a.coarse_batch, a.coarse_scales) if a.coarse_batch else None)
     meta = dict(manifest.get("training", {}))
     run = {"styles": d.styles, "images": int(len(idx)), "images_per_style": per_style,
            "steps": int(state.get("var_step", 0)), "seconds": round(state.get("var_time", 0.0)),
            "tokenize_seconds": round(tokenize_s), "batch": a.batch, "lr": a.lr, "style_drop": a.style_drop,
+           "scale_balance": a.scale_balance, "coarse_batch": a.coarse_batch, "coarse_scales": a.coarse_scales,
            "seed": a.seed, "data_version": emoji_data.DATA_VERSION,
            "generator_set": emoji_data.EmojiData.generator_train.__doc__.split(",")[0].strip()}
     meta["restyle_runs"] = list(meta.get("restyle_runs", [])) + [run]  # each run continues the previous one

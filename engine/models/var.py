@@ -8,6 +8,7 @@ AdaLN in every block and before the head.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -219,6 +220,10 @@ class VAR(nn.Module):
         return ClassConditioning(cond_BD, [b.modulation(shared) for b in self.blocks],
                                  self.head_nm.modulation(cond_BD.to(dtype)))
 
+    def scale_ends(self) -> list[int]:
+        """Token count after each scale: (1, 5, 14, ...) for patch_nums (1, 2, 3, ...)."""
+        return list(itertools.accumulate(pn * pn for pn in self.cfg.patch_nums))
+
     def level_pos(self) -> torch.Tensor:
         return self.lvl_embed(self.lvl_1L) + self.pos_1LC  # (1, L, C)
 
@@ -234,13 +239,20 @@ class VAR(nn.Module):
     def forward(self, labels: torch.Tensor, var_input: torch.Tensor,
                 styles: torch.Tensor | None = None, control: ControlSignal | None = None) -> torch.Tensor:
         """Teacher forcing: labels (B,), var_input (B, L-first_l, Cvae) -> logits (B, L, V).
-        ``control``: condition tokens over all L positions, added before the adapter's blocks."""
+        A shorter var_input that ends on a scale boundary gives the first scales' logits alone (the mask
+        is block-causal, so they do not depend on finer scales). ``control``: condition tokens over all
+        L positions, added before the adapter's blocks."""
+        L = self.first_l + var_input.shape[1]
+        if L not in self.scale_ends():
+            raise ValueError(f"var_input covers {L} tokens, not a whole number of scales {self.scale_ends()}")
+        if control is not None and L != self.cfg.tokens_per_image:
+            raise ValueError("a control signal needs the whole token sequence")
         cond = self.conditioning(labels, styles)
-        lvl_pos = self.level_pos()
+        lvl_pos = self.level_pos()[:, :L]
         first = self.first_tokens(cond.class_BD, lvl_pos)
         rest = self.word_embed(var_input.to(self.word_embed.weight.dtype)) + lvl_pos[:, self.first_l:]
         x = torch.cat((first, rest), dim=1)  # (B, L, C)
-        bias = self.attn_bias_for_masking.to(x.dtype)
+        bias = self.attn_bias_for_masking[..., :L, :L].to(x.dtype)
         for i, (block, mods) in enumerate(zip(self.blocks, cond.block_mods)):
             x = block(add_control(control, i, x, slice(None)), mods, bias)
         return self.logits(x, cond.head_mods)

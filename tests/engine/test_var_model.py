@@ -109,6 +109,24 @@ def test_teacher_forcing_is_block_causal():
     assert not torch.equal(a[:, -last:], b[:, -last:])
 
 
+def test_teacher_forcing_on_the_first_scales_alone():
+    """A var_input that stops after a scale gives exactly the full sequence's logits of those scales
+    (training's coarse batch relies on it); a cut inside a scale is refused."""
+    var, tok = tiny_models(VAR_CFG)
+    tokens, _, full = greedy_then_teacher_force(var, tok, [1, 3])
+    var_input = tok.scales_to_var_input([tokens[:, :1].view(2, 1, 1), tokens[:, 1:5].view(2, 2, 2),
+                                         tokens[:, 5:14].view(2, 3, 3), tokens[:, 14:].view(2, 4, 4)])
+    assert var.scale_ends() == [1, 5, 14, 30]
+    labels = torch.tensor([1, 3])
+    with torch.no_grad():
+        for end in (1, 5, 14):
+            prefix = var(labels, var_input[:, :end - 1])
+            assert prefix.shape == (2, end, var.cfg.vocab_size)
+            assert torch.allclose(prefix, full[:, :end], atol=1e-5)
+        with pytest.raises(ValueError, match="whole number of scales"):
+            var(labels, var_input[:, :6])
+
+
 def test_caches_are_reused_and_cleared():
     var, tok = tiny_models(VAR_CFG)
     var.setup_caches(4)
