@@ -166,8 +166,10 @@ def block_emoji_model() -> str:
              + f"), of which {data['placed']} placements and {data['heldout']} held out; the generator's "
                f"classes have {data['generator_images']} training images.\n"]
     for run in tr.get("restyle_runs", []):
+        extra = (f", scale balance {run['scale_balance']}" if run.get("scale_balance") else "") + \
+            (f", first-{run['coarse_scales']}-scales batch {run['coarse_batch']}" if run.get("coarse_batch") else "")
         lines.append(f"- Style fine-tune (`training/restyle.py`): {run['steps']} steps, batch {run['batch']}, "
-                     f"lr {run['lr']}, {run['seconds']} s.")
+                     f"lr {run['lr']}{extra}, {run['seconds']} s.")
     if "decoder_finetune_v2" in tr:
         r = tr["decoder_finetune_v2"]
         lines.append(f"- Decoder fine-tune on all styles (`training/finetune_decoder.py`): {r['steps']} steps, "
@@ -255,6 +257,25 @@ def block_emoji_control() -> str:
     return "\n".join(lines + _table(["metric", "value", "target"], rows)) + "\n"
 
 
+def block_emoji_style_loss() -> str:
+    r = load("emoji_style_loss.json")
+    if r is None:
+        return _missing("emoji_style_loss.json", "python -m arnodes.training.scale_loss --weights weights --label "
+                                                 "NAME --json bench/results/emoji_style_loss.json")
+    rows = []
+    for label, b in r["bundles"].items():
+        scales = list(b["cross_entropy"]["right"])
+        for style, ce in b["cross_entropy"].items():
+            rows.append([label, f"{style} style"] + [f(ce[sc], 3) for sc in scales])
+    floor = next(iter(r["bundles"].values()))["floor_first_scales"]
+    lines = [f"Teacher-forced cross-entropy (nats per token) on {next(iter(r['bundles'].values()))['images']} "
+             f"training drawings, per scale, with the drawing's own style, \"any\" and a wrong style "
+             f"(`training/scale_loss.py`, {_machine(r['env'])}). The data's floor for the 1x1 token: "
+             f"{f(floor['first_1_scales']['class_and_style'], 2)} nats given class and style, "
+             f"{f(floor['first_1_scales']['class'], 2)} given the class alone.\n"]
+    return "\n".join(lines + _table(["bundle", "style input"] + scales, rows)) + "\n"
+
+
 def block_serving() -> str:
     d = load("serving_batch.json")
     if d is None:
@@ -328,7 +349,8 @@ BLOCKS: dict[str, Callable[[], str]] = {"generate": block_generate, "quantize": 
                                         "emoji": block_emoji, "gpu": block_gpu, "kernels": block_kernels,
                                         "decode": block_decode, "emoji-model": block_emoji_model,
                                         "emoji-control": block_emoji_control, "emoji-raster": block_emoji_raster,
-                                        "emoji-text": block_emoji_text, "serving": block_serving}
+                                        "emoji-text": block_emoji_text, "serving": block_serving,
+                                        "emoji-style-loss": block_emoji_style_loss}
 
 
 # ---- documents --------------------------------------------------------------------------------------

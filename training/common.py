@@ -191,3 +191,20 @@ def resume_state(ckpt_path: Path, settings: dict[str, Any]) -> tuple[dict[str, A
         raise SystemExit(f"{ckpt_path} was written with other settings; use another --out or delete it")
     state["args"] = json.dumps(settings, sort_keys=True)
     return state, found
+
+
+def cpu_env() -> dict[str, Any]:
+    """The machine a training-side measurement ran on, for its bench JSON."""
+    import platform
+
+    return {"machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def write_bench_json(path: str | Path, manifest: Path, metrics: dict[str, Any]) -> None:
+    """An evaluation's metrics with the model's name, its training record and the machine."""
+    import json
+
+    info = json.loads(manifest.read_text(encoding="utf-8"))
+    out = {"model": info["name"], "metrics": metrics, "training": info.get("training", {}), "env": cpu_env()}
+    Path(path).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")

@@ -339,6 +339,12 @@ def load_dataset(cache_dir: Path | str = DEFAULT_CACHE, max_classes: int | None 
     return data
 
 
+def load_for_manifest(cache_dir: Path | str, manifest: dict, log=None) -> EmojiData:
+    """The data set a bundle was trained on: its manifest records the class count (a tiny test bundle's
+    few classes; absent = all), so its steps never build the whole set for it."""
+    return load_dataset(cache_dir, manifest.get("training", {}).get("args", {}).get("data_classes"), log=log)
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI: build the cache and print a summary (``python -m arnodes.training.data``)."""
     import argparse

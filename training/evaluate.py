@@ -38,6 +38,7 @@ from ..engine.generate import DecodeOptions, generate as engine_generate
 from ..engine.loader import load_manifest
 from ..engine.sampling import SamplingParams
 from . import data as emoji_data
+from .common import write_bench_json
 from .export import MANIFEST, set_defaults
 from .style_judge import build_judge, features
 from .tokenizer_stage import to_model_images
@@ -161,8 +162,7 @@ def evaluate(weights: Path, data_cache: Path, eval_classes: int, seeds: list[int
     bundle = load_manifest(manifest)
     info = json.loads(manifest.read_text(encoding="utf-8"))
     classes = json.loads((weights / info["classes"]).read_text(encoding="utf-8"))
-    data_classes = info.get("training", {}).get("args", {}).get("data_classes")
-    d = emoji_data.load_dataset(data_cache, data_classes, log=log)
+    d = emoji_data.load_for_manifest(data_cache, info, log=log)
     # map data-set class ids to the bundle's class ids (by emoji)
     by_emoji = {c["emoji"]: i for i, c in enumerate(classes)}
     remap = np.array([by_emoji.get(c["emoji"], -1) for c in d.classes])
@@ -267,14 +267,7 @@ def main(argv: list[str] | None = None) -> None:
                  a.sweep, Path(a.samples) if a.samples else None, a.write, a.seed_classes, a.style_classes,
                  a.manifest, a.decode)
     if a.bench_json:
-        import os
-        import platform
-
-        env = {"machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-               "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-        manifest = json.loads((Path(a.weights) / a.manifest).read_text(encoding="utf-8"))
-        out = {"model": manifest["name"], "metrics": m, "training": manifest.get("training", {}), "env": env}
-        Path(a.bench_json).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+        write_bench_json(a.bench_json, Path(a.weights) / a.manifest, m)
     print(json.dumps(m, indent=2))
 
 

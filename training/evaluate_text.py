@@ -32,6 +32,7 @@ from ..engine.generate import generate as engine_generate
 from ..engine.loader import load_manifest
 from ..engine.sampling import SamplingParams
 from . import data as emoji_data
+from .common import write_bench_json
 from . import prompts
 from .evaluate import distinct_drawings, nn_metrics, reconstruct, to_uint8
 from .export import set_defaults
@@ -156,14 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     m = evaluate(Path(a.weights), Path(a.data_cache), a.sweep, Path(a.samples) if a.samples else None, a.write)
     if a.bench_json:
-        import os
-        import platform
-
-        env = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-               "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-        manifest = json.loads((Path(a.weights) / MANIFEST).read_text(encoding="utf-8"))
-        out = {"model": manifest["name"], "metrics": m, "training": manifest.get("training", {}), "env": env}
-        Path(a.bench_json).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+        write_bench_json(a.bench_json, Path(a.weights) / MANIFEST, m)
     print(json.dumps(m, indent=2))
 
 

@@ -44,8 +44,9 @@ class BundleLayout:
 def export_weights(out: Path, tok: nn.Module, var: nn.Module, classes: list[dict], *,
                    defaults: dict[str, Any] | None = None, meta: dict[str, Any] | None = None,
                    var_dtype: torch.dtype = torch.float32, styles: list[str] | None = None,
-                   layout: BundleLayout = BundleLayout()) -> Path:
-    """Write the four files of the bundle into ``out``; returns the manifest path."""
+                   layout: BundleLayout = BundleLayout(), extra: dict[str, Any] | None = None) -> Path:
+    """Write the four files of the bundle into ``out``; returns the manifest path. ``extra``: manifest
+    entries another step owns (a re-export keeps the bundle's control adapters)."""
     out.mkdir(parents=True, exist_ok=True)
     save_file(_state(tok, torch.float32), str(out / layout.tokenizer_file), metadata={"format": "pt"})
     save_file(_state(var, var_dtype), str(out / layout.generator_file), metadata={"format": "pt"})
@@ -65,6 +66,7 @@ def export_weights(out: Path, tok: nn.Module, var: nn.Module, classes: list[dict
         manifest["styles"] = list(styles)
     if meta:
         manifest["training"] = meta
+    manifest.update(extra or {})
     path = out / layout.manifest
     path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
@@ -113,6 +115,6 @@ def open_stage(weights: str | Path, data_cache: str | Path, threads: int) -> Sta
         print(s, file=sys.stderr, flush=True)
     weights = Path(weights)
     bundle, manifest, classes = read_bundle(weights)
-    d = emoji_data.load_dataset(data_cache, None, seed=0, log=log)
+    d = emoji_data.load_for_manifest(data_cache, manifest, log=log)
     return Stage(log, weights, bundle, manifest, classes, d)
 

@@ -30,7 +30,7 @@ def finetune_decoder(weights: Path, data_cache: Path, steps: int, minutes: float
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     info = json.loads((weights / MANIFEST).read_text(encoding="utf-8"))
     tok = load_manifest(weights / MANIFEST).tokenizer.float()
-    d = emoji_data.load_dataset(data_cache, info.get("training", {}).get("args", {}).get("data_classes"), log=log)
+    d = emoji_data.load_for_manifest(data_cache, info, log=log)
     images = d.images[d.tokenizer_train()]
     gen = seed_everything(seed)
     tok.requires_grad_(False)

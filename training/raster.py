@@ -100,8 +100,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
 
     var_bundle, var_manifest, classes = read_bundle(Path(a.weights))
-    d = emoji_data.load_dataset(a.data_cache, var_manifest.get("training", {}).get("args", {}).get("data_classes"),
-                                log=log)
+    d = emoji_data.load_for_manifest(a.data_cache, var_manifest, log=log)
     by_emoji = {c["emoji"]: i for i, c in enumerate(classes)}
     remap = np.array([by_emoji.get(c["emoji"], -1) for c in d.classes])
     gen = seed_everything(a.seed)

@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
            "generator_set": emoji_data.EmojiData.generator_train.__doc__.split(",")[0].strip()}
     meta["restyle_runs"] = list(meta.get("restyle_runs", [])) + [run]  # each run continues the previous one
     export_weights(weights, bundle.tokenizer.float(), var.cpu().eval(), classes, defaults=manifest.get("defaults"),
-                   meta=meta, var_dtype=torch.float16, styles=d.styles)
+                   meta=meta, var_dtype=torch.float16, styles=d.styles,
+                   extra={k: manifest[k] for k in ("controls",) if k in manifest})
     log(f"exported {len(classes)} classes x {len(d.styles)} styles to {weights}")
 
 

@@ -49,6 +49,54 @@ def test_training_smoke_end_to_end(tmp_path, capsys) -> None:
     assert torch.equal(state2["var"]["head.weight"], state["var"]["head.weight"])
 
 
+def test_restyle_smoke_with_scale_balanced_loss(tmp_path) -> None:
+    """restyle adds the style table to an exported bundle and fine-tunes it with the scale-balanced loss
+    and the first-scales batch, keeping the bundle's control adapters."""
+    from arnodes.engine.conditioning import Conditioning
+    from arnodes.engine.generate import generate
+    from arnodes.engine.loader import load_manifest
+    from arnodes.engine.control.var_cnn import VARControlAdapter, VARControlConfig
+    from arnodes.training import restyle, train
+    from arnodes.training.control_adapter import write_adapter
+
+    export, cache = tmp_path / "weights", tmp_path / "data"
+    train.run(train.parse_args(["--out", str(tmp_path / "run"), "--export", str(export),
+                                "--data-cache", str(cache)] + TINY))
+    before = load_manifest(export / "emoji.json").generator.head.weight.clone()
+    cfg = load_manifest(export / "emoji.json").generator.cfg  # an (untrained) adapter the re-export must keep
+    write_adapter(export, "canny", VARControlAdapter(VARControlConfig(cfg.embed_dim, cfg.depth, cfg.patch_nums, 64,
+                                                                      channels=(8, 8, 8, 8))), {"steps": 0})
+    controls = json.loads((export / "emoji.json").read_text())["controls"]
+    restyle.main(["--weights", str(export), "--data-cache", str(cache), "--steps", "2", "--batch", "2",
+                  "--scale-balance", "1", "--coarse-batch", "4", "--threads", "1"])
+    manifest = json.loads((export / "emoji.json").read_text())
+    run = manifest["training"]["restyle_runs"][-1]
+    assert run["steps"] == 2 and run["scale_balance"] == 1.0 and run["coarse_batch"] == 4
+    assert manifest["controls"] == controls
+    bundle = load_manifest(export / "emoji.json")
+    assert bundle.generator.cfg.num_styles == len(manifest["styles"]) >= 2 and bundle.control("canny") is not None
+    assert not torch.equal(bundle.generator.head.weight, before)  # it trained
+    cond = Conditioning(class_ids=(0, 1), style_ids=(0, 1), cfg=1.0)
+    assert bundle.tokenizer.decode_grids(generate(bundle, cond, seed=0).grids).shape == (2, 3, 64, 64)
+
+
+def test_scale_balanced_weights() -> None:
+    from arnodes.training.generator_stage import scale_balanced_weights, weighted_cross_entropy
+
+    pns = (1, 2, 3)
+    plain, balanced, half = (scale_balanced_weights(pns, b) for b in (0.0, 1.0, 0.5))
+    assert torch.equal(plain, torch.ones(14))
+    per_scale = [balanced[:1].sum(), balanced[1:5].sum(), balanced[5:].sum()]
+    assert torch.allclose(torch.stack(per_scale), torch.full((3,), 14 / 3))  # each scale weighs the same
+    assert torch.allclose(half, (plain + balanced) / 2) and abs(float(half.mean()) - 1) < 1e-6
+    with pytest.raises(ValueError, match="scale balance"):
+        scale_balanced_weights(pns, 1.5)
+    logits, y = torch.randn(2, 14, 5), torch.randint(0, 5, (2, 14))
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, 5), y.reshape(-1), reduction="none").view(2, 14)
+    assert torch.allclose(weighted_cross_entropy(logits, y, None), ce.mean())
+    assert torch.allclose(weighted_cross_entropy(logits, y, balanced), (ce * balanced).mean())
+
+
 def test_training_raster_smoke_end_to_end(tmp_path) -> None:
     """raster.py: one step of each stage on top of a (tiny) exported emoji-var bundle; the exported
     emoji-raster model loads beside it and draws with plain and speculative decoding."""
@@ -79,7 +127,8 @@ def test_training_raster_smoke_end_to_end(tmp_path) -> None:
 def test_training_text_model_smoke_end_to_end(tmp_path, capsys) -> None:
     """text_model.py: one step on top of a (tiny) exported emoji-raster bundle; the exported emoji-text model
     loads (its encoder through the manifest) and draws a prompt; a second run continues from the first
-    (--init) with the auxiliary loss; re-running resumes."""
+    (--init) with the auxiliary loss; re-running resumes; a run starts from the exported bundle with the
+    prefix batch."""
     from arnodes.engine.conditioning import Conditioning
     from arnodes.engine.generate import generate
     from arnodes.engine.loader import load_manifest
@@ -108,3 +157,14 @@ def test_training_text_model_smoke_end_to_end(tmp_path, capsys) -> None:
     capsys.readouterr()
     again = text_model.run(text_model.parse_args(["--out", str(tmp_path / "t1")] + tiny))
     assert "resuming" in capsys.readouterr().err and again["t2i_step"] == 1
+
+    # a third run starts from the exported bundle (float16 GPT, encoder, null caption) with the prefix batch
+    exported_gpt = bundle.generator.state_dict()["cls_embedding.uncond_embedding"].float()
+    third = text_model.run(text_model.parse_args(["--out", str(tmp_path / "t3"), "--init", str(export / "emoji_text.json"),
+                                                  "--prefix-batch", "3", "--prefix-tokens", "4", "--no-export"] + tiny))
+    assert third["t2i_step"] == 1 and "weights from" in capsys.readouterr().err
+    assert not torch.equal(third["model"]["null_caption"], exported_gpt[:8])  # loaded, then trained one step
+    assert torch.allclose(third["model"]["null_caption"], exported_gpt[:8], atol=0.05)
+    with pytest.raises(SystemExit, match="not weights of this model"):
+        text_model.run(text_model.parse_args(["--out", str(tmp_path / "t4"), "--init", str(export / "emoji_raster.json")]
+                                             + tiny))
