@@ -226,14 +226,17 @@ def block_emoji_text() -> str:
     rows += [["style named, all styles (mean)", pct(m["style_acc_mean"]), ">= 80 %"],
              ["style judge on tokenizer reconstructions of the references",
               f"{pct(m['style_judge_validation_acc'])} ({m['style_judge_validation_images']} images)", ""],
-             ["4 seeds of one prompt: distinct drawings (mean)", f(m["seed_distinct_mean"]), ""],
+             ["4 seeds of one prompt: distinct drawings (mean)", f(m["seed_distinct_mean"]), ">= 3"],
              ["4 seeds of one prompt: prompts with >= 3 distinct drawings", pct(m["seed_at_least_3_share"]), ""],
              ["same seed twice gives identical pixels", "yes" if m["same_seed_identical"] else "NO", "yes"]]
-    before = (f" after a first run of {tr['init_steps']} steps, {tr['init_seconds']} s (`--init`)"
+    before = (f" after earlier runs of {tr['init_steps']} steps, {tr['init_seconds']} s in all (`--init`)"
               if tr.get("init_steps") else "")
+    args = tr.get("args", {})
+    prefix = (f"; prefix batch {args['prefix_batch']} captions on the first {args['prefix_tokens']} tokens"
+              if args.get("prefix_batch") else "")
     lines = [f"- Training (`training/text_model.py`, GPT from {tr.get('generator_from')}): {tr.get('steps')} steps, "
              f"{tr.get('train_seconds')} s on {tr.get('images')} captioned images{before}; auxiliary loss weight "
-             f"{tr.get('args', {}).get('aux_weight', 0)}.",
+             f"{args.get('aux_weight', 0)}, lr {args.get('lr')}{prefix}.",
              f"\nMeasured on a {_machine(e['env'])} with the defaults {m['defaults']} (evaluation "
              f"{m['eval_seconds']:.0f} s):\n"]
     return "\n".join(lines + _table(["metric (`training/evaluate_text.py`)", "value", "target"], rows)) + "\n"
