@@ -34,7 +34,7 @@ from . import data as emoji_data
 from . import prompts
 from .common import add_where_args, bf16_autocast_pays, load_checkpoint, pick_device, resume_state, rng_state, \
     run_settings, save_checkpoint, seed_everything, set_rng_state
-from .generator_stage import train_teacher_forced
+from .generator_stage import train_teacher_forced, weighted_cross_entropy
 from .export import MANIFEST as VAR_MANIFEST
 from .raster import LAYOUT as RASTER, init_gpt, raster_tokens
 
@@ -244,7 +244,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             pidx = torch.randint(0, len(idx), (a.prefix_batch,), generator=gen)
             pdrop = torch.rand(a.prefix_batch, generator=gen) < a.cond_drop
             plogits, py, paux = captioned(pidx, pdrop, a.prefix_tokens, a.aux_weight)
-            extra += [F.cross_entropy(plogits.reshape(-1, plogits.shape[-1]), py.reshape(-1))]
+            extra += [weighted_cross_entropy(plogits, py, None)]
             extra += [] if paux is None else [paux]
         return (logits, y, sum(extra)) if extra else (logits, y)
 
