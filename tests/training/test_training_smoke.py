@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -56,7 +57,7 @@ def test_restyle_smoke_with_scale_balanced_loss(tmp_path) -> None:
     from arnodes.engine.generate import generate
     from arnodes.engine.loader import load_manifest
     from arnodes.engine.control.var_cnn import VARControlAdapter, VARControlConfig
-    from arnodes.training import restyle, train
+    from arnodes.training import restyle, scale_loss, train
     from arnodes.training.control_adapter import write_adapter
 
     export, cache = tmp_path / "weights", tmp_path / "data"
@@ -78,6 +79,23 @@ def test_restyle_smoke_with_scale_balanced_loss(tmp_path) -> None:
     assert not torch.equal(bundle.generator.head.weight, before)  # it trained
     cond = Conditioning(class_ids=(0, 1), style_ids=(0, 1), cfg=1.0)
     assert bundle.tokenizer.decode_grids(generate(bundle, cond, seed=0).grids).shape == (2, 3, 64, 64)
+
+    # scale_loss measures the restyled bundle: per-scale loss under the three style inputs, and the data's floor
+    scale_loss.main(["--weights", str(export), "--data-cache", str(cache), "--label", "tiny", "--json",
+                     str(tmp_path / "loss.json"), "--images", "8"])
+    entry = json.loads((tmp_path / "loss.json").read_text())["bundles"]["tiny"]
+    assert set(entry["cross_entropy"]) == {"right", "any", "wrong"}
+    assert list(entry["cross_entropy"]["right"]) == [f"{p}x{p}" for p in bundle.generator.cfg.patch_nums]
+    for floor in entry["floor_first_scales"].values():  # knowing the style can only lower the entropy
+        assert 0.0 <= floor["class_and_style"] <= floor["class"] + 1e-9
+
+
+def test_conditional_entropy_counts() -> None:
+    from arnodes.training.scale_loss import conditional_entropy
+
+    rows = torch.tensor([[1], [2], [1], [1]])
+    assert conditional_entropy(rows, ["a", "a", "b", "b"]) == pytest.approx(0.5 * math.log(2))  # a: two values
+    assert conditional_entropy(rows, ["a", "b", "c", "d"]) == 0.0
 
 
 def test_scale_balanced_weights() -> None:
