@@ -270,8 +270,9 @@ def block_emoji_style_loss() -> str:
         scales = list(b["cross_entropy"]["right"])
         for style, ce in b["cross_entropy"].items():
             rows.append([label, f"{style} style"] + [f(ce[sc], 3) for sc in scales])
-    floor = next(iter(r["bundles"].values()))["floor_first_scales"]
-    lines = [f"Teacher-forced cross-entropy (nats per token) on {next(iter(r['bundles'].values()))['images']} "
+    first = next(iter(r["bundles"].values()))
+    floor = first["floor_first_scales"]
+    lines = [f"Teacher-forced cross-entropy (nats per token) on {first['images']} "
              f"training drawings, per scale, with the drawing's own style, \"any\" and a wrong style "
              f"(`training/scale_loss.py`, {_machine(r['env'])}). The data's floor for the 1x1 token: "
              f"{f(floor['first_1_scales']['class_and_style'], 2)} nats given class and style, "

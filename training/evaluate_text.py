@@ -32,8 +32,8 @@ from ..engine.generate import generate as engine_generate
 from ..engine.loader import load_manifest
 from ..engine.sampling import SamplingParams
 from . import data as emoji_data
-from .common import write_bench_json
 from . import prompts
+from .common import write_bench_json
 from .evaluate import distinct_drawings, nn_metrics, reconstruct, to_uint8
 from .export import set_defaults
 from .raster import LAYOUT as RASTER

@@ -66,8 +66,6 @@ class CoarseBatch:
 
     batch: int = 256
     scales: int = 2
-    weight: float = 1.0
-    cond_drop: float = 0.1
 
 
 BatchForward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -91,9 +89,9 @@ def train_generator(model: VAR, var_input: torch.Tensor, targets: torch.Tensor, 
         end = model.scale_ends()[coarse.scales - 1]
         idx = torch.randint(0, len(labels), (coarse.batch,), generator=gen)
         lab = labels[idx].clone()
-        lab[torch.rand(coarse.batch, generator=gen) < coarse.cond_drop] = model.cfg.num_classes
+        lab[torch.rand(coarse.batch, generator=gen) < loop["cond_drop"]] = model.cfg.num_classes  # as the main batch
         logits = model(lab.to(device), var_input[idx, :end - model.first_l].to(device), style_ids(idx))
-        return coarse.weight * weighted_cross_entropy(logits, targets[idx, :end].to(device), None)
+        return weighted_cross_entropy(logits, targets[idx, :end].to(device), None)
 
     def forward(idx: torch.Tensor, lab: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = (model(lab, var_input[idx].to(device), style_ids(idx)), targets[idx].to(device))
@@ -133,8 +131,9 @@ def train_teacher_forced(model: nn.Module, labels: torch.Tensor, null_class: int
                          tune_threads: bool = True, token_weights: torch.Tensor | None = None) -> None:
     """The training loop every class-conditional generator shares: AdamW with cosine decay, ``cond_drop`` of
     the labels replaced by ``null_class`` (classifier-free guidance), cross-entropy of ``forward(idx, labels)``
-    = (logits (B, L, V), targets (B, L)[, auxiliary loss to add]); resumable from ``state[prefix + '_step' / '_opt' / '_time']``.
-    ``token_weights`` (L,), mean 1: per-position weights of the cross-entropy (None: all equal)."""
+    = (logits (B, L, V), targets (B, L)[, auxiliary loss to add]); resumable from
+    ``state[prefix + '_step' / '_opt' / '_time']``. ``token_weights`` (L,), mean 1: per-position weights of
+    the cross-entropy (None: all equal)."""
     model.train().to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_" not in n and "emb" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_" not in n and "emb" not in n)]

@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     per_style = {s: int((d.style[idx] == i).sum()) for i, s in enumerate(d.styles)}
     log(f"{len(idx)} generator images of {len(classes)} classes: {per_style}")
     gen = seed_everything(a.seed)
+    weights_by_token = scale_balanced_weights(bundle.generator.cfg.patch_nums, a.scale_balance) if a.scale_balance \
+        else None
     var = add_style_table(bundle.generator.float(), len(d.styles))
     t0 = time.time()
     var_input, targets = tokenize(bundle.tokenizer, d.images[idx], torch.device("cpu"))
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
                     cond_drop=0.1, save=lambda: None,
                     ckpt_every=10 ** 9, budget_s=60 * a.minutes, threads=a.threads,
                     styles=torch.from_numpy(d.style[idx].astype(np.int64)), style_drop=a.style_drop,
-                    token_weights=scale_balanced_weights(var.cfg.patch_nums, a.scale_balance) if a.scale_balance else None,
+                    token_weights=weights_by_token,
                     coarse=CoarseBatch(a.coarse_batch, a.coarse_scales) if a.coarse_batch else None)
     meta = dict(manifest.get("training", {}))
     run = {"styles": d.styles, "images": int(len(idx)), "images_per_style": per_style,

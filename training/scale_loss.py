@@ -6,7 +6,8 @@ from the class and style. This measures, on a fixed sample of the generator's tr
 cross-entropy of each scale's tokens under the three style inputs, next to the data's floor for the
 first scales (the conditional entropy of their tokens given class and style, or class alone).
 
-    python -m arnodes.training.scale_loss --weights weights --label "after run 5" --json bench/results/emoji_style_loss.json
+    python -m arnodes.training.scale_loss --weights weights --label "after run 5" \
+        --json bench/results/emoji_style_loss.json
 
 Each call adds (or replaces) the entry of its ``--label`` in the JSON, so bundles can be compared.
 """
