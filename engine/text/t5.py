@@ -10,9 +10,10 @@ the weights) given as a path, or found as ``<models dir>/flan-t5-xl``, or the Hu
 ``google/flan-t5-xl``; offline (``HF_HUB_OFFLINE=1``) only what is on disk is used. A missing file is
 one :class:`MissingFileError` naming the file, where it was looked for and how to get it.
 
-Text cleaning: the official sampler cleans prompts with its ``clean_caption`` (ftfy, BeautifulSoup and a
-list of regexes); arnodes applies only its no-cleaning form, lower case and stripped (``preprocess``
-replaces it).
+Text cleaning: the released encoders (``load_text_encoder``) clean prompts as the official sampler does,
+``clean_caption`` twice (``caption_cleaning.py``: the same rules without ftfy / BeautifulSoup, checked
+against the official outputs); an encoder with its own tokenizer file (the bundled model's, whose
+normaliser does its own work) only lower-cases and strips. ``preprocess`` replaces either.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from torch import nn
 
 from ..errors import CheckpointError, InvalidInputError, MissingFileError
 from ..resolve import default_models_dir, hub_offline
+from .caption_cleaning import clean_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +199,8 @@ def resolve_text_encoder(name_or_path: str | Path = "flan-t5-xl", models_dir: st
 def load_text_encoder(name_or_path: str | Path = "flan-t5-xl", device: torch.device | str = "cpu",
                       dtype: torch.dtype = torch.float32, models_dir: str | Path | None = None,
                       offline: bool | None = None, max_length: int = MAX_LENGTH) -> T5TextEncoder:
-    """Load a T5 encoder and its tokenizer (offline-safe; see :func:`resolve_text_encoder`)."""
+    """Load a T5 encoder and its tokenizer (offline-safe; see :func:`resolve_text_encoder`); prompts are
+    cleaned as the official sampler cleans them."""
     folder = resolve_text_encoder(name_or_path, models_dir, offline)
     import transformers
     from transformers import AutoTokenizer, T5EncoderModel
@@ -209,7 +212,8 @@ def load_text_encoder(name_or_path: str | Path = "flan-t5-xl", device: torch.dev
     except (OSError, ValueError, RuntimeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"{folder}: the text encoder could not be loaded ({first})") from e
-    return T5TextEncoder(model.to(device=device, dtype=dtype), tokenizer, max_length, name=str(name_or_path))
+    return T5TextEncoder(model.to(device=device, dtype=dtype), tokenizer, max_length, preprocess=clean_prompt,
+                         name=str(name_or_path))
 
 
 # ---- a model's "text_encoder" entry of kind "t5" (text/encoders.py) ---------------------------------

@@ -297,6 +297,25 @@ def test_encoder_loads_from_a_models_folder_and_matches_the_reference(tmp_path):
     torch.testing.assert_close(hidden, c["t5_encoder_last_hidden_state"], atol=1e-4, rtol=0)
     feats, mask = loaded.encode(["w3 w4", "w5"])
     assert feats.shape == (2, 120, 32) and mask.sum(1).tolist() == [3, 2]
+    # a released encoder cleans prompts as the official sampler does: the tags and the handle go
+    assert loaded.tokenize(["<b>W3</b> w4 @someone"])[0].tolist() == loaded.tokenize(["w3 w4"])[0].tolist()
+    assert loaded.preprocess("A cat,a dog (8k)") == "a cat, a dog 8k"
+
+
+def test_prompt_cleaning_matches_the_official_outputs():
+    """clean_prompt against the official text_preprocessing (clean_caption twice), recorded with ftfy and
+    BeautifulSoup by tools/clean_caption_fixture.py, and the three examples of the shared fixture."""
+    import json
+
+    from arnodes.engine.text.caption_cleaning import clean_prompt
+
+    recorded = json.loads((CASE.parent / "clean_caption.json").read_text(encoding="utf-8"))["cases"]
+    shared = json.loads((CASE / "config.json").read_text(encoding="utf-8"))["t5_text_preprocessing"]
+    assert len(recorded) >= 50
+    changed = [c for c in recorded if c["preprocessed"] != c["raw"].lower().strip()]
+    assert len(changed) >= 35  # most cases exercise a rule: lower-casing alone would fail them
+    for case in recorded + shared:
+        assert clean_prompt(case["raw"]) == case["preprocessed"], case["raw"]
 
 
 def test_missing_encoder_is_one_clear_error(tmp_path, monkeypatch):
