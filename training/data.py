@@ -3,6 +3,8 @@
 Drawings come from several freely licensed emoji sets (``styles.py``: Noto Color
 Emoji from the Debian font, Twemoji and Fluent Emoji from npm packages), aligned
 by code point / CLDR name; the style of every image is recorded (``style``).
+The class models train on data v2's four sets (``styles.V2_STYLES``); the text model on all seven
+(``--styles all``: adds Fluent's outlines and EmojiOne's colour and black sets).
 Names and groups come from Unicode's ``emoji-test.txt`` (Debian ``unicode-data``),
 CLDR keywords from npm ``emojibase-data``; all are needed at build time only,
 and nothing is downloaded.
@@ -316,7 +318,7 @@ def cache_path(cache_dir: Path, max_classes: int | None, n_aug: int, seed: int, 
 
     font = find_font()
     key = json.dumps([DATA_VERSION, max_classes, n_aug, seed, str(font), font.stat().st_size if font else 0,
-                      styles or list(style_sets.STYLES), placed_frac, style_sets.NPM_PACKAGES])
+                      list(styles or style_sets.V2_STYLES), placed_frac, style_sets.NPM_PACKAGES])
     return Path(cache_dir) / f"emoji_{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
 
 
@@ -341,8 +343,20 @@ def load_dataset(cache_dir: Path | str = DEFAULT_CACHE, max_classes: int | None 
 
 def load_for_manifest(cache_dir: Path | str, manifest: dict, log=None) -> EmojiData:
     """The data set a bundle was trained on: its manifest records the class count (a tiny test bundle's
-    few classes; absent = all), so its steps never build the whole set for it."""
-    return load_dataset(cache_dir, manifest.get("training", {}).get("args", {}).get("data_classes"), log=log)
+    few classes; absent = all), so its steps never build the whole set for it, and its styles (a class
+    model's style inputs, or the sets a text model trained on; absent = data v2's four)."""
+    training = manifest.get("training", {})
+    return load_dataset(cache_dir, training.get("args", {}).get("data_classes"), log=log,
+                        styles=manifest.get("styles") or training.get("data_styles"))
+
+
+def parse_styles(text: str | None) -> list[str] | None:
+    """A ``--styles`` value: None (data v2's four), 'all', or comma-separated names."""
+    from . import styles as style_sets
+
+    if text is None:
+        return None
+    return list(style_sets.STYLES) if text == "all" else [s.strip() for s in text.split(",") if s.strip()]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -354,9 +368,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-classes", type=int, default=None)
     p.add_argument("--n-aug", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--styles", default=None, help="comma-separated style sets, or 'all' (default: data v2's four)")
     p.add_argument("--preview", default=None, help="write a PNG grid of the first images")
     a = p.parse_args(argv)
-    d = load_dataset(a.cache_dir, a.max_classes, a.n_aug, a.seed, log=lambda s: print(s, file=sys.stderr))
+    d = load_dataset(a.cache_dir, a.max_classes, a.n_aug, a.seed, log=lambda s: print(s, file=sys.stderr),
+                     styles=parse_styles(a.styles))
     per_style = {name: int((d.style == i).sum()) for i, name in enumerate(d.styles)}
     print(f"{len(d.classes)} classes, {len(d.images)} images {per_style} "
           f"(tokenizer train {len(d.tokenizer_train())}, held out {len(d.tokenizer_heldout())}, "

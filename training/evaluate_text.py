@@ -66,7 +66,7 @@ def evaluate(weights: Path, data_cache: Path, sweep: bool, samples_path: Path | 
     bundle = load_manifest(manifest)
     raster_info = json.loads((weights / RASTER.manifest).read_text(encoding="utf-8"))
     classes = json.loads((weights / raster_info["classes"]).read_text(encoding="utf-8"))
-    d = emoji_data.load_dataset(data_cache, None, log=log)
+    d = emoji_data.load_for_manifest(data_cache, json.loads(manifest.read_text(encoding="utf-8")), log=log)
     by_emoji = {c["emoji"]: i for i, c in enumerate(classes)}
     remap = np.array([by_emoji.get(c["emoji"], -1) for c in d.classes])
     held = prompts.heldout_prompts(classes, common_style_classes(d, remap))
@@ -101,16 +101,19 @@ def evaluate(weights: Path, data_cache: Path, sweep: bool, samples_path: Path | 
     log(f"held-out prompts, class accuracy {metrics['prompt_class_acc']:.3f} with {defaults}")
 
     judge = build_judge(d, remap, sorted(set(ids)), lambda x: reconstruct(bundle.tokenizer, x))
-    style_acc, style_class = {}, {}
-    for s, name in enumerate(d.styles):
-        samples = draw(bundle, [styled(t, name) for t in texts], 0, cfg, k, p)
-        style_acc[name] = float((judge.predict(samples, ids) == s).mean())
-        style_class[name] = nn_metrics(samples, ids, ref, ref_labels)["nn_class_acc"]
+    style_acc, style_class, style_prompts = {}, {}, {}
+    for s, name in enumerate(d.styles):  # the held-out prompts whose emoji the set draws
+        sel = [i for i, c in enumerate(ids) if judge.has(c, s)]
+        samples = draw(bundle, [styled(texts[i], name) for i in sel], 0, cfg, k, p)
+        style_acc[name] = float((judge.predict(samples, [ids[i] for i in sel]) == s).mean())
+        style_class[name] = nn_metrics(samples, [ids[i] for i in sel], ref, ref_labels)["nn_class_acc"]
+        style_prompts[name] = len(sel)
     metrics.update({"style_judge": "nearest canonical drawing of the sample's class, per style (L2 at 32x32)",
                     "style_judge_validation_acc": judge.validation_accuracy,
                     "style_judge_validation_images": judge.validation_images,
                     "style_acc": style_acc, "style_acc_mean": float(np.mean(list(style_acc.values()))),
                     "style_acc_min": min(style_acc.values()), "styled_prompt_class_acc": style_class,
+                    "style_prompts": style_prompts,
                     "style_prompt_form": styled("PROMPT", "twemoji").replace("twemoji", "NAME")})
     log(f"styles: judge {judge.validation_accuracy:.3f} on reconstructions; {style_acc}; class acc {style_class}")
 

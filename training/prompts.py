@@ -24,6 +24,9 @@ STYLE_WORDS: dict[str, tuple[str, ...]] = {  # data style name -> the phrases a 
     "twemoji": ("twemoji", "twitter"),
     "fluent-flat": ("fluent flat",),
     "fluent-color": ("fluent color",),
+    "fluent-mono": ("fluent mono", "fluent outline"),
+    "emojione": ("emojione", "emoji one"),
+    "emojione-mono": ("emojione mono", "emojione black"),
 }
 GLUE = ("a", "an", "the", "of", "with", "in", "and", "emoji", "drawing", "icon", "style", "picture")
 FRAMES = ("an emoji of {}", "{} emoji", "a drawing of {}", "{} icon")

@@ -37,27 +37,35 @@ class StyleJudge:
 
     def predict(self, samples: np.ndarray, class_ids: list[int]) -> np.ndarray:
         """Style index per uint8 sample of the given (model) class."""
-        refs = self.refs[[self.rows[c] for c in class_ids]]  # [N, styles, features]
-        return ((refs - features(samples)[:, None]) ** 2).sum(-1).argmin(1).numpy()
+        refs = self.refs[[self.rows[c] for c in class_ids]]  # [N, styles, features]; NaN: no such drawing
+        dist = ((refs - features(samples)[:, None]) ** 2).sum(-1)
+        return dist.nan_to_num(float("inf")).argmin(1).numpy()
+
+    def has(self, class_id: int, style: int) -> bool:
+        return not bool(self.refs[self.rows[class_id], style].isnan().any())
 
 
 def build_judge(d: emoji_data.EmojiData, remap: np.ndarray, class_ids: list[int], reconstruct) -> StyleJudge:
-    """A judge for ``class_ids`` (model ids; each must be drawn canonically in every style) from the data
-    set's drawings; ``reconstruct(uint8 images) -> uint8 images`` is the tokenizer's encode -> decode."""
+    """A judge for ``class_ids`` (model ids) from the data set's drawings; ``reconstruct(uint8 images) ->
+    uint8 images`` is the tokenizer's encode -> decode. A style that lacks a class's emoji (EmojiOne 2.2
+    predates the newer ones) is never that class's verdict; a class drawn in no style is an error."""
     canon = d.kind == emoji_data.KIND_CANONICAL
     model_ids = remap[d.labels]
     index = np.full((len(class_ids), len(d.styles)), -1)
     for row, c in enumerate(class_ids):
         for s in range(len(d.styles)):
             found = np.nonzero(canon & (model_ids == c) & (d.style == s))[0]
-            if not len(found):
-                raise ValueError(f"class {c} has no canonical drawing in style {d.styles[s]!r}")
-            index[row, s] = found[0]
-    drawings = d.images[index.reshape(-1)]
-    judge = StyleJudge(list(d.styles), features(drawings).view(len(class_ids), len(d.styles), -1),
+            index[row, s] = found[0] if len(found) else -1
+        if (index[row] < 0).all():
+            raise ValueError(f"class {c} has no canonical drawing in any style")
+    present = index.reshape(-1) >= 0
+    drawings = d.images[index.reshape(-1)[present]]
+    refs = torch.full((len(class_ids) * len(d.styles), 3 * 32 * 32), float("nan"))
+    refs[torch.from_numpy(present)] = features(drawings)
+    judge = StyleJudge(list(d.styles), refs.view(len(class_ids), len(d.styles), -1),
                        {c: i for i, c in enumerate(class_ids)})
-    truth = np.tile(np.arange(len(d.styles)), len(class_ids))
-    judged = judge.predict(reconstruct(drawings), [c for c in class_ids for _ in d.styles])
+    truth = np.tile(np.arange(len(d.styles)), len(class_ids))[present]
+    judged = judge.predict(reconstruct(drawings), np.repeat(class_ids, len(d.styles))[present].tolist())
     judge.validation_accuracy = float((judged == truth).mean())
     judge.validation_images = int(len(drawings))
     return judge

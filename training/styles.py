@@ -14,6 +14,12 @@ Shipped styles and why (licences that allow shipping a model trained on them):
 - ``fluent-flat`` / ``fluent-color``: Microsoft Fluent Emoji SVGs (MIT) from npm
   ``fluentui-emoji`` ("flat" and "modern" sets), rasterised with ``resvg-py``.
 
+Extra styles (data v3, the text model's: more drawings of each emoji, so that seeds change more than
+the style among four): ``fluent-mono`` (the same package's "high-contrast" outlines, MIT),
+``emojione`` / ``emojione-mono`` (EmojiOne 2.2.7's 64 px colour and black PNGs from npm ``emojione``:
+its artwork is CC-BY 4.0, like Twemoji's; attribution in the model card). EmojiOne 2.2 predates
+Unicode 10, so it lacks the newer emoji; a missing drawing is simply absent from that style.
+
 Not used: OpenMoji (CC-BY-SA 4.0: share-alike terms on a trained model are unclear)
 and the Apple / Facebook sets (not freely licensed).
 """
@@ -28,7 +34,7 @@ from typing import Callable, Protocol
 
 from PIL import Image
 
-NPM_PACKAGES = ("emoji-datasource-twitter@16.0.0", "fluentui-emoji@1.3.0", "emojibase-data@17.0.0")
+NPM_PACKAGES = ("emoji-datasource-twitter@16.0.0", "fluentui-emoji@1.3.0", "emojibase-data@17.0.0", "emojione@2.2.7")
 PACKAGES_ENV = "ARNODES_EMOJI_PACKAGES"
 DEFAULT_PACKAGES = Path(__file__).resolve().parent / ".cache" / "npm" / "node_modules"
 SVG_RENDER_SIZE = 160  # 2.5x the model's 64 px; gradients render in ~1/3 of the time of 256 px
@@ -161,18 +167,43 @@ class FluentSvg:
         return Image.open(io.BytesIO(bytes(png))).convert("RGBA")
 
 
+@dataclass
+class EmojiOnePng:
+    """EmojiOne 2.2 64 px PNGs named by code points without FE0F and ZWJ ('1f468-2764-1f468.png')."""
+
+    name: str = "emojione"
+    folder: str = "png"
+    licence: str = "CC-BY 4.0 (artwork)"
+    credit: str = "EmojiOne 2.2.7, Ranks.com (npm emojione)"
+
+    def __post_init__(self) -> None:
+        self._dir = require_package("emojione") / "assets" / self.folder
+
+    def drawing(self, emoji: str, name: str) -> Image.Image | None:
+        stem = "-".join(cp for cp in codepoints(emoji, keep_fe0f=False) if cp != "200d")
+        path = self._dir / f"{stem}.png"
+        if not path.is_file():
+            return None
+        with Image.open(path) as im:
+            return im.convert("RGBA")
+
+
 # name -> factory; the order is the style id order of the data set and the model's style embedding
 STYLES: dict[str, Callable[[], StyleSource]] = {
     "noto": NotoFont,
     "twemoji": TwemojiPng,
     "fluent-flat": FluentSvg,
     "fluent-color": lambda: FluentSvg(name="fluent-color", folder="modern"),
+    "fluent-mono": lambda: FluentSvg(name="fluent-mono", folder="high-contrast"),
+    "emojione": EmojiOnePng,
+    "emojione-mono": lambda: EmojiOnePng(name="emojione-mono", folder="png_bw"),
 }
+V2_STYLES = ("noto", "twemoji", "fluent-flat", "fluent-color")  # data v2: the class models' four sets
 
 
 def load_styles(names: list[str] | None = None) -> list[StyleSource]:
-    """Instantiate the named style sources (default all); a missing package is one clear error."""
-    names = list(STYLES) if names is None else names
+    """Instantiate the named style sources (default: data v2's four); a missing package is one clear error."""
+    names = list(V2_STYLES) if names is None else names
     unknown = [n for n in names if n not in STYLES]
     if unknown:
         raise ValueError(f"unknown styles {unknown}; known: {list(STYLES)}")

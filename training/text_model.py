@@ -37,6 +37,7 @@ from .common import add_where_args, bf16_autocast_pays, load_checkpoint, pick_de
 from .generator_stage import train_teacher_forced, weighted_cross_entropy
 from .export import MANIFEST as VAR_MANIFEST
 from .raster import LAYOUT as RASTER, init_gpt, raster_tokens
+from .styles import V2_STYLES
 
 NAME, MANIFEST = "emoji-text", "emoji_text.json"
 GPT_FILE, ENCODER_FILE, TOKENIZER_FILE = "emoji_text_gpt.safetensors", "emoji_text_t5.safetensors", \
@@ -50,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="folder with the bundled emoji-raster model (its GPT is the start, its tokenizer is shared); "
                         "the export goes here")
     add_where_args(p, str(emoji_data.DEFAULT_CACHE / "text"), str(emoji_data.DEFAULT_CACHE))
+    p.add_argument("--styles", default="all",
+                   help="the emoji sets to train on: 'all' (data v3: seven sets) or comma-separated names")
     p.add_argument("--caption-tokens", type=int, default=16, help="caption positions (the encoder's max length)")
     p.add_argument("--text-dim", type=int, default=128)
     p.add_argument("--text-layers", type=int, default=2)
@@ -119,10 +122,11 @@ class TextToImage(nn.Module):
         return sd
 
 
-def init_weights(model: TextToImage, path: Path, log) -> dict[str, Any]:
+def init_weights(model: TextToImage, path: Path, vocab: list[str], log) -> dict[str, Any]:
     """Load ``path`` into ``model``: a training checkpoint (ckpt.pt of another --out) or an exported bundle's
-    manifest (emoji_text.json: its float16 GPT and encoder; the auxiliary heads start afresh). Returns the
-    earlier training's steps and seconds, for the manifest."""
+    manifest (emoji_text.json: its float16 GPT and encoder; the auxiliary heads start afresh, and words new
+    to ``vocab`` (a new style's name) get fresh embedding rows). Returns the earlier training's steps and
+    seconds, for the manifest."""
     if path.suffix == ".json":
         from safetensors.torch import load_file
 
@@ -132,7 +136,11 @@ def init_weights(model: TextToImage, path: Path, log) -> dict[str, Any]:
                              f"not {NAME!r})")
         gpt_sd = {k: v.float() for k, v in load_file(str(path.parent / info["generator"]["file"])).items()}
         sd = {f"gpt.{k}": v for k, v in gpt_sd.items()}
-        sd.update({f"encoder.{k}": v for k, v in load_file(str(path.parent / info["text_encoder"]["file"])).items()})
+        old_vocab = json.loads((path.parent / info["text_encoder"]["tokenizer"]).read_text(encoding="utf-8"))
+        enc_sd = regrow_vocab(load_file(str(path.parent / info["text_encoder"]["file"])),
+                              sorted(old_vocab["model"]["vocab"], key=old_vocab["model"]["vocab"].get), vocab,
+                              model.encoder.state_dict())
+        sd.update({f"encoder.{k}": v for k, v in enc_sd.items()})
         sd["null_caption"] = gpt_sd["cls_embedding.uncond_embedding"][: model.null_caption.shape[0]]
         train = info.get("training", {})
         steps = (train.get("init_steps") or 0) + (train.get("steps") or 0)
@@ -147,6 +155,23 @@ def init_weights(model: TextToImage, path: Path, log) -> dict[str, Any]:
         raise SystemExit(f"--init {path}: not weights of this model (missing {missing}, unexpected {unexpected})")
     log(f"weights from {path} (step {steps})")
     return {"init_steps": steps, "init_seconds": seconds}
+
+
+def regrow_vocab(enc_sd: dict[str, torch.Tensor], old: list[str], new: list[str],
+                 fresh: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An encoder state dict over the word list ``old`` moved to ``new``: every word's embedding row follows
+    the word; rows of new words come from ``fresh`` (the new encoder's own initialisation)."""
+    if old == new:
+        return enc_sd
+    where = {w: i for i, w in enumerate(old)}
+    keep = [(j, where[w]) for j, w in enumerate(new) if w in where]
+    out = dict(enc_sd)
+    for k, v in enc_sd.items():
+        if v.dim() == 2 and v.shape[0] == len(old) and k in fresh and fresh[k].shape[0] == len(new):
+            rows = fresh[k].clone().to(v.dtype)
+            rows[[j for j, _ in keep]] = v[[i for _, i in keep]]
+            out[k] = rows
+    return out
 
 
 def warm_start(gpt: LlamaGen, raster_gpt: nn.Module) -> list[str]:
@@ -174,9 +199,10 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     raster = load_manifest(weights / RASTER.manifest)
     raster_info = json.loads((weights / RASTER.manifest).read_text(encoding="utf-8"))
     classes = json.loads((weights / raster_info["classes"]).read_text(encoding="utf-8"))
-    var_manifest = weights / VAR_MANIFEST  # the data set emoji-var (and so emoji-raster) was trained on
-    d = emoji_data.load_for_manifest(
-        a.data_cache, json.loads(var_manifest.read_text(encoding="utf-8")) if var_manifest.is_file() else {}, log=log)
+    var_manifest = weights / VAR_MANIFEST  # its class count (a tiny test bundle's few), with this run's styles
+    var_info = json.loads(var_manifest.read_text(encoding="utf-8")) if var_manifest.is_file() else {}
+    d = emoji_data.load_for_manifest(a.data_cache, {**var_info, "styles": emoji_data.parse_styles(a.styles)},
+                                     log=log)
     by_emoji = {c["emoji"]: i for i, c in enumerate(classes)}
     remap = np.array([by_emoji.get(c["emoji"], -1) for c in d.classes])
     gen = seed_everything(a.seed)
@@ -196,7 +222,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     init_gpt(gpt)
     copied = warm_start(gpt, raster.generator)
     model = TextToImage(encoder, gpt, len(classes), len(d.styles))
-    earlier = init_weights(model, Path(a.init), log) if a.init else {}
+    earlier = init_weights(model, Path(a.init), vocab, log) if a.init else {}
     log(f"{len(vocab)} words; encoder {sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M params, GPT "
         f"{sum(p.numel() for p in gpt.parameters()) / 1e6:.2f}M ({len(copied)} tensors from {RASTER.name})")
 
@@ -259,20 +285,23 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         meta = {"train_seconds": round(state.get("t2i_time", 0.0)), "steps": state.get("t2i_step"),
                 "images": int(len(idx)), "generator_from": RASTER.name, "tokenizer_from": RASTER.name,
                 "heldout_prompts": len(heldout), "args": run_args, **earlier}
-        export(weights, model.cpu(), t5_cfg, tok_json, raster_info, meta)
+        export(weights, model.cpu(), t5_cfg, tok_json, raster_info, meta, d.styles)
         log(f"exported {NAME} to {weights}")
     return state
 
 
 def common_style_classes(d: emoji_data.EmojiData, remap: np.ndarray) -> list[int]:
-    """Model classes drawn canonically in every style (the style test needs all of them)."""
+    """Model classes drawn canonically in each of data v2's four styles: the held-out prompts' candidates.
+    Fixed to those four, so that the held-out prompts stay the same when the data gains styles (earlier
+    runs trained on every other class's captions)."""
     canon = d.kind == emoji_data.KIND_CANONICAL
-    have = [set(remap[d.labels[canon & (d.style == i)]].tolist()) for i in range(len(d.styles))]
+    have = [set(remap[d.labels[canon & (d.style == i)]].tolist()) for i, name in enumerate(d.styles)
+            if name in V2_STYLES]
     return sorted(set.intersection(*have) - {-1})
 
 
 def export(weights: Path, model: TextToImage, t5_cfg: dict[str, Any], tok_json: str, raster_info: dict[str, Any],
-           meta: dict[str, Any], defaults: dict[str, Any] | None = None) -> Path:
+           meta: dict[str, Any], styles: list[str], defaults: dict[str, Any] | None = None) -> Path:
     """The GPT (float16), the encoder (float32: T5 activations overflow float16), the tokenizer and the
     manifest; the image tokenizer is emoji-raster's file, named, not copied."""
     import dataclasses
@@ -289,7 +318,7 @@ def export(weights: Path, model: TextToImage, t5_cfg: dict[str, Any], tok_json: 
         "text_encoder": {"kind": "t5", "file": ENCODER_FILE, "config": t5_cfg, "tokenizer": TOKENIZER_FILE,
                          "max_length": model.gpt.config.cls_token_num},
         "defaults": dict(defaults or DEFAULTS),
-        "training": meta,
+        "training": {**meta, "data_styles": list(styles)},  # the emoji sets trained on (not a model input)
     }
     path = weights / MANIFEST
     path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,5 +1,5 @@
-"""The emoji data pipeline (v2) renders every emoji in several styles, with names, captions, placements
-and a held-out split."""
+"""The emoji data pipeline renders every emoji in several styles (v2's four for the class models, all seven
+for the text model), with names, captions, placements and a held-out split."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +10,7 @@ import pytest
 from arnodes.training import data, styles
 
 pytestmark = pytest.mark.skipif(
-    data.find_font() is None or data.find_emoji_test() is None or styles.find_package("fluentui-emoji") is None,
+    data.find_font() is None or data.find_emoji_test() is None or any(styles.find_package(p.split("@")[0]) is None for p in styles.NPM_PACKAGES),
     reason="needs the Noto Color Emoji font (fonts-noto-color-emoji), emoji-test.txt (unicode-data) and the npm "
            f"emoji sets ({styles.install_hint()})",
 )
@@ -33,7 +33,8 @@ def test_training_select_classes_spans_groups() -> None:
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> data.EmojiData:
-    return data.load_dataset(tmp_path_factory.mktemp("emoji"), max_classes=30, n_aug=1, seed=0, placed_frac=0.5)
+    return data.load_dataset(tmp_path_factory.mktemp("emoji"), max_classes=30, n_aug=1, seed=0, placed_frac=0.5,
+                             styles=list(styles.STYLES))
 
 
 def test_training_build_small_dataset(small, tmp_path_factory) -> None:
@@ -47,23 +48,41 @@ def test_training_build_small_dataset(small, tmp_path_factory) -> None:
     assert canon[:, 24:40, 24:40].std() > 10
     assert len(d.tokenizer_heldout()) > 0 and len(d.generator_train()) >= 30
     # second load comes from the cache and is identical (the build is deterministic)
-    again = data.load_dataset(tmp_path_factory.mktemp("emoji2"), max_classes=30, n_aug=1, seed=0, placed_frac=0.5)
+    again = data.load_dataset(tmp_path_factory.mktemp("emoji2"), max_classes=30, n_aug=1, seed=0, placed_frac=0.5,
+                              styles=list(styles.STYLES))
     assert np.array_equal(d.images, again.images) and again.classes == d.classes
     assert again.captions == d.captions and np.array_equal(again.boxes, d.boxes)
 
 
 def test_training_every_style_draws_the_same_emoji_differently(small) -> None:
     d = small
-    assert d.styles == list(styles.STYLES) and len(d.styles) >= 3
+    assert d.styles == list(styles.STYLES) and len(d.styles) == 7
     canon = d.kind == data.KIND_CANONICAL
     per_class = [{int(s) for s in d.style[canon & (d.labels == c)]} for c in range(len(d.classes))]
-    assert np.mean([len(s) for s in per_class]) >= 3  # aligned by code point: most classes in 3+ styles
+    assert np.mean([len(s) for s in per_class]) >= 5  # aligned by code point: most classes in 5+ styles
+    for s in range(len(d.styles)):  # every set finds its files (EmojiOne's names drop FE0F and ZWJ)
+        assert sum(s in have for have in per_class) >= 20, d.styles[s]
     for c in range(len(d.classes)):  # the styles' drawings of one emoji are different pictures
         rows = np.nonzero(canon & (d.labels == c))[0]
         imgs = d.images[rows].astype(np.float32)
         for a in range(len(rows)):
             for b in range(a + 1, len(rows)):
                 assert np.abs(imgs[a] - imgs[b]).mean() > 3, (d.classes[c]["name"], d.style[rows[a]], d.style[rows[b]])
+
+
+def test_training_class_models_keep_data_v2s_four_styles(tmp_path) -> None:
+    """Without --styles the data set is v2's (what emoji-var and emoji-raster were trained on); a bundle's
+    manifest picks its own."""
+    assert [s.name for s in styles.load_styles()] == list(styles.V2_STYLES)
+    assert data.parse_styles(None) is None and data.parse_styles("all") == list(styles.STYLES)
+    assert data.parse_styles("noto, emojione") == ["noto", "emojione"]
+    v2 = data.cache_path(tmp_path, 3, 1, 0)
+    assert data.cache_path(tmp_path, 3, 1, 0, list(styles.V2_STYLES)) == v2
+    assert data.cache_path(tmp_path, 3, 1, 0, list(styles.STYLES)) != v2
+    tiny = data.load_for_manifest(tmp_path, {"training": {"data_styles": ["emojione-mono"], "args": {"data_classes": 3}}})
+    assert tiny.styles == ["emojione-mono"] and len(tiny.classes) == 3
+    canon = tiny.images[tiny.kind == data.KIND_CANONICAL]
+    assert (canon.reshape(len(canon), -1, 3).std(-1) < 12).mean() > 0.98  # black on white: no colour
 
 
 def test_training_captions_name_keywords_and_style(small) -> None:

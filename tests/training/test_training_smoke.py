@@ -168,6 +168,8 @@ def test_training_text_model_smoke_end_to_end(tmp_path, capsys) -> None:
     m = json.loads((export / "emoji_text.json").read_text())
     assert m["generator"]["config"]["model_type"] == "t2i" and m["generator"]["config"]["cls_token_num"] == 8
     assert m["text_encoder"]["max_length"] == 8 and m["training"]["init_steps"] == 1
+    from arnodes.training.styles import STYLES
+    assert m["training"]["data_styles"] == list(STYLES)  # data v3: all seven sets
     bundle = load_manifest(export / "emoji_text.json")
     canvas = generate(bundle, Conditioning(text=bundle.text_encoder.encode(["red heart, twemoji style"]), cfg=1.5),
                       seed=0)
@@ -186,3 +188,19 @@ def test_training_text_model_smoke_end_to_end(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit, match="not weights of this model"):
         text_model.run(text_model.parse_args(["--out", str(tmp_path / "t4"), "--init", str(export / "emoji_raster.json")]
                                              + tiny))
+
+
+def test_training_text_init_moves_each_words_embedding_with_the_word() -> None:
+    """A bundle exported over an older word list (before a style's name was added) continues with every
+    known word's row where the new list puts it; new words keep their fresh rows."""
+    from arnodes.training.text_model import regrow_vocab
+
+    old, new = ["<pad>", "cat", "noto"], ["<pad>", "cat", "emojione", "noto"]
+    rows = torch.arange(3, dtype=torch.float32)[:, None].repeat(1, 2)
+    fresh = {"shared.weight": torch.full((4, 2), -1.0), "encoder.embed_tokens.weight": torch.full((4, 2), -1.0)}
+    sd = {"shared.weight": rows, "encoder.embed_tokens.weight": rows.clone(), "encoder.block.0.w": torch.ones(3, 3)}
+    out = regrow_vocab(sd, old, new, fresh)
+    for k in fresh:
+        assert out[k][:, 0].tolist() == [0.0, 1.0, -1.0, 2.0]
+    assert torch.equal(out["encoder.block.0.w"], torch.ones(3, 3))  # not a vocabulary table: untouched
+    assert regrow_vocab(sd, old, old, fresh) is sd
