@@ -222,7 +222,9 @@ def block_emoji_text() -> str:
     n = m["heldout_prompts"]
     rows = [["held-out prompt -> its emoji (nearest-reference class)",
              f"{pct(m['prompt_class_acc'])} ({n} prompts x seeds {m['prompt_seeds']})", ">= 80 %"]]
-    rows += [[f"style named -> sample in that style: {s}", pct(v), ">= 80 %"] for s, v in m["style_acc"].items()]
+    counts = m.get("style_prompts", {})
+    rows += [[f"style named -> sample in that style: {s}",
+              pct(v) + (f" ({counts[s]} prompts)" if s in counts else ""), ">= 80 %"] for s, v in m["style_acc"].items()]
     rows += [["style named, all styles (mean)", pct(m["style_acc_mean"]), ">= 80 %"],
              ["style judge on tokenizer reconstructions of the references",
               f"{pct(m['style_judge_validation_acc'])} ({m['style_judge_validation_images']} images)", ""],
@@ -236,7 +238,8 @@ def block_emoji_text() -> str:
               if args.get("prefix_batch") else "")
     lines = [f"- Training (`training/text_model.py`, GPT from {tr.get('generator_from')}): {tr.get('steps')} steps, "
              f"{tr.get('train_seconds')} s on {tr.get('images')} captioned images{before}; auxiliary loss weight "
-             f"{args.get('aux_weight', 0)}, lr {args.get('lr')}{prefix}.",
+             f"{args.get('aux_weight', 0)}, lr {args.get('lr')}{prefix}"
+             + (f"; emoji sets {', '.join(tr['data_styles'])}." if tr.get("data_styles") else "."),
              f"\nMeasured on a {_machine(e['env'])} with the defaults {m['defaults']} (evaluation "
              f"{m['eval_seconds']:.0f} s):\n"]
     return "\n".join(lines + _table(["metric (`training/evaluate_text.py`)", "value", "target"], rows)) + "\n"

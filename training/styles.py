@@ -109,19 +109,28 @@ class NotoFont:
 
 
 @dataclass
-class TwemojiPng:
-    """Twemoji 64 px PNGs named by code points ('2764-fe0f.png')."""
+class CodepointPng:
+    """PNGs named by code points, in an npm package's folder: Twemoji's ('2764-fe0f.png', or without
+    FE0F) and EmojiOne's (no FE0F, no ZWJ: '1f468-2764-1f468.png')."""
 
     name: str = "twemoji"
+    package: str = "emoji-datasource-twitter"
+    folder: str = "img/twitter/64"
+    drop_zwj: bool = False
     licence: str = "CC-BY 4.0 (graphics)"
     credit: str = "Twemoji, Twitter Inc. and jdecked (npm emoji-datasource-twitter)"
 
     def __post_init__(self) -> None:
-        self._dir = require_package("emoji-datasource-twitter") / "img" / "twitter" / "64"
+        self._dir = require_package(self.package) / self.folder
+
+    def _stems(self, emoji: str) -> list[str]:
+        if self.drop_zwj:
+            return ["-".join(cp for cp in codepoints(emoji, keep_fe0f=False) if cp != "200d")]
+        return ["-".join(codepoints(emoji, keep)) for keep in (True, False)]
 
     def drawing(self, emoji: str, name: str) -> Image.Image | None:
-        for keep in (True, False):
-            path = self._dir / ("-".join(codepoints(emoji, keep)) + ".png")
+        for stem in self._stems(emoji):
+            path = self._dir / f"{stem}.png"
             if path.is_file():
                 with Image.open(path) as im:
                     return im.convert("RGBA")
@@ -167,36 +176,21 @@ class FluentSvg:
         return Image.open(io.BytesIO(bytes(png))).convert("RGBA")
 
 
-@dataclass
-class EmojiOnePng:
-    """EmojiOne 2.2 64 px PNGs named by code points without FE0F and ZWJ ('1f468-2764-1f468.png')."""
-
-    name: str = "emojione"
-    folder: str = "png"
-    licence: str = "CC-BY 4.0 (artwork)"
-    credit: str = "EmojiOne 2.2.7, Ranks.com (npm emojione)"
-
-    def __post_init__(self) -> None:
-        self._dir = require_package("emojione") / "assets" / self.folder
-
-    def drawing(self, emoji: str, name: str) -> Image.Image | None:
-        stem = "-".join(cp for cp in codepoints(emoji, keep_fe0f=False) if cp != "200d")
-        path = self._dir / f"{stem}.png"
-        if not path.is_file():
-            return None
-        with Image.open(path) as im:
-            return im.convert("RGBA")
+def emojione(name: str = "emojione", folder: str = "png") -> CodepointPng:
+    """EmojiOne 2.2.7's 64 px PNGs (``png``: colour, ``png_bw``: black)."""
+    return CodepointPng(name=name, package="emojione", folder=f"assets/{folder}", drop_zwj=True,
+                        licence="CC-BY 4.0 (artwork)", credit="EmojiOne 2.2.7, Ranks.com (npm emojione)")
 
 
 # name -> factory; the order is the style id order of the data set and the model's style embedding
 STYLES: dict[str, Callable[[], StyleSource]] = {
     "noto": NotoFont,
-    "twemoji": TwemojiPng,
+    "twemoji": CodepointPng,
     "fluent-flat": FluentSvg,
     "fluent-color": lambda: FluentSvg(name="fluent-color", folder="modern"),
     "fluent-mono": lambda: FluentSvg(name="fluent-mono", folder="high-contrast"),
-    "emojione": EmojiOnePng,
-    "emojione-mono": lambda: EmojiOnePng(name="emojione-mono", folder="png_bw"),
+    "emojione": emojione,
+    "emojione-mono": lambda: emojione("emojione-mono", "png_bw"),
 }
 V2_STYLES = ("noto", "twemoji", "fluent-flat", "fluent-color")  # data v2: the class models' four sets
 
