@@ -79,9 +79,11 @@ def test_a_prompt_without_a_model_draws_with_the_text_model_offline(capsys, tmp_
 
 
 def test_colour_words_decide_the_colour(bundle) -> None:
-    """One shape, two colours: "red" gives a red middle, "purple" a purple one (blue well above green)."""
-    for shape in ("circle", "square"):
-        red, purple = (centre_colour(img) for img in draw(bundle, [f"red {shape}", f"purple {shape}"], seed=0))
+    """One shape, two colours, in a colour style: "red" gives a red middle, "purple" a purple one (blue well
+    above green). (Without a style the seed may pick one of the two black sets, whose circles are black.)"""
+    for shape, style in (("circle", "twemoji"), ("square", "noto")):
+        red, purple = (centre_colour(img) for img in draw(bundle, [f"red {shape}, {style} style",
+                                                                   f"purple {shape}, {style} style"], seed=0))
         assert red[0] > red[1] + 60 and red[0] > red[2] + 60, (shape, red)
         assert purple[2] > purple[1] + 40 and purple[2] > red[2] + 60, (shape, purple)
 
