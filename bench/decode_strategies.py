@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["emoji-raster", "fixture", "gpt-b"])
     p.add_argument("--seeds", type=int, default=2)
-    p.add_argument("--window", type=int, default=16)
+    p.add_argument("--window", type=int, default=None, help="drafts per forward (default: one grid row)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             row["less_time_vs_plain"] = per["plain"]["seconds_mean"] / row["seconds_mean"]
             rows.append(row)
     write_json({"bench": "decode_strategies", "env": env_info("cpu"),
-                "settings": {"seeds": a.seeds, "window": a.window, "threads": a.threads, "batch": 1},
+                "settings": {"seeds": a.seeds, "window": a.window or "one grid row", "threads": a.threads, "batch": 1},
                 "rows": rows}, a.out)
     return 0
 

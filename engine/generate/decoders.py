@@ -40,7 +40,7 @@ class DecodeOptions:
     """A strategy by name and its knobs (``window``, ``init``; ``group_mass`` for gsd, None = its default)."""
 
     strategy: str = "plain"
-    window: int = 16
+    window: int | None = None  # None: one grid row (speculative.SpeculativeParams)
     init: str = "above"
     group_mass: float | None = None
     _spec: SpeculativeParams | None = field(default=None, repr=False, compare=False)
