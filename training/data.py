@@ -318,7 +318,8 @@ def cache_path(cache_dir: Path, max_classes: int | None, n_aug: int, seed: int, 
 
     font = find_font()
     key = json.dumps([DATA_VERSION, max_classes, n_aug, seed, str(font), font.stat().st_size if font else 0,
-                      list(styles or style_sets.V2_STYLES), placed_frac, style_sets.NPM_PACKAGES])
+                      list(styles or style_sets.V2_STYLES), placed_frac,
+                      style_sets.packages_for(list(styles or style_sets.V2_STYLES))])
     return Path(cache_dir) / f"emoji_{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
 
 

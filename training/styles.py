@@ -193,6 +193,16 @@ STYLES: dict[str, Callable[[], StyleSource]] = {
     "emojione-mono": lambda: emojione("emojione-mono", "png_bw"),
 }
 V2_STYLES = ("noto", "twemoji", "fluent-flat", "fluent-color")  # data v2: the class models' four sets
+STYLE_PACKAGE = {"twemoji": "emoji-datasource-twitter", "fluent-flat": "fluentui-emoji", "fluent-color": "fluentui-emoji",
+                 "fluent-mono": "fluentui-emoji", "emojione": "emojione", "emojione-mono": "emojione"}  # noto: Debian
+KEYWORDS_PACKAGE = "emojibase-data"
+
+
+def packages_for(styles: list[str]) -> list[str]:
+    """The pinned npm packages (NPM_PACKAGES entries) a data set of these styles reads: part of its cache key,
+    so adding a set to the list does not invalidate caches that never read it."""
+    names = {STYLE_PACKAGE[s] for s in styles if s in STYLE_PACKAGE} | {KEYWORDS_PACKAGE}
+    return [p for p in NPM_PACKAGES if p.rsplit("@", 1)[0] in names]
 
 
 def load_styles(names: list[str] | None = None) -> list[StyleSource]:

@@ -79,6 +79,8 @@ def test_training_class_models_keep_data_v2s_four_styles(tmp_path) -> None:
     v2 = data.cache_path(tmp_path, 3, 1, 0)
     assert data.cache_path(tmp_path, 3, 1, 0, list(styles.V2_STYLES)) == v2
     assert data.cache_path(tmp_path, 3, 1, 0, list(styles.STYLES)) != v2
+    assert styles.packages_for(list(styles.V2_STYLES)) == [p for p in styles.NPM_PACKAGES if "emojione" not in p]
+    assert styles.packages_for(["noto", "emojione"]) == ["emojibase-data@17.0.0", "emojione@2.2.7"]
     tiny = data.load_for_manifest(tmp_path, {"training": {"data_styles": ["emojione-mono"], "args": {"data_classes": 3}}})
     assert tiny.styles == ["emojione-mono"] and len(tiny.classes) == 3
     canon = tiny.images[tiny.kind == data.KIND_CANONICAL]
