@@ -75,6 +75,10 @@ PROMPTS = [
     "",
     "Привет мир, a cyrillic caption",
     "caf\u00e9 versus cafe\u0301 (combining accent)",
+    "ein „Hund“ und ‚Katze‘ und ‟reversed‟ and ‛this‛",
+    "\ufeffa prompt after a byte-order mark",
+    "form\x0cfeed and next\u0085line and line\u2028separator",
+    "<script>var x = 1;</script>a cat <style>p {color: red}</style>on a mat",
 ]
 
 

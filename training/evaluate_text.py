@@ -105,10 +105,10 @@ def evaluate(weights: Path, data_cache: Path, sweep: bool, samples_path: Path | 
             for k, p in SWEEP_TRUNCATION:
                 runs = np.stack([draw(bundle, texts[half], s, cfg, k, p) for s in SWEEP_SEEDS], axis=1)
                 counts = [distinct_drawings(r) for r in runs]
-                row = {"cfg": cfg, "top_k": k, "top_p": p,
-                       "prompt_class_acc": float(nn_metrics(runs[:, 0], ids[half], ref, ref_labels)["nn_class_acc"]),
+                acc = [nn_metrics(runs[:, j], ids[half], ref, ref_labels)["nn_class_acc"] for j in range(len(SWEEP_SEEDS))]
+                row = {"cfg": cfg, "top_k": k, "top_p": p, "prompt_class_acc": float(np.mean(acc)),
                        "seed_distinct_mean": float(np.mean(counts)),
-                       "seed_distinct_se": float(np.std(counts) / np.sqrt(len(counts)))}
+                       "seed_distinct_se": float(np.std(counts, ddof=1) / np.sqrt(len(counts)))}
                 metrics.setdefault("sweep", []).append(row)
                 log(f"sweep {row}")
         defaults = choose_defaults(metrics["sweep"])
@@ -122,6 +122,8 @@ def evaluate(weights: Path, data_cache: Path, sweep: bool, samples_path: Path | 
     style_acc, style_class, style_prompts = {}, {}, {}
     for s, name in enumerate(d.styles):  # the held-out prompts whose emoji the set draws
         sel = [i for i, c in enumerate(ids) if judge.has(c, s)]
+        if not sel:  # the set draws none of the held-out emoji: nothing to judge
+            continue
         samples = draw(bundle, [styled(texts[i], name) for i in sel], 0, cfg, k, p)
         style_acc[name] = float((judge.predict(samples, [ids[i] for i in sel]) == s).mean())
         style_class[name] = nn_metrics(samples, [ids[i] for i in sel], ref, ref_labels)["nn_class_acc"]

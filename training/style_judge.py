@@ -60,8 +60,9 @@ def build_judge(d: emoji_data.EmojiData, remap: np.ndarray, class_ids: list[int]
             raise ValueError(f"class {c} has no canonical drawing in any style")
     present = index.reshape(-1) >= 0
     drawings = d.images[index.reshape(-1)[present]]
-    refs = torch.full((len(class_ids) * len(d.styles), 3 * 32 * 32), float("nan"))
-    refs[torch.from_numpy(present)] = features(drawings)
+    feats = features(drawings)
+    refs = torch.full((len(class_ids) * len(d.styles), feats.shape[1]), float("nan"))
+    refs[torch.from_numpy(present)] = feats
     judge = StyleJudge(list(d.styles), refs.view(len(class_ids), len(d.styles), -1),
                        {c: i for i, c in enumerate(class_ids)})
     truth = np.tile(np.arange(len(d.styles)), len(class_ids))[present]

@@ -295,8 +295,8 @@ def common_style_classes(d: emoji_data.EmojiData, remap: np.ndarray) -> list[int
     Fixed to those four, so that the held-out prompts stay the same when the data gains styles (earlier
     runs trained on every other class's captions)."""
     canon = d.kind == emoji_data.KIND_CANONICAL
-    have = [set(remap[d.labels[canon & (d.style == i)]].tolist()) for i, name in enumerate(d.styles)
-            if name in V2_STYLES]
+    named = [i for i, name in enumerate(d.styles) if name in V2_STYLES] or list(range(len(d.styles)))
+    have = [set(remap[d.labels[canon & (d.style == i)]].tolist()) for i in named]
     return sorted(set.intersection(*have) - {-1})
 
 

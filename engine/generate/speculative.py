@@ -82,10 +82,12 @@ def model_probs(guided: torch.Tensor, s) -> torch.Tensor:
 
 def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One token per row of (..., V) probabilities -> (...): the exponential race, argmax p / E with
-    E ~ Exp(1) (= -log U), samples p exactly, never a zero-probability token, and costs a third of
-    ``torch.multinomial`` on CPU (two draws per forward, so it shows in the wall time)."""
-    u = torch.rand(probs.shape, device=probs.device, generator=generator)
-    return (probs / u.log_().neg_()).argmax(-1)
+    E ~ Exp(1) (= -log U), samples p exactly and never a zero-probability token, at under half the CPU
+    time of ``torch.multinomial`` (it runs once per forward, so it shows in the wall time). U is drawn
+    in float64 and kept above 0: float32's 2^-24 grid would bias the unlikely tokens, and U = 0 would
+    make every score 0."""
+    u = torch.rand(probs.shape, dtype=torch.float64, device=probs.device, generator=generator)
+    return (probs / u.clamp_min_(torch.finfo(torch.float64).tiny).log_().neg_().to(probs.dtype)).argmax(-1)
 
 
 def _one_hot(tokens: torch.Tensor, V: int) -> torch.Tensor:

@@ -7,7 +7,8 @@ library, rule by rule, in the same order: URL-decoding, lower case, no URLs / HT
 CJK ideographs / file names / long numbers / product codes / shop phrases, one form of every dash and
 quote, stray punctuation to spaces, "a,b" -> "a, b", single spaces. The one step left out is ftfy's
 repair of mojibake (text decoded with the wrong codec, "cafÃ©"): its other fixes that touch a prompt
-(NFC, full-width letters, ligatures, control characters, curly quotes) are here. The fixture
+(NFC, full-width letters, ligatures, control characters, C1 controls read as Windows-1252, curly
+quotes, a byte-order mark) are here; like BeautifulSoup, script and style bodies are dropped. The fixture
 ``tests/fixtures/reference/llamagen_t2i/clean_caption.json`` holds the official outputs for a set of
 prompts; the tests compare against it.
 """
@@ -101,18 +102,31 @@ _ENDS = (
 _SEPARATORS = re.compile(r"[-_]")
 _WIDE = {cp: cp - 0xFEE0 for cp in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}  # full-width forms -> ASCII
 _LIGATURES = {ord(c): unicodedata.normalize("NFKC", c) for c in "ﬀﬁﬂﬃﬄﬅﬆ"}
-_CURLY = {ord("‘"): "'", ord("’"): "'", ord("“"): '"', ord("”"): '"'}
+_C1_AS_CP1252 = {cp: bytes([cp]).decode("cp1252", errors="ignore") or chr(cp) for cp in range(0x80, 0xA0)}
+_CURLY = {ord("‘"): "'", ord("’"): "'", ord("‚"): "'", ord("‛"): "'",
+          ord("“"): '"', ord("”"): '"', ord("„"): '"', ord("‟"): '"'}
 
 
 class _TextOnly(HTMLParser):
-    """The text of an HTML fragment, entities decoded (what an HTML parser's ``.text`` gives)."""
+    """The text of an HTML fragment, entities decoded, without script and style bodies (what
+    BeautifulSoup's ``.text`` gives)."""
+
+    HIDDEN = ("script", "style")
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
+        self.hidden = 0
+
+    def handle_starttag(self, tag: str, attrs) -> None:
+        self.hidden += tag in self.HIDDEN
+
+    def handle_endtag(self, tag: str) -> None:
+        self.hidden -= tag in self.HIDDEN and self.hidden > 0
 
     def handle_data(self, data: str) -> None:
-        self.parts.append(data)
+        if not self.hidden:
+            self.parts.append(data)
 
 
 def _html_text(text: str) -> str:
@@ -123,10 +137,14 @@ def _html_text(text: str) -> str:
 
 
 def _fix_text(text: str) -> str:
-    """ftfy's fixes that apply to a prompt, mojibake repair aside: line breaks, control characters,
-    full-width letters, ligatures, curly quotes, NFC."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\u2028", "\n").replace("\u2029", "\n")
-    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
+    """ftfy's fixes that apply to a prompt, mojibake repair aside: C1 controls read as Windows-1252,
+    line breaks, control characters, full-width letters, ligatures, curly quotes, NFC."""
+    text = text.translate(_C1_AS_CP1252)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    for brk in "\u2028\u2029":
+        text = text.replace(brk, "\n")
+    text = text.replace("\ufeff", "")  # a byte-order mark
+    text = "".join(ch for ch in text if ch in "\n\t\x0c" or unicodedata.category(ch) != "Cc")
     text = text.translate(_WIDE).translate(_LIGATURES).translate(_CURLY)
     return unicodedata.normalize("NFC", text)
 

@@ -10,10 +10,12 @@ the weights) given as a path, or found as ``<models dir>/flan-t5-xl``, or the Hu
 ``google/flan-t5-xl``; offline (``HF_HUB_OFFLINE=1``) only what is on disk is used. A missing file is
 one :class:`MissingFileError` naming the file, where it was looked for and how to get it.
 
-Text cleaning: the released encoders (``load_text_encoder``) clean prompts as the official sampler does,
-``clean_caption`` twice (``caption_cleaning.py``: the same rules without ftfy / BeautifulSoup, checked
-against the official outputs); an encoder with its own tokenizer file (the bundled model's, whose
-normaliser does its own work) only lower-cases and strips. ``preprocess`` replaces either.
+Text cleaning: encoders loaded as ``transformers`` folders (``load_text_encoder``: a released name such
+as flan-t5-xl, or any ``save_pretrained`` folder, the form LlamaGen-T2I's encoder comes in) clean prompts
+as the official sampler does, ``clean_caption`` twice (``caption_cleaning.py``: the same rules without
+ftfy / BeautifulSoup, checked against the official outputs); an encoder with its own tokenizer file
+(the bundled model's, whose normaliser does its own work) only lower-cases and strips. ``preprocess``
+replaces either.
 """
 from __future__ import annotations
 
