@@ -317,9 +317,9 @@ def cache_path(cache_dir: Path, max_classes: int | None, n_aug: int, seed: int, 
     from . import styles as style_sets
 
     font = find_font()
+    names = list(styles or style_sets.V2_STYLES)
     key = json.dumps([DATA_VERSION, max_classes, n_aug, seed, str(font), font.stat().st_size if font else 0,
-                      list(styles or style_sets.V2_STYLES), placed_frac,
-                      style_sets.packages_for(list(styles or style_sets.V2_STYLES))])
+                      names, placed_frac, style_sets.packages_for(names)])
     return Path(cache_dir) / f"emoji_{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
 
 

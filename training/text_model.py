@@ -164,12 +164,13 @@ def regrow_vocab(enc_sd: dict[str, torch.Tensor], old: list[str], new: list[str]
     if old == new:
         return enc_sd
     where = {w: i for i, w in enumerate(old)}
-    keep = [(j, where[w]) for j, w in enumerate(new) if w in where]
+    to_rows = [j for j, w in enumerate(new) if w in where]
+    from_rows = [where[new[j]] for j in to_rows]
     out = dict(enc_sd)
     for k, v in enc_sd.items():
         if v.dim() == 2 and v.shape[0] == len(old) and k in fresh and fresh[k].shape[0] == len(new):
             rows = fresh[k].clone().to(v.dtype)
-            rows[[j for j, _ in keep]] = v[[i for _, i in keep]]
+            rows[to_rows] = v[from_rows]
             out[k] = rows
     return out
 

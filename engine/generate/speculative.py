@@ -111,8 +111,8 @@ class _Window:
         have = self.draft.shape[1]
         if width <= have:
             return
-        new = torch.arange(start + have, start + width, device=self.tokens_BL.device)
-        if self.init == "above" and start + have - self.grid >= 0 and start + width - self.grid <= start:
+        if self.init == "above" and start + have >= self.grid and width <= self.grid:
+            new = torch.arange(start + have, start + width, device=self.tokens_BL.device)
             above = self.tokens_BL[:, new - self.grid]  # every source is committed: one gather
             fixed = torch.where(self.known_BL[:, new], self.tokens_BL[:, new], above) if self.any_known else above
             self.draft = torch.cat([self.draft, fixed], 1)
