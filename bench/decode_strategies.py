@@ -1,10 +1,12 @@
 """Forward passes (and wall time) of the raster decode strategies: plain, sjd, gsd.
 
 Same model, classes, seeds and sampler for each strategy; ``forwards`` counts model forward passes per
-image (plain: one per token). Models: ``emoji-raster`` (the bundled trained raster model, its own
-sampling defaults, a dozen classes), ``fixture`` (the tiny parity LlamaGen) and ``gpt-b`` (GPT-B at
-256 px with random weights: a random model's drafts are rarely right, so it shows the floor of the
-gain, not what a trained model gets).
+image (plain: one per token). Speculative rows name their drafts: "above" (Jacobi re-drafts, new
+positions from the token one row up) and, for a model that ships a draft store, "store" (drafts copied
+from its grids, the default for such a model). Models: ``emoji-raster`` (the bundled trained raster
+model, its own sampling defaults, a dozen classes; it ships a store of its training grids),
+``fixture`` (the tiny parity LlamaGen) and ``gpt-b`` (GPT-B at 256 px with random weights: a random
+model's drafts are rarely right, so it shows the floor of the gain, not what a trained model gets).
 
     python bench/decode_strategies.py --models emoji-raster fixture gpt-b --seeds 2 \
         --out bench/results/decode_strategies.json
@@ -27,12 +29,12 @@ RANDOM_SETTINGS = {"cfg": 4.0, "top_k": 2000, "top_p": 1.0, "temperature": 1.0}
 
 
 def build(name: str) -> tuple:
-    """(generator, sampling settings, class ids) of a bench model."""
+    """(generator, sampling settings, class ids, draft store or None) of a bench model."""
     from arnodes.engine.models.llamagen import LlamaGen, LlamaGenConfig
     if name == "emoji-raster":
         from arnodes.engine.loader import load_bundle
         bundle = load_bundle(name)
-        return bundle.generator, bundle.defaults, [bundle.classes.resolve(c) for c in EMOJI_CLASSES]
+        return bundle.generator, bundle.defaults, [bundle.classes.resolve(c) for c in EMOJI_CLASSES], bundle.draft_store
     if name == "fixture":
         sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tests"))
         import parity_llamagen as pl
@@ -41,7 +43,7 @@ def build(name: str) -> tuple:
     else:
         torch.manual_seed(0)
         model = LlamaGen(LlamaGenConfig.from_official(GPT_B)).eval()
-    return model, RANDOM_SETTINGS, [0]  # untrained: one class shows the floor
+    return model, RANDOM_SETTINGS, [0], None  # untrained: one class shows the floor
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,36 +61,43 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     rows = []
     for name in a.models:
-        model, settings, class_ids = build(name)
+        model, settings, class_ids, store = build(name)
         params = SamplingParams(top_k=int(settings["top_k"]), top_p=float(settings["top_p"]),
                                 temperature=float(settings.get("temperature", 1.0)), top_p_style="llamagen")
-        strategies = ("plain", "sjd", "gsd")
+        strategies = [("plain", "-"), ("sjd", "above"), ("gsd", "above")]
+        strategies += [("sjd", "store"), ("gsd", "store")] if store is not None else []
         forwards = {k: [] for k in strategies}
         seconds = {k: [] for k in strategies}
+        in_store = {k: [] for k in strategies}  # whether the image's grid is one of the store's
 
-        def one(strategy: str, cls: int, seed: int) -> tuple[int, float, int]:
+        def one(strategy: tuple[str, str], cls: int, seed: int) -> tuple[int, float, int, bool]:
             stats: dict = {}
+            decode, drafts = strategy
+            options = DecodeOptions(decode, window=a.window, init="above" if drafts == "-" else drafts)
             t0 = time.perf_counter()
-            generate_tokens(model, Conditioning((cls,), cfg=float(settings["cfg"])), None, params,
-                            torch.Generator().manual_seed(seed), decode=DecodeOptions(strategy, window=a.window),
-                            stats=stats)
-            return stats["forwards"], time.perf_counter() - t0, stats["tokens"]
+            out = generate_tokens(model, Conditioning((cls,), cfg=float(settings["cfg"])), None, params,
+                                  torch.Generator().manual_seed(seed), decode=options, stats=stats, draft_store=store)
+            seconds = time.perf_counter() - t0
+            stored = store is not None and bool((store.tokens == out.grids[0].reshape(1, -1)).all(1).any())
+            return stats["forwards"], seconds, stats["tokens"], stored
 
         for strategy in strategies:  # warm-up: first calls pay one-time costs
             one(strategy, class_ids[0], 0)
         for cls in class_ids:
             for seed in range(a.seeds):
                 for strategy in strategies:  # interleaved, so drift in the machine's speed hits all alike
-                    f, t, tokens = one(strategy, cls, seed)
+                    f, t, tokens, stored = one(strategy, cls, seed)
                     forwards[strategy].append(f)
                     seconds[strategy].append(t)
-        per = {k: {"model": name, "decode": k, "tokens": tokens, "images": len(forwards[k]),
+                    in_store[strategy].append(stored)
+        per = {k: {"model": name, "decode": k[0], "drafts": k[1], "tokens": tokens, "images": len(forwards[k]),
                    "cfg": settings["cfg"], "top_k": settings["top_k"], "top_p": settings["top_p"],
                    "forwards_mean": statistics.mean(forwards[k]), "seconds_mean": statistics.mean(seconds[k]),
-                   "seconds_median": statistics.median(seconds[k])} for k in strategies}
+                   "seconds_median": statistics.median(seconds[k]),
+                   "images_in_store": None if store is None else statistics.mean(in_store[k])} for k in strategies}
         for strategy, row in per.items():
-            row["fewer_forwards_vs_plain"] = per["plain"]["forwards_mean"] / row["forwards_mean"]
-            row["less_time_vs_plain"] = per["plain"]["seconds_mean"] / row["seconds_mean"]
+            row["fewer_forwards_vs_plain"] = per[strategies[0]]["forwards_mean"] / row["forwards_mean"]
+            row["less_time_vs_plain"] = per[strategies[0]]["seconds_mean"] / row["seconds_mean"]
             rows.append(row)
     write_json({"bench": "decode_strategies", "env": env_info("cpu"),
                 "settings": {"seeds": a.seeds, "window": a.window or "one grid row", "threads": a.threads, "batch": 1,

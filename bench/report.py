@@ -329,10 +329,12 @@ def block_decode() -> str:
     st = d["settings"]
     lines = [f"Raster decode strategies ({_machine(d['env'])}; batch 1, {st['seeds']} seeds per class, "
              f"window {st['window']}, {st['threads']} thread; each model with its sampling settings):\n"]
-    lines += _table(["model", "decode", "images", "forwards per image", "fewer forwards than plain",
-                     "seconds per image", "less time than plain"],
-                    [[r["model"], r["decode"], str(r["images"]), f"{f(r['forwards_mean'], 1)} of {r['tokens']} tokens",
-                      ratio(r["fewer_forwards_vs_plain"]), f(r["seconds_mean"], 3), ratio(r["less_time_vs_plain"])]
+    lines += _table(["model", "decode", "drafts", "images", "forwards per image", "fewer forwards than plain",
+                     "seconds per image", "less time than plain", "images that are store grids"],
+                    [[r["model"], r["decode"], r.get("drafts", "-"), str(r["images"]),
+                      f"{f(r['forwards_mean'], 1)} of {r['tokens']} tokens",
+                      ratio(r["fewer_forwards_vs_plain"]), f(r["seconds_mean"], 3), ratio(r["less_time_vs_plain"]),
+                      "-" if r.get("images_in_store") is None else f"{100 * r['images_in_store']:.0f} %"]
                      for r in d["rows"]])
     return "\n".join(lines) + "\n"
 

@@ -51,6 +51,7 @@ class ModelBundle:
     styles: tuple[str, ...] = ()  # drawing styles the generator was trained on (its style embedding rows)
     controls: dict[str, Any] = field(default_factory=dict)  # name -> control.ControlAdapter
     text_encoder: Any = None  # text.encoders.PromptEncoder of a text-to-image model
+    draft_store: Any = None  # generate.draft_store.DraftStore: token grids for speculative drafts, or None
     # one generation at a time per loaded model: the generator holds its KV cache as module state, so
     # two threads decoding on one bundle would overwrite each other's cache (mixed-up images)
     generation_lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
@@ -93,7 +94,9 @@ class ModelBundle:
     def resident_bytes(self) -> int:
         mods = (self.tokenizer, self.generator, *(c.module for c in self.controls.values()),
                 *(() if self.text_encoder is None else (self.text_encoder.module,)))
-        return sum(t.numel() * t.element_size() for m in mods for t in list(m.parameters()) + list(m.buffers()))
+        store = () if self.draft_store is None else (self.draft_store.tokens, self.draft_store.labels)
+        tensors = [t for m in mods for t in list(m.parameters()) + list(m.buffers())] + [t for t in store if t is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def _kind(kind: str) -> tuple[type, type]:
@@ -191,10 +194,11 @@ def load_manifest(path: str | Path, device="cpu", dtype=torch.float32, quant: st
         controls = load_controls(data.get("controls"), path.parent, str(path), device)
         text = _text_encoder(data.get("text_encoder"), gen_cfg, path.parent, str(path), device, dtype, models_dir,
                              offline)
+        store = _draft_store(data.get("draft_store"), data["family"], gen_cfg, path, device)
         return ModelBundle(name=str(data["name"]), family=str(data["family"]), tokenizer=tokenizer,
                            generator=generator, classes=classes, image_size=int(data["image_size"]),
                            defaults=dict(data.get("defaults", {})), styles=_styles(data, gen_cfg, path),
-                           controls=controls, text_encoder=text)
+                           controls=controls, text_encoder=text, draft_store=store)
     except KeyError as e:
         raise CheckpointError(f"{path}: manifest lacks the field {e.args[0]!r}") from None
 
@@ -214,6 +218,18 @@ def _text_encoder(entry: Any, gen_cfg: Any, base_dir: Path | None, source: str, 
         raise CheckpointError(f"{source}: the text encoder's features are {encoder.dim} wide; the generator takes "
                               f"caption_dim {gen_cfg.caption_dim}")
     return encoder
+
+
+def _draft_store(entry: Any, family: str, gen_cfg: Any, path: Path, device):
+    """The raster generator's draft store (speculative decoding), checked against its grid and vocabulary."""
+    from .generate.draft_store import load_draft_store
+    if entry is not None and family != "llamagen":
+        raise CheckpointError(f"{path}: a 'draft_store' serves raster (llamagen) models, not {family!r} ones")
+    if entry is None:
+        return None
+    num_classes = None if getattr(gen_cfg, "is_t2i", False) else gen_cfg.num_classes
+    return load_draft_store(entry, path.parent, str(path), gen_cfg.block_size, gen_cfg.vocab_size, num_classes,
+                            device)
 
 
 def _styles(data: dict, gen_cfg: Any, path: Path) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ from ..engine.tokenizers.msvq import MSVQTokenizer
 from . import data as emoji_data
 from .common import add_where_args, bf16_autocast_pays, pick_device, resume_state, rng_state, run_settings, \
     save_checkpoint, seed_everything, set_rng_state
+from .draft_store import training_grids, write_store
 from .export import BundleLayout, export_weights, read_bundle
 from .generator_stage import train_teacher_forced
 from .tokenizer_stage import to_model_images, train_tokenizer
@@ -101,8 +102,6 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
 
     var_bundle, var_manifest, classes = read_bundle(Path(a.weights))
     d = emoji_data.load_for_manifest(a.data_cache, var_manifest, log=log)
-    by_emoji = {c["emoji"]: i for i, c in enumerate(classes)}
-    remap = np.array([by_emoji.get(c["emoji"], -1) for c in d.classes])
     gen = seed_everything(a.seed)
     tok = single_scale(var_bundle.tokenizer)
     gpt = LlamaGen(gpt_config(a, len(classes), tok))
@@ -127,10 +126,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         train_tokenizer(tok, d.images[d.tokenizer_train()], state, steps=a.tok_steps, batch=a.tok_batch, lr=a.tok_lr,
                         reinit_every=50, budget_s=60 * a.tok_minutes, reseed_all_first=False, **common)
     tok.eval().requires_grad_(False)
-    idx = d.generator_train()
-    idx = idx[remap[d.labels[idx]] >= 0]
-    labels = torch.from_numpy(remap[d.labels[idx]])
-    tokens = raster_tokens(tok, d.images[idx], device)
+    idx, tokens, labels = training_grids(tok, d, classes, device)
     if not state.get("gpt_done"):
         def forward(batch_idx: torch.Tensor, lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             y = tokens[batch_idx].to(device)
@@ -146,8 +142,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         meta = {"train_seconds": {"tokenizer": round(state.get("tok_time", 0.0)), "generator": round(state.get("gpt_time", 0.0))},
                 "steps": {"tokenizer": state.get("tok_step"), "generator": state.get("gpt_step")},
                 "generator_images": int(len(idx)), "tokenizer_from": var_manifest["name"], "args": run_args}
+        store = write_store(Path(a.weights), tokens, labels, gpt.config.vocab_size)  # its drafts: draft_store.py
         export_weights(Path(a.weights), tok.cpu(), gpt.cpu(), classes, defaults=DEFAULTS, meta=meta, layout=LAYOUT,
-                       var_dtype=torch.float16)  # the GPT in float16, as emoji-var's generator
+                       var_dtype=torch.float16, extra={"draft_store": store})  # GPT in float16, as emoji-var's
         log(f"exported {LAYOUT.name} to {a.weights}")
     return state
 

@@ -89,5 +89,5 @@ def generate(bundle, cond: Conditioning, canvas: TokenCanvas | None = None, para
         params = params or SamplingParams(top_k=bundle.defaults.get("top_k", 0), top_p=bundle.defaults.get("top_p", 1.0),
                                           temperature=bundle.defaults.get("temperature", 1.0), top_p_style="llamagen")
         return generate_tokens(bundle.generator, cond, canvas, params, generator, progress, trace, compile=compile,
-                               decode=decode, stats=stats)
+                               decode=decode, stats=stats, draft_store=getattr(bundle, "draft_store", None))
     raise InvalidInputError(f"unknown model family {bundle.family!r}")

@@ -41,7 +41,7 @@ class DecodeOptions:
 
     strategy: str = "plain"
     window: int | None = None  # None: one grid row (speculative.SpeculativeParams)
-    init: str = "above"
+    init: str = "auto"  # speculative.INITS
     group_mass: float | None = None
     _spec: SpeculativeParams | None = field(default=None, repr=False, compare=False)
 

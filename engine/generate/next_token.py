@@ -27,6 +27,7 @@ from ..control.signal import ControlSignal
 from .canvas import TokenCanvas
 from .compiled import step_function, wants_compile
 from .decoders import DecodeOptions
+from .draft_store import DraftStore
 from .speculative import decode_speculative
 
 FAMILY = "llamagen"
@@ -176,7 +177,7 @@ def generate_tokens(model, cond: Conditioning, canvas: TokenCanvas | None, param
                     generator: Randomness, progress: Progress | None = None,
                     trace: dict | None = None, *, tokenizer_id: str = FAMILY,
                     compile: str | None = None, decode: DecodeOptions | None = None,
-                    stats: dict | None = None) -> TokenCanvas:
+                    stats: dict | None = None, draft_store: DraftStore | None = None) -> TokenCanvas:
     """Generate (or complete) a raster token grid; returns a fully known canvas (B, g, g).
 
     ``params.top_p_style`` is forced to LlamaGen's rule. ``progress(step, total)`` runs once per
@@ -184,6 +185,7 @@ def generate_tokens(model, cond: Conditioning, canvas: TokenCanvas | None, param
     logits (B or 2B, V) under "raw_logits" and the guided ones (B, V) under "guided_logits".
     ``compile``: "auto" | "on" | "off" for the decode step (None: the process default, see compiled.py).
     ``decode``: the strategy (plain, sjd, gsd; decoders.py); ``stats`` (a dict) receives "forwards".
+    ``draft_store``: the model's grids for speculative drafts (draft_store.py; None: it ships none).
     """
     device = model.output.weight.device
     labels, prefix_mask, guided = _prefix(model, cond, device)
@@ -207,7 +209,7 @@ def generate_tokens(model, cond: Conditioning, canvas: TokenCanvas | None, param
     else:
         forwards = decode_speculative(model, labels, positions, s, tokens_BL, known_BL, progress,
                                       decode.speculative, lambda: prefill(model, labels, positions, s, tokens_BL,
-                                                                          known_BL))
+                                                                          known_BL), draft_store)
     if stats is not None:
         stats.update(forwards=forwards, decode=decode.strategy, tokens=L)
     g = model.grid_size

@@ -8,7 +8,10 @@ probability ``min(1, P(d) / Q(d))``, where ``P`` is the model's processed distri
 token is drawn from the residual ``norm(max(0, P - Q))`` and the window moves on. Every committed
 token is an exact sample of ``P`` given the committed prefix, so the output distribution is the
 model's. The drafts that were not reached are re-drafted from the distributions this forward computed
-for them (the Jacobi step); tokens entering the window are drafted by ``init``.
+for them (the Jacobi step); tokens entering the window are drafted by ``init``. A model that ships a
+draft store (draft_store.py) has each window redrafted from the store grid matching the committed
+tokens, where one does: after a rejection the Jacobi drafts were drawn under the rejected token, the
+store's under the committed one.
 
 GSD (grouped speculative decoding, 2025) relaxes the test: a draft that falls in the most probable
 set of the model's distribution (guided, at the sampling temperature, before top-k / top-p) covering
@@ -32,20 +35,22 @@ import torch
 from ..errors import InvalidInputError
 from ..guidance import cfg_combine, llamagen_guided_step
 from ..sampling import apply_temperature, filter_logits
+from .draft_store import DraftStore
 
-INITS = ("uniform", "above")
+INITS = ("auto", "above", "uniform", "store")
 
 
 @dataclass(frozen=True)
 class SpeculativeParams:
     """``window``: drafts verified per forward (None: one grid row, what "above" drafts from committed
     tokens; past about a row the drafts are rarely accepted and only make the forward dearer);
-    ``init``: how a token entering the window is drafted ("uniform": a random token; "above": the
-    token one grid row up, a strong guess in images); ``group_mass``: GSD's relaxed acceptance (0 =
-    exact SJD)."""
+    ``init``: how the window is drafted ("uniform": a random token entering it; "above": the token one
+    grid row up, a strong guess in images; "store": copied from the model's draft store where a grid
+    there matches the committed tokens (draft_store.py), else as "above"; "auto": "store" when the
+    model ships a store, else "above"); ``group_mass``: GSD's relaxed acceptance (0 = exact SJD)."""
 
     window: int | None = None
-    init: str = "above"
+    init: str = "auto"
     group_mass: float = 0.0
 
     def __post_init__(self) -> None:
@@ -95,16 +100,35 @@ def _one_hot(tokens: torch.Tensor, V: int) -> torch.Tensor:
 
 
 class _Window:
-    """Drafts (B, w) and the distributions they were drawn from (B, w, V) for positions start..start+w-1."""
+    """Drafts (B, w) and the distributions they were drawn from (B, w, V) for positions start..start+w-1.
+    ``init`` drafts the tokens entering the window ("above" or "uniform"); a ``store`` then redrafts the
+    rows it has a matching grid for, with the request's class ``labels`` (None: any grid)."""
 
     def __init__(self, tokens_BL: torch.Tensor, known_BL: torch.Tensor, V: int, grid: int, init: str,
-                 generator: torch.Generator | None) -> None:
+                 generator: torch.Generator | None, store: DraftStore | None = None,
+                 labels: torch.Tensor | None = None) -> None:
         self.tokens_BL, self.known_BL, self.V, self.grid, self.init, self.generator = (
             tokens_BL, known_BL, V, grid, init, generator)
+        self.store, self.labels = store, labels
         self.any_known = bool(known_BL.any())  # else the fixed-token masking is skipped (a few ops a step)
         B = tokens_BL.shape[0]
         self.draft = tokens_BL.new_empty(B, 0)
         self.q = torch.empty(B, 0, V, device=tokens_BL.device)
+
+    def fill(self, start: int, width: int) -> None:
+        """Drafts for the window start..start+width-1: the new positions by ``init``, then the store's."""
+        self.extend(start, width)
+        if self.store is not None:
+            self.retrieve(start, width)
+
+    def retrieve(self, start: int, width: int) -> None:
+        """Redraft the window of each row the store has a grid for (its proposal: one-hot)."""
+        drafts, found = self.store.propose(self.tokens_BL, self.labels, start, width, self.grid)
+        if self.any_known:
+            span = slice(start, start + width)
+            drafts = torch.where(self.known_BL[:, span], self.tokens_BL[:, span], drafts)
+        self.draft = torch.where(found[:, None], drafts, self.draft[:, :width])
+        self.q = torch.where(found[:, None, None], _one_hot(drafts, self.V), self.q[:, :width])
 
     def extend(self, start: int, width: int) -> None:
         """Draft the positions that enter the window (start+len .. start+width-1) by ``init``."""
@@ -168,20 +192,32 @@ def in_top_mass(p: torch.Tensor, tokens: torch.Tensor, mass: float) -> torch.Ten
     return inside.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
+def draft_source(init: str, store: DraftStore | None) -> tuple[str, DraftStore | None]:
+    """``init`` resolved against the model: (how new positions are drafted, the store to redraft from)."""
+    if init == "store" and store is None:
+        raise InvalidInputError("draft init 'store' needs a model that ships a draft store; this one has none "
+                                "(use 'above' or 'auto')")
+    use = store if init in ("auto", "store") else None
+    return ("above" if init in ("auto", "store") else init), use
+
+
 def decode_speculative(model, labels: torch.Tensor, positions: torch.Tensor, s, tokens_BL: torch.Tensor,
-                       known_BL: torch.Tensor, progress, spec: SpeculativeParams, first_token) -> int:
-    """Fill tokens_BL (B, L) in place after token 0 (``first_token`` runs the prefill); returns forwards."""
+                       known_BL: torch.Tensor, progress, spec: SpeculativeParams, first_token,
+                       store: DraftStore | None = None) -> int:
+    """Fill tokens_BL (B, L) in place after token 0 (``first_token`` runs the prefill); returns forwards.
+    ``labels``: the prefix condition (class ids pick the store's grids; caption features do not)."""
     cls, L, V, g = model.config.cls_token_num, model.config.block_size, model.config.vocab_size, model.grid_size
+    init, store = draft_source(spec.init, store)
     first_token()
     if progress is not None:
         progress(1, L)
     forwards, n = 1, 1
     copies = 2 if s.guided else 1
     window = spec.window or g
-    win = _Window(tokens_BL, known_BL, V, g, spec.init, s.generator)
+    win = _Window(tokens_BL, known_BL, V, g, init, s.generator, store, labels if labels.ndim == 1 else None)
     while n < L:
         w = min(window, L - n)
-        win.extend(n, w)
+        win.fill(n, w)
         inp = torch.cat([tokens_BL[:, n - 1:n], win.draft[:, :w - 1]], 1)
         inp = inp.repeat(copies, 1) if copies > 1 else inp  # (NB, w)
         pos = cls + n - 1

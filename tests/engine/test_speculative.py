@@ -1,5 +1,6 @@
 """Speculative decoding for raster models: SJD is lossless (checked against plain sampling, and a broken
-acceptance rule is shown to fail the same check), greedy SJD equals plain greedy, fixed tokens stay."""
+acceptance rule is shown to fail the same check), with every draft source including a draft store; greedy
+SJD equals plain greedy, fixed tokens stay."""
 from __future__ import annotations
 
 import pytest
@@ -10,6 +11,7 @@ from arnodes.engine.errors import InvalidInputError
 from arnodes.engine.generate import speculative
 from arnodes.engine.generate.canvas import TokenCanvas
 from arnodes.engine.generate.decoders import DecodeOptions
+from arnodes.engine.generate.draft_store import DraftStore
 from arnodes.engine.generate.next_token import generate_tokens
 from arnodes.engine.models.llamagen import LlamaGen, LlamaGenConfig
 from arnodes.engine.sampling import SamplingParams
@@ -38,7 +40,8 @@ def model():
     return m.eval()
 
 
-def _histograms(model, decode: DecodeOptions | None, n: int, cfg: float = 2.0) -> torch.Tensor:
+def _histograms(model, decode: DecodeOptions | None, n: int, cfg: float = 2.0,
+                store: DraftStore | None = None) -> torch.Tensor:
     """Counts (L, V) of tokens per position over n samples of class 1."""
     counts = torch.zeros(GRID * GRID, V)
     if decode is None:  # plain sampling is per-row exact: one batch
@@ -46,7 +49,8 @@ def _histograms(model, decode: DecodeOptions | None, n: int, cfg: float = 2.0) -
         toks = out.grids[0].reshape(n, -1)
     else:  # speculative, one image at a time (the realistic case: several tokens committed per forward)
         toks = torch.stack([generate_tokens(model, Conditioning((1,), cfg=cfg), None, PARAMS,
-                                            torch.Generator().manual_seed(1000 + i), decode=decode).grids[0].reshape(-1)
+                                            torch.Generator().manual_seed(1000 + i), decode=decode,
+                                            draft_store=store).grids[0].reshape(-1)
                             for i in range(n)])
     return counts.scatter_add_(1, toks.t(), torch.ones_like(toks.t(), dtype=torch.float))
 
@@ -61,9 +65,19 @@ def plain_counts(model):
     return _histograms(model, None, 4000)
 
 
-@pytest.mark.parametrize("init", ["uniform", "above"])
-def test_sjd_samples_the_models_distribution(model, plain_counts, init):
-    spec_counts = _histograms(model, DecodeOptions("sjd", window=3, init=init), 1500)
+@pytest.fixture(scope="module")
+def store(model):
+    """Grids the model draws for class 1 (drafts it accepts) and random ones (drafts it rejects), some
+    labelled with other classes (never copied for class 1)."""
+    drawn = generate_tokens(model, Conditioning((1,) * 24, cfg=2.0), None, PARAMS,
+                            torch.Generator().manual_seed(99)).grids[0].reshape(24, -1)
+    rand = torch.randint(V, (24, GRID * GRID), generator=torch.Generator().manual_seed(5))
+    return DraftStore(torch.cat([drawn, rand]), torch.tensor([1] * 36 + [0] * 12))
+
+
+@pytest.mark.parametrize("init", ["uniform", "above", "store"])
+def test_sjd_samples_the_models_distribution(model, plain_counts, store, init):
+    spec_counts = _histograms(model, DecodeOptions("sjd", window=3, init=init), 1500, store=store)
     tv = _tv(plain_counts, spec_counts)
     print(f"TV {init}: {tv}")
     assert tv.max() < 0.06, f"SJD ({init}) token distribution differs from plain sampling: TV per position {tv}"
@@ -82,14 +96,14 @@ def test_a_wrong_acceptance_rule_is_caught(model, plain_counts, monkeypatch):
     assert tv.max() > 0.15, f"a broken acceptance rule went unnoticed: TV {tv}"
 
 
-def test_greedy_sjd_is_plain_greedy(model):
+def test_greedy_sjd_is_plain_greedy(model, store):
     greedy = SamplingParams(top_k=1, top_p_style="llamagen")
     cond = Conditioning((0, 1, 2), cfg=2.0)
     plain = generate_tokens(model, cond, None, greedy, torch.Generator().manual_seed(0))
-    for init in ("uniform", "above"):
+    for init in ("uniform", "above", "store"):
         stats: dict = {}
         spec = generate_tokens(model, cond, None, greedy, torch.Generator().manual_seed(0),
-                               decode=DecodeOptions("sjd", window=4, init=init), stats=stats)
+                               decode=DecodeOptions("sjd", window=4, init=init), stats=stats, draft_store=store)
         assert torch.equal(spec.grids[0], plain.grids[0])
         assert 1 < stats["forwards"] <= GRID * GRID and stats["decode"] == "sjd"
 
@@ -97,7 +111,7 @@ def test_greedy_sjd_is_plain_greedy(model):
 def test_sjd_needs_fewer_forwards_when_drafts_are_good():
     """A model whose next token is (nearly) the token one row up: 'above' drafts are accepted."""
     torch.manual_seed(0)
-    m = LlamaGen(LlamaGenConfig(dim=32, n_layer=1, n_head=2, num_classes=3, vocab_size=V, block_size=64)).eval()
+    m = _row_model()
     with torch.no_grad():
         m.output.weight.zero_()  # uniform P: every draft is accepted with probability min(1, P/Q) = P(d)/1 ...
     stats_plain: dict = {}
@@ -108,6 +122,72 @@ def test_sjd_needs_fewer_forwards_when_drafts_are_good():
                     decode=DecodeOptions("sjd", window=8, init="uniform"), stats=stats_sjd)
     # ... and uniform drafts under a uniform P are accepted with probability 1: a whole window per forward
     assert stats_plain["forwards"] == 64 and stats_sjd["forwards"] == 1 + 63 // 8 + (63 % 8 > 0)
+
+
+def _row_model() -> LlamaGen:
+    torch.manual_seed(0)
+    return LlamaGen(LlamaGenConfig(dim=32, n_layer=1, n_head=2, num_classes=3, vocab_size=V, block_size=64)).eval()
+
+
+def test_a_store_holding_the_image_drafts_whole_rows():
+    """Greedy decoding is one fixed grid; with that grid in the store (class 2) every window is accepted
+    whole: 1 + 63/8 forwards instead of 64, the same tokens. The same store for another class, or a store
+    of other grids, drafts nothing and leaves the Jacobi drafts."""
+    m = _row_model()
+    greedy = SamplingParams(top_k=1, top_p_style="llamagen")
+    cond = Conditioning((2,), cfg=1.0)
+    plain = generate_tokens(m, cond, None, greedy, torch.Generator().manual_seed(0)).grids[0]
+    other = torch.randint(V, (5, 64), generator=torch.Generator().manual_seed(1))
+    runs = {}
+    for name, store in [("right", DraftStore(torch.cat([other, plain.reshape(1, 64)]), torch.tensor([2] * 6))),
+                        ("other class", DraftStore(plain.reshape(1, 64), torch.tensor([0]))),
+                        ("unlabelled", DraftStore(plain.reshape(1, 64), None)),
+                        ("none", None)]:
+        stats: dict = {}
+        out = generate_tokens(m, cond, None, greedy, torch.Generator().manual_seed(0), stats=stats,
+                              decode=DecodeOptions("sjd", window=8), draft_store=store)
+        assert torch.equal(out.grids[0], plain), name
+        runs[name] = stats["forwards"]
+    assert runs["right"] == runs["unlabelled"] == 1 + 63 // 8 + 1, runs
+    assert runs["other class"] == runs["none"] > runs["right"], runs
+
+
+def test_store_drafts_keep_known_tokens():
+    """Greedy inpainting with a store grid that matches the decoded tokens but not a kept one: the kept
+    token stays and the result is plain greedy inpainting's."""
+    m = _row_model()
+    greedy = SamplingParams(top_k=1, top_p_style="llamagen")
+    cond = Conditioning((1,), cfg=1.0)
+    free = generate_tokens(m, cond, None, greedy, torch.Generator().manual_seed(0)).grids[0]
+    known = torch.zeros(1, 8, 8, dtype=torch.bool)
+    known[0, 2, 4] = True
+    grid = torch.zeros(1, 8, 8, dtype=torch.int64)
+    grid[0, 2, 4] = (int(free[0, 2, 4]) + 1) % V
+    canvas = TokenCanvas("llamagen", "llamagen", [grid], [known])
+    plain = generate_tokens(m, cond, canvas, greedy, torch.Generator().manual_seed(0)).grids[0]
+    stats: dict = {}
+    out = generate_tokens(m, cond, canvas, greedy, torch.Generator().manual_seed(0), stats=stats,
+                          decode=DecodeOptions("sjd", init="store"), draft_store=DraftStore(free.reshape(1, 64), None))
+    assert out.grids[0][0, 2, 4] == grid[0, 2, 4] and torch.equal(out.grids[0], plain)
+    assert stats["forwards"] < 64
+
+
+def test_store_init_needs_a_store(model):
+    with pytest.raises(InvalidInputError, match="draft store"):
+        generate_tokens(model, Conditioning((1,), cfg=1.0), None, PARAMS, torch.Generator().manual_seed(0),
+                        decode=DecodeOptions("sjd", init="store"))
+
+
+def test_store_proposals_match_context_and_class():
+    tokens = torch.tensor([[1, 2, 3, 4, 5, 6], [1, 2, 9, 9, 9, 9], [7, 2, 8, 8, 8, 8]])
+    store = DraftStore(tokens, torch.tensor([0, 1, 1]))
+    committed = torch.tensor([[1, 2, 0, 0, 0, 0], [5, 2, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]])
+    drafts, found = store.propose(committed, torch.tensor([1, 1, 1]), start=2, width=3, context=2)
+    assert found.tolist() == [True, False, False] and drafts[0].tolist() == [9, 9, 9]
+    drafts, found = store.propose(committed, torch.tensor([0, 1, 1]), start=2, width=3, context=1)
+    assert found.tolist() == [True, True, False] and drafts[:2].tolist() == [[3, 4, 5], [9, 9, 9]]
+    drafts, found = DraftStore(tokens, None).propose(committed, None, start=2, width=2, context=2)
+    assert found.tolist() == [True, False, False] and drafts[0].tolist() == [3, 4]
 
 
 def test_known_tokens_are_kept_and_never_drafted(model):
