@@ -10,6 +10,8 @@ model's drafts are rarely right, so it shows the floor of the gain, not what a t
 
     python bench/decode_strategies.py --models emoji-raster fixture gpt-b --seeds 2 \
         --out bench/results/decode_strategies.json
+    python bench/decode_strategies.py --device cuda --dtype bfloat16 --models emoji-raster gpt-b \
+        --out OUT/decode_gpu.json       # what bench/gpu.sh runs after its own jobs
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import time
 
 import torch
 
-from common import env_info, write_json
+from common import env_info, sync, write_json
 
 GPT_B = {"dim": 768, "n_layer": 12, "n_head": 12, "num_classes": 1000, "vocab_size": 16384, "block_size": 256}
 EMOJI_CLASSES = ["red heart", "grinning face", "cat face", "red apple", "pizza", "fire", "rocket", "dog face",
@@ -28,12 +30,12 @@ EMOJI_CLASSES = ["red heart", "grinning face", "cat face", "red apple", "pizza",
 RANDOM_SETTINGS = {"cfg": 4.0, "top_k": 2000, "top_p": 1.0, "temperature": 1.0}
 
 
-def build(name: str) -> tuple:
-    """(generator, sampling settings, class ids, draft store or None) of a bench model."""
+def build(name: str, device: torch.device, dtype: torch.dtype) -> tuple:
+    """(generator, sampling settings, class ids, draft store or None) of a bench model, on ``device``."""
     from arnodes.engine.models.llamagen import LlamaGen, LlamaGenConfig
     if name == "emoji-raster":
         from arnodes.engine.loader import load_bundle
-        bundle = load_bundle(name)
+        bundle = load_bundle(name, device=device, dtype=dtype)
         return bundle.generator, bundle.defaults, [bundle.classes.resolve(c) for c in EMOJI_CLASSES], bundle.draft_store
     if name == "fixture":
         sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tests"))
@@ -43,7 +45,7 @@ def build(name: str) -> tuple:
     else:
         torch.manual_seed(0)
         model = LlamaGen(LlamaGenConfig.from_official(GPT_B)).eval()
-    return model, RANDOM_SETTINGS, [0], None  # untrained: one class shows the floor
+    return model.to(device, dtype), RANDOM_SETTINGS, [0], None  # untrained: one class shows the floor
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,12 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--window", type=int, default=None, help="drafts per forward (default: one grid row)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="the generator's")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    device, dtype = torch.device(a.device), getattr(torch, a.dtype)
     rows = []
     for name in a.models:
-        model, settings, class_ids, store = build(name)
+        model, settings, class_ids, store = build(name, device, dtype)
         params = SamplingParams(top_k=int(settings["top_k"]), top_p=float(settings["top_p"]),
                                 temperature=float(settings.get("temperature", 1.0)), top_p_style="llamagen")
         strategies = [("plain", "-"), ("sjd", "above"), ("gsd", "above")]
@@ -74,9 +79,12 @@ def main(argv: list[str] | None = None) -> int:
             stats: dict = {}
             decode, drafts = strategy
             options = DecodeOptions(decode, window=a.window, init="above" if drafts == "-" else drafts)
+            generator = torch.Generator(device).manual_seed(seed)
+            sync(device)
             t0 = time.perf_counter()
-            out = generate_tokens(model, Conditioning((cls,), cfg=float(settings["cfg"])), None, params,
-                                  torch.Generator().manual_seed(seed), decode=options, stats=stats, draft_store=store)
+            out = generate_tokens(model, Conditioning((cls,), cfg=float(settings["cfg"])), None, params, generator,
+                                  decode=options, stats=stats, draft_store=store)
+            sync(device)
             seconds = time.perf_counter() - t0
             stored = store is not None and bool((store.tokens == out.grids[0].reshape(1, -1)).all(1).any())
             return stats["forwards"], seconds, stats["tokens"], stored
@@ -99,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
             row["fewer_forwards_vs_plain"] = per[strategies[0]]["forwards_mean"] / row["forwards_mean"]
             row["less_time_vs_plain"] = per[strategies[0]]["seconds_mean"] / row["seconds_mean"]
             rows.append(row)
-    write_json({"bench": "decode_strategies", "env": env_info("cpu"),
+    write_json({"bench": "decode_strategies", "env": env_info(device),
                 "settings": {"seeds": a.seeds, "window": a.window or "one grid row", "threads": a.threads, "batch": 1,
+                             "dtype": a.dtype,
                              "order": "one warm-up image per strategy, then the strategies interleaved per image"},
                 "rows": rows}, a.out)
     return 0

@@ -322,13 +322,11 @@ def block_gpu() -> str:
     return "\n".join(lines) + "\n"
 
 
-def block_decode() -> str:
-    d = load("decode_strategies.json")
-    if d is None:
-        return _missing("decode_strategies.json", "python bench/decode_strategies.py --out bench/results/decode_strategies.json")
+def _decode_table(d: dict) -> str:
     st = d["settings"]
+    dtype = f", generator {st['dtype']}" if "dtype" in st else ""
     lines = [f"Raster decode strategies ({_machine(d['env'])}; batch 1, {st['seeds']} seeds per class, "
-             f"window {st['window']}, {st['threads']} thread; each model with its sampling settings):\n"]
+             f"window {st['window']}, {st['threads']} thread{dtype}; each model with its sampling settings):\n"]
     lines += _table(["model", "decode", "drafts", "images", "forwards per image", "fewer forwards than plain",
                      "seconds per image", "less time than plain", "images that are store grids"],
                     [[r["model"], r["decode"], r.get("drafts", "-"), str(r["images"]),
@@ -337,6 +335,21 @@ def block_decode() -> str:
                       "-" if r.get("images_in_store") is None else f"{100 * r['images_in_store']:.0f} %"]
                      for r in d["rows"]])
     return "\n".join(lines) + "\n"
+
+
+def block_decode() -> str:
+    d = load("decode_strategies.json")
+    if d is None:
+        return _missing("decode_strategies.json", "python bench/decode_strategies.py --out bench/results/decode_strategies.json")
+    return _decode_table(d)
+
+
+def block_decode_gpu() -> str:
+    d = load("decode_gpu.json")
+    if d is None:
+        return ("_No GPU run of the decode strategies is recorded yet: no GPU has been lent to this project so far. "
+                "`bench/gpu.sh OUT_DIR` runs it (`OUT_DIR/decode_gpu.json`, to copy into `bench/results/`)._\n")
+    return _decode_table(d)
 
 
 def block_kernels() -> str:
@@ -356,7 +369,8 @@ def block_kernels() -> str:
 
 BLOCKS: dict[str, Callable[[], str]] = {"generate": block_generate, "quantize": block_quantize,
                                         "emoji": block_emoji, "gpu": block_gpu, "kernels": block_kernels,
-                                        "decode": block_decode, "emoji-model": block_emoji_model,
+                                        "decode": block_decode, "decode-gpu": block_decode_gpu,
+                                        "emoji-model": block_emoji_model,
                                         "emoji-control": block_emoji_control, "emoji-raster": block_emoji_raster,
                                         "emoji-text": block_emoji_text, "serving": block_serving,
                                         "emoji-style-loss": block_emoji_style_loss}

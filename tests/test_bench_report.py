@@ -39,7 +39,7 @@ def test_committed_results_name_their_machine():
         data = json.loads(path.read_text())
         env = data.get("env") or {"torch": data.get("torch")}
         assert env.get("torch"), f"{path.name}: no torch version recorded"
-        if path.name.startswith("gpu"):
+        if "gpu" in path.name:
             assert env.get("gpu"), f"{path.name}: GPU figures must name the device"
 
 
@@ -54,6 +54,8 @@ def test_gpu_script_smoke_runs_the_same_code_paths_on_cpu(tmp_path):
         assert r["seconds"] > 0 and r["weight_bytes"] > 0 and 0 < r["fraction_of_bound"]
     assert all("src" in s["why"] for s in data["skipped"]) and len(data["skipped"]) == 4  # no official checkout
     assert data["bandwidth_bytes_per_s"] > 0 and data["env"]["device"] == "cpu"
+    decode = json.loads((tmp_path / "decode_smoke.json").read_text())
+    assert {r["decode"] for r in decode["rows"]} == {"plain", "sjd", "gsd"} and decode["env"]["device"] == "cpu"
 
 
 def test_cpu_run_script_names_what_it_needs():
