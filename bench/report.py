@@ -183,15 +183,17 @@ RASTER_EVAL = ("python -m arnodes.training.evaluate --weights weights --manifest
 
 
 def block_emoji_raster() -> str:
-    e, g = load("emoji_raster_model.json"), load("emoji_raster_gsd.json")
-    if e is None or g is None:
-        return _missing("emoji_raster_model.json / emoji_raster_gsd.json", RASTER_EVAL + " (and with --decode gsd "
-                        "--bench-json bench/results/emoji_raster_gsd.json)")
-    m, q, tr = e["metrics"], g["metrics"], e.get("training", {})
+    e, g, ga = load("emoji_raster_model.json"), load("emoji_raster_gsd.json"), load("emoji_raster_gsd_above.json")
+    if e is None or g is None or ga is None:
+        return _missing("emoji_raster_model.json / emoji_raster_gsd.json / emoji_raster_gsd_above.json",
+                        RASTER_EVAL + " (and with --decode gsd --bench-json bench/results/emoji_raster_gsd.json; "
+                        "--decode gsd --draft-init above --bench-json bench/results/emoji_raster_gsd_above.json)")
+    m, q, qa, tr = e["metrics"], g["metrics"], ga["metrics"], e.get("training", {})
     rows = [["tokenizer PSNR, held-out images (all styles)", f"{f(m['tokenizer_psnr_heldout'])} dB "
              f"({m['tokenizer_psnr_heldout_n']} images)", ""]]
     rows += [[f"tokenizer PSNR, held-out, {s}", f"{f(v)} dB", ""] for s, v in m["tokenizer_psnr_heldout_by_style"].items()]
-    for label, r in (("plain decoding", m), ("GSD decoding", q)):
+    gsd = [(f"GSD decoding, {r['drafts']} drafts", r) for r in (q, qa)]
+    for label, r in [("plain decoding", m)] + gsd:
         rows += [[f"nearest-reference class accuracy, {label}",
                   f"{pct(r['nn_class_acc'])} ({r['eval_classes']} classes x seeds {r['seeds']})", ">= 90 %"],
                  [f"distinct-image rate across classes, {label}", pct(r["nn_distinct"]), ">= 90 %"]]
@@ -205,7 +207,7 @@ def block_emoji_raster() -> str:
              f"- GPT: {steps.get('generator')} steps, {secs.get('generator')} s on {tr.get('generator_images')} "
              f"images.",
              f"\nMeasured on a {_machine(e['env'])} with the defaults {m['defaults']} (evaluation "
-             f"{m['eval_seconds']:.0f} s plain, {q['eval_seconds']:.0f} s GSD):\n"]
+             f"{m['eval_seconds']:.0f} s plain, {q['eval_seconds']:.0f} s / {qa['eval_seconds']:.0f} s GSD):\n"]
     return "\n".join(lines + _table(["metric (`training/evaluate.py --manifest emoji_raster.json`)", "value",
                                      "target"], rows)) + "\n"
 

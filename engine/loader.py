@@ -23,6 +23,7 @@ from .classes import ClassNames, load_class_names
 from .control import load_controls
 from .kinds import config_from_json, kind_classes
 from .errors import CheckpointError, InvalidInputError, MissingFileError, UnknownNameError
+from .generate.draft_store import DraftStore, load_draft_store
 from .registry import REGISTRY, bundled_manifests, get_entry, manifest_class_spec
 from .resolve import resolve_file
 
@@ -51,7 +52,7 @@ class ModelBundle:
     styles: tuple[str, ...] = ()  # drawing styles the generator was trained on (its style embedding rows)
     controls: dict[str, Any] = field(default_factory=dict)  # name -> control.ControlAdapter
     text_encoder: Any = None  # text.encoders.PromptEncoder of a text-to-image model
-    draft_store: Any = None  # generate.draft_store.DraftStore: token grids for speculative drafts, or None
+    draft_store: DraftStore | None = None  # token grids for speculative drafts (raster models that ship them)
     # one generation at a time per loaded model: the generator holds its KV cache as module state, so
     # two threads decoding on one bundle would overwrite each other's cache (mixed-up images)
     generation_lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
@@ -183,6 +184,8 @@ def load_manifest(path: str | Path, device="cpu", dtype=torch.float32, quant: st
                                    f"found {[p.name for p in manifests]}")
         path = manifests[0]
     data = _read_json(path)
+    if data.get("draft_store") is not None and data.get("family") != "llamagen":  # before any weights are read
+        raise CheckpointError(f"{path}: a 'draft_store' serves raster (llamagen) models, not {data.get('family')!r} ones")
     try:
         tok, gen = data["tokenizer"], data["generator"]
         tok_cfg = config_from_dict(tok["kind"], tok["config"])
@@ -194,7 +197,7 @@ def load_manifest(path: str | Path, device="cpu", dtype=torch.float32, quant: st
         controls = load_controls(data.get("controls"), path.parent, str(path), device)
         text = _text_encoder(data.get("text_encoder"), gen_cfg, path.parent, str(path), device, dtype, models_dir,
                              offline)
-        store = _draft_store(data.get("draft_store"), data["family"], gen_cfg, path, device)
+        store = _draft_store(data.get("draft_store"), gen_cfg, path, device)
         return ModelBundle(name=str(data["name"]), family=str(data["family"]), tokenizer=tokenizer,
                            generator=generator, classes=classes, image_size=int(data["image_size"]),
                            defaults=dict(data.get("defaults", {})), styles=_styles(data, gen_cfg, path),
@@ -220,11 +223,8 @@ def _text_encoder(entry: Any, gen_cfg: Any, base_dir: Path | None, source: str, 
     return encoder
 
 
-def _draft_store(entry: Any, family: str, gen_cfg: Any, path: Path, device):
+def _draft_store(entry: Any, gen_cfg: Any, path: Path, device) -> DraftStore | None:
     """The raster generator's draft store (speculative decoding), checked against its grid and vocabulary."""
-    from .generate.draft_store import load_draft_store
-    if entry is not None and family != "llamagen":
-        raise CheckpointError(f"{path}: a 'draft_store' serves raster (llamagen) models, not {family!r} ones")
     if entry is None:
         return None
     num_classes = None if getattr(gen_cfg, "is_t2i", False) else gen_cfg.num_classes

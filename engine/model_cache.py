@@ -317,6 +317,8 @@ class ModelCache:
         bundle.tokenizer.to(device)
         if bundle.text_encoder is not None:
             bundle.text_encoder.to(device)
+        if bundle.draft_store is not None:
+            bundle.draft_store = bundle.draft_store.to(device)
         return bundle
 
 

@@ -35,6 +35,7 @@ import torch
 
 from ..engine.conditioning import Conditioning
 from ..engine.generate import DecodeOptions, generate as engine_generate
+from ..engine.generate.speculative import INITS, drafts_used
 from ..engine.loader import load_manifest
 from ..engine.sampling import SamplingParams
 from . import data as emoji_data
@@ -152,13 +153,15 @@ def style_metrics(bundle, d: emoji_data.EmojiData, remap: np.ndarray, n_classes:
 
 def evaluate(weights: Path, data_cache: Path, eval_classes: int, seeds: list[int], sweep: bool,
              samples_path: Path | None, write: bool, seed_classes: int = 100,
-             style_classes: int = 100, manifest_name: str = MANIFEST, decode: str = "plain") -> dict[str, Any]:
+             style_classes: int = 100, manifest_name: str = MANIFEST, decode: str = "plain",
+             draft_init: str = "auto") -> dict[str, Any]:
     """Every metric of the module docstring for the bundle ``weights/manifest_name``; samples are drawn with
-    the ``decode`` strategy (a raster model's sjd / gsd; their forward counts are reported)."""
+    the ``decode`` strategy (a raster model's sjd / gsd, drafting by ``draft_init``; their forward counts
+    and draft source are reported)."""
     torch.set_num_threads(2)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     manifest = weights / manifest_name
-    options = DecodeOptions(strategy=decode)
+    options = DecodeOptions(strategy=decode, init=draft_init)
     bundle = load_manifest(manifest)
     info = json.loads(manifest.read_text(encoding="utf-8"))
     classes = json.loads((weights / info["classes"]).read_text(encoding="utf-8"))
@@ -218,6 +221,7 @@ def evaluate(weights: Path, data_cache: Path, eval_classes: int, seeds: list[int
     m = score(float(defaults["cfg"]), int(defaults["top_k"]), float(defaults["top_p"]), seeds, picked)
     metrics.update(m)
     metrics["eval_classes"], metrics["seeds"], metrics["decode"] = len(picked), seeds, decode
+    metrics["drafts"] = "-" if decode == "plain" else drafts_used(draft_init, bundle.draft_store)
     log(f"generation with {defaults}: {m}")
     seed_ids = sorted(np.random.default_rng(4321).choice(n_cls, size=min(seed_classes, n_cls), replace=False).tolist())
     metrics.update(seed_metrics(bundle, seed_ids, defaults))
@@ -261,11 +265,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--write", action="store_true", help="store defaults + metrics in the manifest")
     p.add_argument("--manifest", default=MANIFEST, help="which bundled model in --weights (its manifest file)")
     p.add_argument("--decode", default="plain", help="decode strategy of the samples (raster models: sjd, gsd)")
+    p.add_argument("--draft-init", default="auto", choices=INITS, help="speculative drafts (sjd / gsd)")
     p.add_argument("--bench-json", default=None, help="also write the metrics (and the machine) to this JSON")
     a = p.parse_args(argv)
     m = evaluate(Path(a.weights), Path(a.data_cache), a.eval_classes, [int(s) for s in a.seeds.split(",")],
                  a.sweep, Path(a.samples) if a.samples else None, a.write, a.seed_classes, a.style_classes,
-                 a.manifest, a.decode)
+                 a.manifest, a.decode, a.draft_init)
     if a.bench_json:
         write_bench_json(a.bench_json, Path(a.weights) / a.manifest, m)
     print(json.dumps(m, indent=2))

@@ -72,6 +72,16 @@ def export_weights(out: Path, tok: nn.Module, var: nn.Module, classes: list[dict
     return path
 
 
+def write_draft_store(out: Path, file: str, tokens: torch.Tensor, labels: torch.Tensor, vocab_size: int) -> dict:
+    """Save a raster model's draft store (engine/generate/draft_store.py) as ``out / file``; returns the
+    manifest's "draft_store" entry."""
+    dtype = torch.int16 if vocab_size <= 2 ** 15 else torch.int32
+    save_file({"tokens": tokens.to(dtype).contiguous(), "labels": labels.to(torch.int32).contiguous()},
+              str(out / file), metadata={"format": "pt"})
+    return {"file": file, "grids": int(tokens.shape[0]),
+            "source": "the generator's training grids (its tokenizer, its training images)"}
+
+
 def set_defaults(manifest: Path, defaults: dict[str, Any], metrics: dict[str, Any] | None = None) -> None:
     """Update the manifest's sampling defaults (and record evaluation metrics) in place."""
     data = json.loads(manifest.read_text(encoding="utf-8"))

@@ -26,14 +26,14 @@ from ..engine.tokenizers.msvq import MSVQTokenizer
 from . import data as emoji_data
 from .common import add_where_args, bf16_autocast_pays, pick_device, resume_state, rng_state, run_settings, \
     save_checkpoint, seed_everything, set_rng_state
-from .draft_store import training_grids, write_store
-from .export import BundleLayout, export_weights, read_bundle
+from .export import BundleLayout, export_weights, read_bundle, write_draft_store
 from .generator_stage import train_teacher_forced
 from .tokenizer_stage import to_model_images, train_tokenizer
 
 LAYOUT = BundleLayout(name="emoji-raster", family="llamagen", tokenizer_kind="msvq", generator_kind="llamagen",
                       manifest="emoji_raster.json", tokenizer_file="emoji_raster_vq.safetensors",
                       generator_file="emoji_raster_gpt.safetensors")
+DRAFT_STORE_FILE = "emoji_raster_drafts.safetensors"
 DEFAULTS = {"cfg": 3.0, "top_k": 0, "top_p": 1.0, "temperature": 1.0}
 
 
@@ -91,6 +91,17 @@ def raster_tokens(tok: MSVQTokenizer, images: np.ndarray, device: torch.device, 
                       for i in range(0, len(images), batch)])
 
 
+def training_grids(tok: MSVQTokenizer, d: emoji_data.EmojiData, classes: list[dict], device: torch.device
+                   ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """(image indices, raster tokens (N, L), class ids (N,)) of the GPT's training images: the data set's
+    generator split, restricted to the bundle's classes, tokenized by ``tok``."""
+    by_emoji = {c["emoji"]: i for i, c in enumerate(classes)}
+    remap = np.array([by_emoji.get(c["emoji"], -1) for c in d.classes])
+    idx = d.generator_train()
+    idx = idx[remap[d.labels[idx]] >= 0]
+    return idx, raster_tokens(tok, d.images[idx], device), torch.from_numpy(remap[d.labels[idx]])
+
+
 def run(a: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(a.threads)
     device = pick_device(a.device)
@@ -142,7 +153,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         meta = {"train_seconds": {"tokenizer": round(state.get("tok_time", 0.0)), "generator": round(state.get("gpt_time", 0.0))},
                 "steps": {"tokenizer": state.get("tok_step"), "generator": state.get("gpt_step")},
                 "generator_images": int(len(idx)), "tokenizer_from": var_manifest["name"], "args": run_args}
-        store = write_store(Path(a.weights), tokens, labels, gpt.config.vocab_size)  # its drafts: draft_store.py
+        store = write_draft_store(Path(a.weights), DRAFT_STORE_FILE, tokens, labels, gpt.config.vocab_size)
         export_weights(Path(a.weights), tok.cpu(), gpt.cpu(), classes, defaults=DEFAULTS, meta=meta, layout=LAYOUT,
                        var_dtype=torch.float16, extra={"draft_store": store})  # GPT in float16, as emoji-var's
         log(f"exported {LAYOUT.name} to {a.weights}")

@@ -201,6 +201,12 @@ def draft_source(init: str, store: DraftStore | None) -> tuple[str, DraftStore |
     return ("above" if init in ("auto", "store") else init), use
 
 
+def drafts_used(init: str, store: DraftStore | None) -> str:
+    """What the drafts come from, for reports: "store" (Jacobi where no grid matches), "above" or "uniform"."""
+    how, use = draft_source(init, store)
+    return "store" if use is not None else how
+
+
 def decode_speculative(model, labels: torch.Tensor, positions: torch.Tensor, s, tokens_BL: torch.Tensor,
                        known_BL: torch.Tensor, progress, spec: SpeculativeParams, first_token,
                        store: DraftStore | None = None) -> int:
@@ -208,6 +214,8 @@ def decode_speculative(model, labels: torch.Tensor, positions: torch.Tensor, s, 
     ``labels``: the prefix condition (class ids pick the store's grids; caption features do not)."""
     cls, L, V, g = model.config.cls_token_num, model.config.block_size, model.config.vocab_size, model.grid_size
     init, store = draft_source(spec.init, store)
+    if store is not None:
+        store.check_grid(L)
     first_token()
     if progress is not None:
         progress(1, L)

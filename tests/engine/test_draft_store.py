@@ -60,6 +60,8 @@ def test_a_store_loads_and_drafts_by_default(tiny):
     ({"tokens": torch.zeros(2, 3, dtype=torch.int16)}, "'tokens' must be"),
     ({"grids": torch.zeros(2, 16, dtype=torch.int16)}, "'tokens' must be"),
     ({"tokens": torch.zeros(2, 16)}, "integer ids"),
+    ({"tokens": torch.zeros(2, 16, dtype=torch.bool)}, "integer ids"),
+    ({"tokens": torch.full((2, 16), 2 ** 63 + 5, dtype=torch.uint64)}, "integer ids"),
     ({"tokens": torch.full((2, 16), 10 ** 6, dtype=torch.int32)}, "integer ids"),
     ({"tokens": torch.zeros(2, 16, dtype=torch.int16), "labels": torch.zeros(3, dtype=torch.int32)}, "'labels'"),
     ({"tokens": torch.zeros(2, 16, dtype=torch.int16), "labels": torch.full((2,), 9999, dtype=torch.int32)},
@@ -72,6 +74,23 @@ def test_bad_store_files_are_checkpoint_errors(tiny, tensors, needle):
                    for k, v in tensors.items()}
     with pytest.raises(CheckpointError, match=needle):
         _with_store(tiny, "bad", tensors)
+
+
+def test_unsigned_token_ids_load(tiny):
+    _, _, cfg = tiny
+    bundle = _with_store(tiny, "unsigned", {"tokens": torch.ones(3, cfg.block_size, dtype=torch.uint16),
+                                            "labels": torch.tensor([0, 1, 2], dtype=torch.uint8)})
+    assert bundle.draft_store.tokens.dtype == torch.int32 and bundle.draft_store.labels.tolist() == [0, 1, 2]
+
+
+def test_a_store_on_a_next_scale_model_is_refused(tmp_path):
+    from test_workflows import TINY_VAR, tiny_models_dir
+    src = tiny_models_dir()
+    shutil.copy(src / "classes.json", tmp_path / "classes.json")
+    data = dict(json.loads((src / TINY_VAR).read_text()), draft_store={"file": "grids.safetensors"})
+    (tmp_path / "var.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="raster"):
+        load_manifest(tmp_path / "var.json")
 
 
 def test_bad_store_entries(tiny):

@@ -75,6 +75,20 @@ def store(model):
     return DraftStore(torch.cat([drawn, rand]), torch.tensor([1] * 36 + [0] * 12))
 
 
+def test_sjd_with_a_store_is_exact_per_row_in_a_mixed_batch(model, plain_counts, store):
+    """Rows of classes 1, 0, 1 decoded together (CFG doubles them): class 1's rows take store grids, class
+    0's only Jacobi drafts, all rows commit the same count per forward; each class-1 row still samples
+    the model's distribution."""
+    toks = torch.stack([generate_tokens(model, Conditioning((1, 0, 1), cfg=2.0), None, PARAMS,
+                                        torch.Generator().manual_seed(5000 + i), draft_store=store,
+                                        decode=DecodeOptions("sjd", window=3, init="store")).grids[0].reshape(3, -1)
+                        for i in range(750)])  # (750, 3, L)
+    rows = torch.cat([toks[:, 0], toks[:, 2]]).t()  # (L, 1500)
+    counts = torch.zeros(GRID * GRID, V).scatter_add_(1, rows, torch.ones_like(rows, dtype=torch.float))
+    tv = _tv(plain_counts, counts)
+    assert tv.max() < 0.06, f"SJD with a store, batched, differs from plain sampling: TV per position {tv}"
+
+
 @pytest.mark.parametrize("init", ["uniform", "above", "store"])
 def test_sjd_samples_the_models_distribution(model, plain_counts, store, init):
     spec_counts = _histograms(model, DecodeOptions("sjd", window=3, init=init), 1500, store=store)
@@ -129,13 +143,14 @@ def _row_model() -> LlamaGen:
     return LlamaGen(LlamaGenConfig(dim=32, n_layer=1, n_head=2, num_classes=3, vocab_size=V, block_size=64)).eval()
 
 
-def test_a_store_holding_the_image_drafts_whole_rows():
+@pytest.mark.parametrize("cfg", [1.0, 2.0])
+def test_a_store_holding_the_image_drafts_whole_rows(cfg):
     """Greedy decoding is one fixed grid; with that grid in the store (class 2) every window is accepted
     whole: 1 + 63/8 forwards instead of 64, the same tokens. The same store for another class, or a store
     of other grids, drafts nothing and leaves the Jacobi drafts."""
     m = _row_model()
     greedy = SamplingParams(top_k=1, top_p_style="llamagen")
-    cond = Conditioning((2,), cfg=1.0)
+    cond = Conditioning((2,), cfg=cfg)
     plain = generate_tokens(m, cond, None, greedy, torch.Generator().manual_seed(0)).grids[0]
     other = torch.randint(V, (5, 64), generator=torch.Generator().manual_seed(1))
     runs = {}
@@ -172,10 +187,17 @@ def test_store_drafts_keep_known_tokens():
     assert stats["forwards"] < 64
 
 
-def test_store_init_needs_a_store(model):
+def test_store_init_needs_a_fitting_store(model):
     with pytest.raises(InvalidInputError, match="draft store"):
         generate_tokens(model, Conditioning((1,), cfg=1.0), None, PARAMS, torch.Generator().manual_seed(0),
                         decode=DecodeOptions("sjd", init="store"))
+    with pytest.raises(InvalidInputError, match="tokens long"):
+        generate_tokens(model, Conditioning((1,), cfg=1.0), None, PARAMS, torch.Generator().manual_seed(0),
+                        decode=DecodeOptions("sjd"), draft_store=DraftStore(torch.zeros(2, 9, dtype=torch.long), None))
+    with pytest.raises(InvalidInputError, match="integer token grids"):
+        DraftStore(torch.zeros(2, 4), None)
+    with pytest.raises(InvalidInputError, match="labels"):
+        DraftStore(torch.zeros(2, 4, dtype=torch.long), torch.zeros(3, dtype=torch.long))
 
 
 def test_store_proposals_match_context_and_class():
