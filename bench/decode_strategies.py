@@ -10,7 +10,7 @@ model's drafts are rarely right, so it shows the floor of the gain, not what a t
 
     python bench/decode_strategies.py --models emoji-raster fixture gpt-b --seeds 2 \
         --out bench/results/decode_strategies.json
-    python bench/decode_strategies.py --device cuda --dtype bfloat16 --models emoji-raster gpt-b \
+    python bench/decode_strategies.py --device cuda --dtype bfloat16 --models emoji-raster gpt-b --seeds 1 \
         --out OUT/decode_gpu.json       # what bench/gpu.sh runs after its own jobs
 """
 from __future__ import annotations
