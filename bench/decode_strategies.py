@@ -74,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         forwards = {k: [] for k in strategies}
         seconds = {k: [] for k in strategies}
         in_store = {k: [] for k in strategies}  # whether the image's grid is one of the store's
+        single = {k: [] for k in strategies}  # share of the window forwards that committed one token
 
-        def one(strategy: tuple[str, str], cls: int, seed: int) -> tuple[int, float, int, bool]:
+        def one(strategy: tuple[str, str], cls: int, seed: int) -> tuple[int, float, int, bool, float | None]:
             stats: dict = {}
             decode, drafts = strategy
             options = DecodeOptions(decode, window=a.window, init="above" if drafts == "-" else drafts)
@@ -87,22 +88,28 @@ def main(argv: list[str] | None = None) -> int:
             sync(device)
             seconds = time.perf_counter() - t0
             stored = store is not None and bool((store.tokens == out.grids[0].reshape(1, -1)).all(1).any())
-            return stats["forwards"], seconds, stats["tokens"], stored
+            per = dict(stats.get("tokens_per_forward", {}))
+            per["1"] = per.get("1", 0) - 1  # the prefill: not a window forward
+            windows = sum(per.values())
+            return stats["forwards"], seconds, stats["tokens"], stored, per["1"] / windows if windows else None
 
         for strategy in strategies:  # warm-up: first calls pay one-time costs
             one(strategy, class_ids[0], 0)
         for cls in class_ids:
             for seed in range(a.seeds):
                 for strategy in strategies:  # interleaved, so drift in the machine's speed hits all alike
-                    f, t, tokens, stored = one(strategy, cls, seed)
+                    f, t, tokens, stored, one_token = one(strategy, cls, seed)
                     forwards[strategy].append(f)
                     seconds[strategy].append(t)
                     in_store[strategy].append(stored)
+                    single[strategy].append(one_token)
         per = {k: {"model": name, "decode": k[0], "drafts": k[1], "tokens": tokens, "images": len(forwards[k]),
                    "cfg": settings["cfg"], "top_k": settings["top_k"], "top_p": settings["top_p"],
                    "forwards_mean": statistics.mean(forwards[k]), "seconds_mean": statistics.mean(seconds[k]),
                    "seconds_median": statistics.median(seconds[k]),
-                   "images_in_store": None if store is None else statistics.mean(in_store[k])} for k in strategies}
+                   "images_in_store": None if store is None else statistics.mean(in_store[k]),
+                   "one_token_forwards": None if k[0] == "plain" else statistics.mean(single[k])}
+               for k in strategies}
         for strategy, row in per.items():
             row["fewer_forwards_vs_plain"] = per[strategies[0]]["forwards_mean"] / row["forwards_mean"]
             row["less_time_vs_plain"] = per[strategies[0]]["seconds_mean"] / row["seconds_mean"]

@@ -330,10 +330,12 @@ def _decode_table(d: dict) -> str:
     lines = [f"Raster decode strategies ({_machine(d['env'])}; batch 1, {st['seeds']} seeds per class, "
              f"window {st['window']}, {st['threads']} thread{dtype}; each model with its sampling settings):\n"]
     lines += _table(["model", "decode", "drafts", "images", "forwards per image", "fewer forwards than plain",
-                     "seconds per image", "less time than plain", "images that are store grids"],
+                     "seconds per image", "less time than plain", "window forwards committing 1 token",
+                     "images that are store grids"],
                     [[r["model"], r["decode"], r.get("drafts", "-"), str(r["images"]),
                       f"{f(r['forwards_mean'], 1)} of {r['tokens']} tokens",
                       ratio(r["fewer_forwards_vs_plain"]), f(r["seconds_mean"], 3), ratio(r["less_time_vs_plain"]),
+                      "-" if r.get("one_token_forwards") is None else f"{100 * r['one_token_forwards']:.0f} %",
                       "-" if r.get("images_in_store") is None else f"{100 * r['images_in_store']:.0f} %"]
                      for r in d["rows"]])
     return "\n".join(lines) + "\n"

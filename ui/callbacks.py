@@ -284,7 +284,9 @@ def decode_summaries(ui: dict) -> list[str]:
             if "forwards" in st:
                 tokens = f" for {st['tokens']} tokens" if "tokens" in st else ""
                 seconds = f" in {st['seconds']:.2f} s" if "seconds" in st else ""
-                lines.append(f"{st.get('decode', 'plain')} decoding: {st['forwards']} model forwards{tokens}{seconds}")
+                drafts = f" ({st['drafts']} drafts)" if "drafts" in st else ""
+                lines.append(f"{st.get('decode', 'plain')} decoding{drafts}: {st['forwards']} model forwards"
+                             f"{tokens}{seconds}")
     return lines
 
 

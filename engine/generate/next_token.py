@@ -15,6 +15,7 @@ straight into the output grid.
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from typing import Callable
 
 import torch
@@ -28,7 +29,7 @@ from .canvas import TokenCanvas
 from .compiled import step_function, wants_compile
 from .decoders import DecodeOptions
 from .draft_store import DraftStore
-from .speculative import decode_speculative
+from .speculative import decode_speculative, drafts_used
 
 FAMILY = "llamagen"
 Progress = Callable[[int, int], None]
@@ -184,7 +185,9 @@ def generate_tokens(model, cond: Conditioning, canvas: TokenCanvas | None, param
     token and may raise CancelledError to stop. ``trace`` (a dict) receives per step the raw
     logits (B or 2B, V) under "raw_logits" and the guided ones (B, V) under "guided_logits".
     ``compile``: "auto" | "on" | "off" for the decode step (None: the process default, see compiled.py).
-    ``decode``: the strategy (plain, sjd, gsd; decoders.py); ``stats`` (a dict) receives "forwards".
+    ``decode``: the strategy (plain, sjd, gsd; decoders.py); ``stats`` (a dict) receives "forwards", and for
+    the speculative ones "drafts" (their source) and "tokens_per_forward" (how many forwards committed
+    how many tokens: {"1": 30, "8": 2, ...}).
     ``draft_store``: the model's grids for speculative drafts (draft_store.py; None: it ships none).
     """
     device = model.output.weight.device
@@ -205,12 +208,16 @@ def generate_tokens(model, cond: Conditioning, canvas: TokenCanvas | None, param
         if progress is not None:
             progress(1, L)
         decode_n_tokens(model, first, 1, L - 1, positions, s, tokens_BL, known_BL, progress)
-        forwards = L
+        if stats is not None:
+            stats.update(forwards=L, decode=decode.strategy, tokens=L)
     else:
-        forwards = decode_speculative(model, labels, positions, s, tokens_BL, known_BL, progress,
-                                      decode.speculative, lambda: prefill(model, labels, positions, s, tokens_BL,
-                                                                          known_BL), draft_store)
-    if stats is not None:
-        stats.update(forwards=forwards, decode=decode.strategy, tokens=L)
+        committed = decode_speculative(model, labels, positions, s, tokens_BL, known_BL, progress,
+                                       decode.speculative, lambda: prefill(model, labels, positions, s, tokens_BL,
+                                                                           known_BL), draft_store)
+        if stats is not None:
+            per = Counter(committed)
+            stats.update(forwards=len(committed), decode=decode.strategy, tokens=L,
+                         drafts=drafts_used(decode.speculative.init, draft_store),
+                         tokens_per_forward={str(k): per[k] for k in sorted(per)})
     g = model.grid_size
     return TokenCanvas.from_codes(FAMILY, tok_id, [tokens_BL.view(B, g, g).clone()])

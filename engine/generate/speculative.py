@@ -209,9 +209,10 @@ def drafts_used(init: str, store: DraftStore | None) -> str:
 
 def decode_speculative(model, labels: torch.Tensor, positions: torch.Tensor, s, tokens_BL: torch.Tensor,
                        known_BL: torch.Tensor, progress, spec: SpeculativeParams, first_token,
-                       store: DraftStore | None = None) -> int:
-    """Fill tokens_BL (B, L) in place after token 0 (``first_token`` runs the prefill); returns forwards.
-    ``labels``: the prefix condition (class ids pick the store's grids; caption features do not)."""
+                       store: DraftStore | None = None) -> list[int]:
+    """Fill tokens_BL (B, L) in place after token 0 (``first_token`` runs the prefill); returns the tokens
+    each forward committed (its length: the forwards; the prefill's 1 first). ``labels``: the prefix
+    condition (class ids pick the store's grids; caption features do not)."""
     cls, L, V, g = model.config.cls_token_num, model.config.block_size, model.config.vocab_size, model.grid_size
     init, store = draft_source(spec.init, store)
     if store is not None:
@@ -219,7 +220,7 @@ def decode_speculative(model, labels: torch.Tensor, positions: torch.Tensor, s, 
     first_token()
     if progress is not None:
         progress(1, L)
-    forwards, n = 1, 1
+    committed, n = [1], 1
     copies = 2 if s.guided else 1
     window = spec.window or g
     win = _Window(tokens_BL, known_BL, V, g, init, s.generator, store, labels if labels.ndim == 1 else None)
@@ -230,7 +231,6 @@ def decode_speculative(model, labels: torch.Tensor, positions: torch.Tensor, s, 
         inp = inp.repeat(copies, 1) if copies > 1 else inp  # (NB, w)
         pos = cls + n - 1
         logits = model.decode_window(inp, positions[pos:pos + w], pos + w, control=s.control)  # (NB, w, V)
-        forwards += 1
         guided = guided_window(logits, n, s)  # (B, w, V)
         p = window_probs(guided, s)
         known = known_BL[:, n:n + w]
@@ -246,7 +246,8 @@ def decode_speculative(model, labels: torch.Tensor, positions: torch.Tensor, s, 
         chosen = torch.cat([win.draft[:, :c - 1], last.unsqueeze(1)], 1)
         tokens_BL[:, n:n + c] = torch.where(known[:, :c], tokens_BL[:, n:n + c], chosen) if win.any_known else chosen
         n += c
+        committed.append(c)
         win.advance(n, c, p, drawn[:, 1:])
         if progress is not None:
             progress(n, L)
-    return forwards
+    return committed

@@ -153,7 +153,7 @@ def test_a_store_holding_the_image_drafts_whole_rows(cfg):
     cond = Conditioning((2,), cfg=cfg)
     plain = generate_tokens(m, cond, None, greedy, torch.Generator().manual_seed(0)).grids[0]
     other = torch.randint(V, (5, 64), generator=torch.Generator().manual_seed(1))
-    runs = {}
+    runs, per_forward, drafts = {}, {}, {}
     for name, store in [("right", DraftStore(torch.cat([other, plain.reshape(1, 64)]), torch.tensor([2] * 6))),
                         ("other class", DraftStore(plain.reshape(1, 64), torch.tensor([0]))),
                         ("unlabelled", DraftStore(plain.reshape(1, 64), None)),
@@ -163,7 +163,10 @@ def test_a_store_holding_the_image_drafts_whole_rows(cfg):
                               decode=DecodeOptions("sjd", window=8), draft_store=store)
         assert torch.equal(out.grids[0], plain), name
         runs[name] = stats["forwards"]
+        per_forward[name], drafts[name] = stats["tokens_per_forward"], stats["drafts"]
     assert runs["right"] == runs["unlabelled"] == 1 + 63 // 8 + 1, runs
+    assert per_forward["right"] == {"1": 1, "7": 1, "8": 7} and drafts["right"] == "store", per_forward
+    assert drafts["none"] == "above" and sum(int(k) * v for k, v in per_forward["none"].items()) == 64
     assert runs["other class"] == runs["none"] > runs["right"], runs
 
 

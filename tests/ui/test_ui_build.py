@@ -97,11 +97,12 @@ def test_a_run_shows_its_decode_statistics(cb, mock, monkeypatch):
 
     def run_with_stats(workflow, on_event=None, cancel=None, extra_pnginfo=None, ui_out=None):
         gen_id = next(n for n, node in workflow.items() if node["class_type"] == "ARGenerate")
-        ui_out[gen_id] = {"stats": [{"forwards": 21, "decode": "sjd", "tokens": 64, "seconds": 0.25}]}
+        ui_out[gen_id] = {"stats": [{"forwards": 21, "decode": "sjd", "tokens": 64, "seconds": 0.25,
+                                     "drafts": "store"}]}
         return plain_run(workflow, on_event, cancel, extra_pnginfo)
     monkeypatch.setattr(mock, "run", run_with_stats)
     cb.generate("mock-model", ["red heart"], *sampler(), 1, "any", "float32", "none", "cpu", "sjd")
-    assert shown == ["sjd decoding: 21 model forwards for 64 tokens in 0.25 s"]
+    assert shown == ["sjd decoding (store drafts): 21 model forwards for 64 tokens in 0.25 s"]
     assert callbacks.decode_summaries({"4": {"images": ["x.png"]}}) == []
 
 
