@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from .engine.choices import CONTROL_TYPES, DECODE_STRATEGIES, DEVICES, DTYPES, QUANTS
+from .engine.choices import CONTROL_TYPES, DECODE_STRATEGIES, DEVICES, DRAFT_INITS, DTYPES, GSD_GROUP_MASS, QUANTS
 from .engine.errors import ArnodesError, InvalidInputError
 from .graph.errors import NodeExecutionError
 from .engine.registry import DEFAULT_MODEL, DEFAULT_TEXT_MODEL, control_preprocessor
@@ -153,12 +153,22 @@ def _finish(g, image_ref, args: argparse.Namespace, input_dir: Path) -> list[Pat
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _decoding(args: argparse.Namespace) -> dict[str, Any]:
+    """The decode strategy and the knobs given for it (node inputs of ARGenerate)."""
+    if args.group_mass is not None and args.decode != "gsd":
+        raise InvalidInputError(f"--group-mass is a gsd setting; --decode is {args.decode!r}")
+    if args.decode == "plain" and (args.draft_window is not None or args.draft_init is not None):
+        raise InvalidInputError("--draft-window / --draft-init are sjd / gsd settings; --decode is 'plain'")
+    knobs = {"draft_window": args.draft_window, "draft_init": args.draft_init, "group_mass": args.group_mass}
+    return {"decode": args.decode, **{k: v for k, v in knobs.items() if v is not None}}
+
+
 def cmd_generate(args: argparse.Namespace) -> list[Path]:
     from .graph import GraphBuilder
     g = GraphBuilder()
     model, cond = _common_nodes(g, args)
     tokens = g.node("ARGenerate", model=model.out(0), cond=cond.out(0), batch_size=args.batch,
-                    more_smooth=False, decode=args.decode, **_sampler(args))
+                    more_smooth=False, **_decoding(args), **_sampler(args))
     image = g.node("ARDecode", model=model.out(0), tokens=tokens.out(0), scales=0)
     return _finish(g, image.out(0), args, Path(args.input_dir))
 
@@ -323,8 +333,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--decode", default="plain", choices=DECODE_STRATEGIES,
                      help="raster models: plain, sjd (speculative Jacobi, same distribution, fewer forwards), "
                           "gsd (grouped, fewest forwards, slightly lossy)")
+    gen.add_argument("--draft-window", type=int, metavar="N",
+                     help="sjd / gsd: drafts verified per forward (default: one grid row)")
+    gen.add_argument("--draft-init", choices=DRAFT_INITS,
+                     help="sjd / gsd: where drafts come from (default auto: the model's draft store when it ships "
+                          "one, else the token one row up)")
+    gen.add_argument("--group-mass", type=float, metavar="F",
+                     help=f"gsd: accept a draft among the most probable tokens holding this much probability "
+                          f"(default {GSD_GROUP_MASS}; 0 = exact)")
     gen.add_argument("--stats-json", metavar="FILE",
-                     help="write {forwards, seconds, decode, tokens} of the generation to FILE")
+                     help="write {forwards, seconds, decode, tokens; for sjd / gsd: drafts, tokens_per_forward} of the "
+                          "generation to FILE")
     for name, func, help_ in (("inpaint", cmd_inpaint, "regenerate the masked area"),
                               ("edit", cmd_edit, "regenerate a region as another class")):
         sp = task(name, func, help_)

@@ -5,7 +5,7 @@ import time
 from typing import Any
 
 from ..engine.batching import default_batcher
-from ..engine.generate import DecodeOptions, generate
+from ..engine.generate import generate
 from ..engine.generate.canvas import TokenCanvas
 from ..engine.limits import check_batch
 from .base import (
@@ -13,7 +13,8 @@ from .base import (
 )
 from .tokenize import check_tokens
 from .types import (
-    check_model, check_range, decode_input, match_batch, sampler_inputs, sampling_params,
+    GSD_GROUP_MASS, check_model, check_range, decode_inputs, decode_options, match_batch, sampler_inputs,
+    sampling_params,
 )
 
 MAX_BATCH = 64
@@ -35,7 +36,7 @@ class ARGenerate(Node):
             InputSpec("batch_size", INT, default=1, min=1, max=MAX_BATCH, tooltip="Images per class (or per prompt)."),
             InputSpec("more_smooth", BOOLEAN, default=False,
                       tooltip="VAR only: gumbel soft-embedding of the sampled tokens (smoother, less faithful)."),
-            decode_input(),
+            *decode_inputs(),
             InputSpec("tokens", AR_TOKENS, optional=True,
                       tooltip="Optional canvas whose known tokens are kept; the others are generated."),
         ),
@@ -46,9 +47,10 @@ class ARGenerate(Node):
     @classmethod
     def execute(cls, ctx: ExecutionContext, model: Any, cond: Any, seed: int, top_k: int, top_p: float,
                 temperature: float, batch_size: int, more_smooth: bool, decode: str = "plain",
-                tokens: TokenCanvas | None = None) -> NodeResult:
+                tokens: TokenCanvas | None = None, draft_window: int = 0, draft_init: str = "auto",
+                group_mass: float = GSD_GROUP_MASS) -> NodeResult:
         handle = check_model(model)
-        options = DecodeOptions(decode)
+        options = decode_options(decode, draft_window, draft_init, group_mass)
         check_range("seed", seed, 0, 2 ** 63 - 1)
         check_range("batch_size", batch_size, 1, MAX_BATCH)
         cond = match_batch(cond, 1)

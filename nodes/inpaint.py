@@ -17,7 +17,7 @@ from ..engine.errors import InvalidInputError
 from ..engine.limits import check_image_size
 from ..engine.image import check_graph_image, check_graph_mask, engine_to_graph, graph_to_engine, outpaint_mask, resize
 from .base import AR_COND, AR_MODEL, BOOLEAN, IMAGE, INT, MASK, ExecutionContext, InputSpec, Node, NodeSpec, OutputSpec
-from .types import check_model, check_range, decode_input, match_batch, run_settings, sampler_inputs
+from .types import GSD_GROUP_MASS, check_model, check_range, decode_inputs, match_batch, run_settings, sampler_inputs
 
 MAX_PAD = 4096
 
@@ -66,7 +66,7 @@ class ARInpaint(Node):
             *sampler_inputs(),
             InputSpec("keep_unmasked", BOOLEAN, default=True,
                       tooltip="Paste the input back outside the mask, so those pixels are exactly unchanged."),
-            decode_input(),
+            *decode_inputs(),
         ),
         outputs=(OutputSpec("image", IMAGE, "Same size as the input image."),),
         description="Regenerate the masked region of an image; the unmasked tokens are kept.",
@@ -75,8 +75,10 @@ class ARInpaint(Node):
     @classmethod
     def execute(cls, ctx: ExecutionContext, model: Any, cond: Any, image: torch.Tensor, mask: torch.Tensor,
                 seed: int, top_k: int, top_p: float, temperature: float, keep_unmasked: bool,
-                decode: str = "plain") -> tuple[torch.Tensor]:
-        sampler = dict(seed=seed, top_k=top_k, top_p=top_p, temperature=temperature, decode=decode)
+                decode: str = "plain", draft_window: int = 0, draft_init: str = "auto",
+                group_mass: float = GSD_GROUP_MASS) -> tuple[torch.Tensor]:
+        sampler = dict(seed=seed, top_k=top_k, top_p=top_p, temperature=temperature, decode=decode,
+                       draft_window=draft_window, draft_init=draft_init, group_mass=group_mass)
         return (regenerate(ctx, model, cond, image, mask, bool(keep_unmasked), sampler),)
 
 
@@ -95,7 +97,7 @@ class AROutpaint(Node):
             InputSpec("feathering", INT, default=8, min=0, max=MAX_PAD, step=1,
                       tooltip="Width of the band inside the original that is regenerated and blended."),
             *sampler_inputs(),
-            decode_input(),
+            *decode_inputs(),
         ),
         outputs=(OutputSpec("image", IMAGE, "Input size plus the padding; the original is kept outside the band."),),
         description="Extend an image beyond its borders (the new area is generated to match).",
@@ -104,7 +106,8 @@ class AROutpaint(Node):
     @classmethod
     def execute(cls, ctx: ExecutionContext, model: Any, cond: Any, image: torch.Tensor, left: int, top: int,
                 right: int, bottom: int, feathering: int, seed: int, top_k: int, top_p: float,
-                temperature: float, decode: str = "plain") -> tuple[torch.Tensor]:
+                temperature: float, decode: str = "plain", draft_window: int = 0, draft_init: str = "auto",
+                group_mass: float = GSD_GROUP_MASS) -> tuple[torch.Tensor]:
         handle = check_model(model)
         check_graph_image(image, "input 'image'")
         for name, value in (("left", left), ("top", top), ("right", right), ("bottom", bottom),
@@ -116,7 +119,8 @@ class AROutpaint(Node):
         B, H, W, _ = image.shape
         cond = match_batch(cond, B)
         check_image_size(B, H + top + bottom, W + left + right, "AROutpaint output")
-        sampler = dict(seed=seed, top_k=top_k, top_p=top_p, temperature=temperature, decode=decode)
+        sampler = dict(seed=seed, top_k=top_k, top_p=top_p, temperature=temperature, decode=decode,
+                       draft_window=draft_window, draft_init=draft_init, group_mass=group_mass)
         with handle.use(cond.batch, "AROutpaint") as bundle:
             run = run_settings(ctx, bundle, **sampler)
             out = tasks.outpaint(bundle, cond, graph_to_engine(image).to(bundle.device), left, top, right, bottom,

@@ -15,10 +15,12 @@ from typing import Any, Callable, Iterator
 
 from ..engine.errors import ArnodesError, InvalidInputError, MissingFileError, UnsupportedError
 from ..engine.limits import check_batch
-from ..engine.choices import DECODE_STRATEGIES, DEVICES, DTYPES, QUANTS
+from ..engine.choices import DECODE_STRATEGIES, DEVICES, DRAFT_INITS, DTYPES, GSD_GROUP_MASS, QUANTS
 from .base import COMBO, FLOAT, INT, InputSpec
 
 MAX_SEED = 2 ** 63 - 1
+MAX_DRAFT_WINDOW = 1024  # engine/generate/speculative.py: SpeculativeParams
+MAX_GROUP_MASS = 0.99  # group_mass < 1
 
 
 @dataclass(frozen=True)
@@ -256,22 +258,44 @@ def sampling_params(bundle: Any, top_k: int, top_p: float, temperature: float, m
                           top_p_style=style, more_smooth=bool(more_smooth))
 
 
-def decode_input() -> InputSpec:
-    """The decode strategy (engine/generate/decoders.py); speculative ones apply to raster models."""
-    # optional: it came after workflows were saved without it, and ComfyUI refuses an API prompt that
-    # lacks a required input (it does not fill in defaults)
-    return InputSpec("decode", COMBO, default="plain", choices=DECODE_STRATEGIES, optional=True,
-                     tooltip="Raster models: plain (a forward per token), sjd (speculative Jacobi: fewer forwards, "
-                             "same distribution), gsd (grouped: fewest forwards, slightly lossy).")
+def decode_inputs() -> tuple[InputSpec, ...]:
+    """The decode strategy (engine/generate/decoders.py) and its knobs; speculative ones apply to raster
+    models. Optional: they came after workflows were saved without them, and ComfyUI refuses an API
+    prompt that lacks a required input (it does not fill in defaults)."""
+    return (
+        InputSpec("decode", COMBO, default="plain", choices=DECODE_STRATEGIES, optional=True,
+                  tooltip="Raster models: plain (a forward per token), sjd (speculative Jacobi: fewer forwards, "
+                          "same distribution), gsd (grouped: fewest forwards, slightly lossy)."),
+        InputSpec("draft_window", INT, default=0, min=0, max=MAX_DRAFT_WINDOW, optional=True,
+                  tooltip="sjd / gsd: drafts verified per forward; 0 = one grid row."),
+        InputSpec("draft_init", COMBO, default="auto", choices=DRAFT_INITS, optional=True,
+                  tooltip="sjd / gsd: where drafts come from. auto = the model's draft store when it ships one, "
+                          "else above; above = the token one row up; uniform = a random token; store = the "
+                          "model's store (an error if it has none)."),
+        InputSpec("group_mass", FLOAT, default=GSD_GROUP_MASS, min=0.0, max=MAX_GROUP_MASS, step=0.05, optional=True,
+                  tooltip="gsd only: a draft among the most probable tokens holding this much of the model's "
+                          "probability is accepted outright (0 = exact, like sjd)."),
+    )
+
+
+def decode_options(decode: str = "plain", draft_window: int = 0, draft_init: str = "auto",
+                   group_mass: float = GSD_GROUP_MASS):
+    """The node inputs of ``decode_inputs`` -> the engine's DecodeOptions (group_mass only reaches gsd)."""
+    from ..engine.generate.decoders import DecodeOptions
+
+    check_range("draft_window", draft_window, 0, MAX_DRAFT_WINDOW)
+    check_range("group_mass", group_mass, 0.0, MAX_GROUP_MASS)
+    return DecodeOptions(decode, window=int(draft_window) or None, init=draft_init,
+                         group_mass=float(group_mass) if decode == "gsd" else None)
 
 
 def run_settings(ctx: Any, bundle: Any, seed: int, top_k: int, top_p: float, temperature: float,
-                 more_smooth: bool = False, decode: str = "plain"):
-    from ..engine.generate.decoders import DecodeOptions
+                 more_smooth: bool = False, decode: str = "plain", draft_window: int = 0, draft_init: str = "auto",
+                 group_mass: float = GSD_GROUP_MASS):
     from ..engine.tasks import RunSettings
 
     check_range("seed", seed, 0, MAX_SEED)
-    options = DecodeOptions(decode)
+    options = decode_options(decode, draft_window, draft_init, group_mass)
     options.check_family(bundle.family)
     return RunSettings(sampling_params(bundle, top_k, top_p, temperature, more_smooth), int(seed), ctx.progress,
                        decode=options)

@@ -130,6 +130,27 @@ def test_generate_with_speculative_decoding_writes_stats(capsys, models_dir, tmp
     assert code == 2 and "next-scale" in err
 
 
+def test_draft_knobs_reach_the_decoder(capsys, models_dir, tmp_path):
+    """--draft-window 1 verifies one draft per forward (a forward per token, as plain); --draft-init shows in
+    the stats; knobs of another strategy are user errors naming the flag."""
+    from test_workflows import TINY_LLAMAGEN
+    stats = tmp_path / "s.json"
+    base = ("generate", "--model", TINY_LLAMAGEN, "--class", "1", "--out", str(tmp_path / "x.png"), "--quiet",
+            "--stats-json", str(stats))
+    code, _, err = run_cli(capsys, *base, "--decode", "sjd", "--draft-window", "1", "--draft-init", "uniform")
+    assert code == 0, err
+    data = json.loads(stats.read_text())
+    assert data["forwards"] == 16 and data["tokens_per_forward"] == {"1": 16} and data["drafts"] == "uniform"
+    code, _, err = run_cli(capsys, *base, "--decode", "gsd", "--group-mass", "0.9")
+    assert code == 0, err
+    for extra, needle in ((("--decode", "sjd", "--group-mass", "0.5"), "--group-mass"),
+                          (("--decode", "plain", "--draft-window", "4"), "--draft-window"),
+                          (("--decode", "sjd", "--draft-init", "store"), "draft store"),
+                          (("--decode", "sjd", "--draft-window", "2000"), "draft_window")):
+        code, _, err = run_cli(capsys, *base, *extra)
+        assert code == 2 and err.startswith("error:") and needle in err, (extra, err)
+
+
 @pytest.mark.parametrize("control_type", ["canny", "none"])
 def test_control_draws_along_the_map_and_replays(capsys, models_dir, tmp_path, control_type):
     pic = np.full((64, 64, 3), 255, np.uint8)

@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from ..engine.choices import CONTROL_TYPES, DECODE_STRATEGIES, DEVICES, DTYPES, QUANTS
+from ..engine.choices import CONTROL_TYPES, DECODE_STRATEGIES, DEVICES, DRAFT_INITS, DTYPES, GSD_GROUP_MASS, QUANTS
 from . import presets
 from .callbacks import MAX_UI_SEED, Callbacks, WorkflowRunner
 from .theme import CSS, theme
@@ -132,6 +132,14 @@ def build_app(runner: Any) -> gr.Blocks:
                                          info="auto = cuda when available, else cpu")
                 run_decode = gr.Dropdown(list(DECODE_STRATEGIES), value="plain", label="Decoding",
                                          info="Raster models: sjd / gsd draft several tokens per step")
+            with gr.Row():
+                run_window = gr.Number(0, precision=0, minimum=0, maximum=1024, label="Draft window",
+                                       info="sjd / gsd: drafts verified per forward; 0 = one grid row")
+                run_init = gr.Dropdown(list(DRAFT_INITS), value="auto", label="Drafts",
+                                       info="sjd / gsd: auto = the model's draft store if it ships one, else the "
+                                            "token one row up")
+                run_mass = gr.Slider(0.0, 0.99, value=GSD_GROUP_MASS, step=0.05, label="Group mass",
+                                     info="gsd only: accept drafts among the most probable tokens (0 = exact)")
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
                 gr.Markdown(presets.TIPS["generate"], elem_classes="tip")
@@ -246,16 +254,17 @@ def build_app(runner: Any) -> gr.Blocks:
         # ---- wiring: tasks ----
         outs = lambda r, s: [r.gallery, r.files, s.seed]  # noqa: E731
         engine = [run_dtype, run_quant, run_device]
+        drafting = [run_window, run_init, run_mass]  # after the prompts: the callbacks take them last
         _jobs = {
             "generate": gen_run.click(cb.generate, [model, gen.classes, *gen.after_classes, batch, style, *engine,
-                                                    run_decode, *gen.prompts],
+                                                    run_decode, *gen.prompts, *drafting],
                                       outs(gen_out, gen), api_name="generate", **device_slots),
             "inpaint": inp_run.click(cb.inpaint, [model, editor, inp.classes, *inp.after_classes, style, *engine,
-                                                  run_decode, *inp.prompts],
+                                                  run_decode, *inp.prompts, *drafting],
                                      outs(inp_out, inp), api_name="inpaint", **device_slots),
             "outpaint": out_run.click(cb.outpaint, [model, editor, inp.classes, pad["left"], pad["top"], pad["right"],
                                                     pad["bottom"], feather, *inp.after_classes, style, *engine,
-                                                    run_decode, *inp.prompts],
+                                                    run_decode, *inp.prompts, *drafting],
                                       outs(inp_out, inp), api_name="outpaint", **device_slots),
             "edit": ed_run.click(cb.edit, [model, edit_image, ed.classes, box["left"], box["top"], box["right"],
                                            box["bottom"], invert, *ed.after_classes, style, *engine, *ed.prompts],

@@ -30,7 +30,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from ..engine.choices import CONTROL_TYPES, DEVICES, DTYPES, QUANTS
+from ..engine.choices import CONTROL_TYPES, DEVICES, DTYPES, GSD_GROUP_MASS, QUANTS
 from ..engine.errors import ArnodesError, CancelledError, InvalidInputError
 from ..graph import Event, GraphBuilder, NodeExecutionError, apply_overrides, read_workflow
 from ..graph.service import WorkflowService
@@ -410,6 +410,12 @@ class Callbacks:
     def _sampler(seed: int, top_k: float, top_p: float, temperature: float) -> dict:
         return {"seed": int(seed), "top_k": int(top_k), "top_p": float(top_p), "temperature": float(temperature)}
 
+    @staticmethod
+    def _decoding(decode: str, draft_window: float, draft_init: str, group_mass: float) -> dict:
+        """The decode node inputs (nodes/types.py: decode_inputs); group_mass reaches gsd only."""
+        return {"decode": decode, "draft_window": int(draft_window or 0), "draft_init": draft_init,
+                "group_mass": float(group_mass)}
+
     def _load(self, g: GraphBuilder, image: Any, what: str = "image") -> Any:
         return g.node("LoadImage", image=self.runner.save_input(to_pil(image, what), what.replace(" ", "_")))
 
@@ -424,14 +430,16 @@ class Callbacks:
     def generate(self, model: str, classes: Any, seed: float, randomize: bool, cfg: float, top_k: float,
                  top_p: float, temperature: float, batch: float, style: str = "any",
                  dtype: str = "float32", quant: str = "none", device: str = "auto", decode: str = "plain",
-                 prompt: str = "", negative_prompt: str = "", request: gr.Request = None,
+                 prompt: str = "", negative_prompt: str = "", draft_window: float = 0, draft_init: str = "auto",
+                 group_mass: float = GSD_GROUP_MASS, request: gr.Request = None,
                  progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Generation: one image per class and batch slot, or per batch slot of the prompt (text models)."""
         seed = pick_seed(seed, randomize)
         g = GraphBuilder()
         m, c = self._base(g, model, classes, cfg, style, Engine(dtype, quant, device), prompt, negative_prompt)
         t = g.node("ARGenerate", model=m.out(0), cond=c.out(0), batch_size=int(batch), more_smooth=False,
-                   **self._sampler(seed, top_k, top_p, temperature), decode=decode)
+                   **self._sampler(seed, top_k, top_p, temperature),
+                   **self._decoding(decode, draft_window, draft_init, group_mass))
         image = g.node("ARDecode", model=m.out(0), tokens=t.out(0), scales=0)
         return (*self._execute(g, image, "generate", request, progress), seed)
 
@@ -439,7 +447,8 @@ class Callbacks:
     def inpaint(self, model: str, editor: dict, classes: Any, seed: float, randomize: bool, cfg: float,
                 top_k: float, top_p: float, temperature: float, style: str = "any",
                 dtype: str = "float32", quant: str = "none", device: str = "auto", decode: str = "plain",
-                prompt: str = "", negative_prompt: str = "", request: gr.Request = None,
+                prompt: str = "", negative_prompt: str = "", draft_window: float = 0, draft_init: str = "auto",
+                group_mass: float = GSD_GROUP_MASS, request: gr.Request = None,
                 progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Regenerate the painted area; the rest of the image is kept token for token."""
         mask = mask_from_editor(editor)
@@ -449,7 +458,8 @@ class Callbacks:
         image = self._load(g, editor)
         mask_node = g.node("LoadImageMask", image=self.runner.save_input(mask, "mask"), channel="red")
         out = g.node("ARInpaint", model=m.out(0), cond=c.out(0), image=image.out(0), mask=mask_node.out(0),
-                     keep_unmasked=True, **self._sampler(seed, top_k, top_p, temperature), decode=decode)
+                     keep_unmasked=True, **self._sampler(seed, top_k, top_p, temperature),
+                     **self._decoding(decode, draft_window, draft_init, group_mass))
         return (*self._execute(g, out, "inpaint", request, progress), seed)
 
     @readable_errors
@@ -457,7 +467,8 @@ class Callbacks:
                  bottom: float, feathering: float, seed: float, randomize: bool, cfg: float, top_k: float,
                  top_p: float, temperature: float, style: str = "any",
                  dtype: str = "float32", quant: str = "none", device: str = "auto", decode: str = "plain",
-                 prompt: str = "", negative_prompt: str = "", request: gr.Request = None,
+                 prompt: str = "", negative_prompt: str = "", draft_window: float = 0, draft_init: str = "auto",
+                 group_mass: float = GSD_GROUP_MASS, request: gr.Request = None,
                  progress: gr.Progress = gr.Progress()) -> tuple[list[str], list[str], int]:
         """Extend the canvas on the chosen sides and generate the new border."""
         if not any((left, top, right, bottom)):
@@ -468,7 +479,8 @@ class Callbacks:
         image = self._load(g, editor)
         out = g.node("AROutpaint", model=m.out(0), cond=c.out(0), image=image.out(0), left=int(left), top=int(top),
                      right=int(right), bottom=int(bottom), feathering=int(feathering),
-                     **self._sampler(seed, top_k, top_p, temperature), decode=decode)
+                     **self._sampler(seed, top_k, top_p, temperature),
+                     **self._decoding(decode, draft_window, draft_init, group_mass))
         return (*self._execute(g, out, "outpaint", request, progress), seed)
 
     @readable_errors

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..choices import DECODE_STRATEGIES
+from ..choices import DECODE_STRATEGIES, GSD_GROUP_MASS
 from ..errors import InvalidInputError
 from .speculative import SpeculativeParams
 
@@ -27,7 +27,7 @@ DECODERS: dict[str, Decoder] = {
     "sjd": Decoder("sjd", ("llamagen",), True, "speculative Jacobi decoding: a window of drafts verified per "
                    "forward, probabilistic acceptance; exact in distribution"),
     "gsd": Decoder("gsd", ("llamagen",), False, "grouped speculative decoding: SJD that also accepts drafts among "
-                   "the most probable tokens (group_mass); fewer forwards, not exact", group_mass=0.5),
+                   "the most probable tokens (group_mass); fewer forwards, not exact", group_mass=GSD_GROUP_MASS),
 }
 
 

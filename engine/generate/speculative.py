@@ -32,12 +32,15 @@ from dataclasses import dataclass
 
 import torch
 
+from ..choices import DRAFT_INITS
 from ..errors import InvalidInputError
 from ..guidance import cfg_combine, llamagen_guided_step
 from ..sampling import apply_temperature, filter_logits
 from .draft_store import DraftStore
 
 INITS = ("auto", "above", "uniform", "store")
+if INITS != DRAFT_INITS:  # the front ends list engine/choices.py
+    raise ImportError(f"engine/choices.py lists draft inits {DRAFT_INITS}, speculative.py has {INITS}")
 
 
 @dataclass(frozen=True)

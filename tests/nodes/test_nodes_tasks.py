@@ -156,6 +156,13 @@ def test_generate_node_decode_strategies(setup):
         (out,) = result.outputs
         stats = result.ui["stats"][0]
         assert out.shapes == tokens.shapes and stats["decode"] == strategy and 1 <= stats["forwards"] <= 16
+    result = ARGenerate.execute(ctx, model=model, cond=cond, batch_size=1, more_smooth=False, decode="gsd",
+                                draft_window=1, draft_init="uniform", group_mass=0.2, **S)
+    stats = result.ui["stats"][0]
+    assert stats["forwards"] == 16 and stats["drafts"] == "uniform"  # one draft per forward: as plain
+    with pytest.raises(InvalidInputError, match="group_mass"):
+        ARGenerate.execute(ctx, model=model, cond=cond, batch_size=1, more_smooth=False, decode="gsd",
+                           group_mass=1.0, **S)
     ctx, model, cond, *_ = setup[TINY_VAR]
     with pytest.raises(InvalidInputError, match="next-scale"):
         ARGenerate.execute(ctx, model=model, cond=cond, batch_size=1, more_smooth=False, decode="sjd", **S)
@@ -170,7 +177,7 @@ def test_inpaint_and_outpaint_take_the_decode_strategy(setup):
     keep = mask[0] == 0
     assert out.shape == image.shape and torch.equal(out[0][keep], image[0][keep])
     (wide,) = AROutpaint.execute(ctx, model=model, cond=cond, image=image, left=16, top=0, right=0, bottom=0,
-                                 feathering=4, decode="gsd", **S)
+                                 feathering=4, decode="gsd", draft_window=2, draft_init="above", group_mass=0.3, **S)
     assert wide.shape == (1, 64, 80, 3)
     ctx, model, cond, tokens, image = setup[TINY_VAR]
     with pytest.raises(InvalidInputError, match="next-scale"):

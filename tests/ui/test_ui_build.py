@@ -109,13 +109,16 @@ def test_a_run_shows_its_decode_statistics(cb, mock, monkeypatch):
 def test_engine_menus_reach_every_task_graph(cb, mock, tmp_path):
     """Precision, quantization, device and decoding are the page's menus, not hard-coded."""
     src = Image.open(ui_support.sample_image(tmp_path / "s.png"))
-    cb.generate("mock-model", ["red heart"], *sampler(), 1, "any", "bfloat16", "int8", "cpu", "sjd")
+    cb.generate("mock-model", ["red heart"], *sampler(), 1, "any", "bfloat16", "int8", "cpu", "gsd", "", "", 4,
+                "above", 0.7)
     cb.super_resolve("mock-model", src, ["sun"], 2, *sampler(), "any", "float16", "int4-g32", "auto")
     cb.control("mock-model", src, ["sun"], "none", 1.0, *sampler(), "any", "float32", "none", "cpu")
     loaders = [n["inputs"] for wf in mock.workflows for n in wf.values() if n["class_type"] == "ARModelLoader"]
     assert [(x["dtype"], x["quant"], x["device"]) for x in loaders] == [
         ("bfloat16", "int8", "cpu"), ("float16", "int4-g32", "auto"), ("float32", "none", "cpu")]
-    assert [n["inputs"]["decode"] for n in mock.workflows[0].values() if n["class_type"] == "ARGenerate"] == ["sjd"]
+    decoding = [{k: n["inputs"][k] for k in ("decode", "draft_window", "draft_init", "group_mass")}
+                for n in mock.workflows[0].values() if n["class_type"] == "ARGenerate"]
+    assert decoding == [{"decode": "gsd", "draft_window": 4, "draft_init": "above", "group_mass": 0.7}]
     with pytest.raises(gr.Error, match="precision 'float8' is not one of float32"):
         cb.generate("mock-model", ["red heart"], *sampler(), 1, "any", "float8")
 
