@@ -72,12 +72,15 @@ def export_weights(out: Path, tok: nn.Module, var: nn.Module, classes: list[dict
     return path
 
 
-def write_draft_store(out: Path, file: str, tokens: torch.Tensor, labels: torch.Tensor, vocab_size: int) -> dict:
-    """Save a raster model's draft store (engine/generate/draft_store.py) as ``out / file``; returns the
-    manifest's "draft_store" entry."""
+def write_draft_store(out: Path, file: str, tokens: torch.Tensor, labels: torch.Tensor | None,
+                      vocab_size: int) -> dict:
+    """Save a raster model's draft store (engine/generate/draft_store.py) as ``out / file``, with the
+    grids' class ids for a class model (None for a text model); returns the manifest's "draft_store" entry."""
     dtype = torch.int16 if vocab_size <= 2 ** 15 else torch.int32
-    save_file({"tokens": tokens.to(dtype).contiguous(), "labels": labels.to(torch.int32).contiguous()},
-              str(out / file), metadata={"format": "pt"})
+    tensors = {"tokens": tokens.to(dtype).contiguous()}
+    if labels is not None:
+        tensors["labels"] = labels.to(torch.int32).contiguous()
+    save_file(tensors, str(out / file), metadata={"format": "pt"})
     return {"file": file, "grids": int(tokens.shape[0]),
             "source": "the generator's training grids (its tokenizer, its training images)"}
 

@@ -35,13 +35,14 @@ from . import prompts
 from .common import add_where_args, bf16_autocast_pays, load_checkpoint, pick_device, resume_state, rng_state, \
     run_settings, save_checkpoint, seed_everything, set_rng_state
 from .generator_stage import train_teacher_forced, weighted_cross_entropy
-from .export import MANIFEST as VAR_MANIFEST
-from .raster import LAYOUT as RASTER, init_gpt, raster_tokens
+from .export import MANIFEST as VAR_MANIFEST, write_draft_store
+from .raster import LAYOUT as RASTER, init_gpt, training_grids
 from .styles import V2_STYLES
 
 NAME, MANIFEST = "emoji-text", "emoji_text.json"
 GPT_FILE, ENCODER_FILE, TOKENIZER_FILE = "emoji_text_gpt.safetensors", "emoji_text_t5.safetensors", \
     "emoji_text_tokenizer.json"
+DRAFT_STORE_FILE = "emoji_text_drafts.safetensors"
 DEFAULTS = {"cfg": 1.0, "top_k": 50, "top_p": 0.9, "temperature": 1.0}
 
 
@@ -235,11 +236,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         rng = np.random.default_rng(state["np_rng"])
         log(f"resuming from {ckpt_path}: step {state.get('t2i_step', 0)}")
 
-    idx = d.generator_train()
-    idx = idx[remap[d.labels[idx]] >= 0]
-    labels = torch.from_numpy(remap[d.labels[idx]])
+    idx, tokens, labels = training_grids(raster.tokenizer, d, classes, device)
     styles = [d.styles[s] for s in d.style[idx]]
-    tokens = raster_tokens(raster.tokenizer, d.images[idx], device)
     heldout = prompts.heldout_prompts(classes, common_style_classes(d, remap))
     sampler = prompts.CaptionSampler(classes, heldout)
 
@@ -286,7 +284,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         meta = {"train_seconds": round(state.get("t2i_time", 0.0)), "steps": state.get("t2i_step"),
                 "images": int(len(idx)), "generator_from": RASTER.name, "tokenizer_from": RASTER.name,
                 "heldout_prompts": len(heldout), "args": run_args, **earlier}
-        export(weights, model.cpu(), t5_cfg, tok_json, raster_info, meta, d.styles)
+        store = write_draft_store(weights, DRAFT_STORE_FILE, tokens, None, model.gpt.config.vocab_size)
+        export(weights, model.cpu(), t5_cfg, tok_json, raster_info, meta, d.styles, draft_store=store)
         log(f"exported {NAME} to {weights}")
     return state
 
@@ -302,9 +301,11 @@ def common_style_classes(d: emoji_data.EmojiData, remap: np.ndarray) -> list[int
 
 
 def export(weights: Path, model: TextToImage, t5_cfg: dict[str, Any], tok_json: str, raster_info: dict[str, Any],
-           meta: dict[str, Any], styles: list[str], defaults: dict[str, Any] | None = None) -> Path:
+           meta: dict[str, Any], styles: list[str], defaults: dict[str, Any] | None = None,
+           draft_store: dict[str, Any] | None = None) -> Path:
     """The GPT (float16), the encoder (float32: T5 activations overflow float16), the tokenizer and the
-    manifest; the image tokenizer is emoji-raster's file, named, not copied."""
+    manifest; the image tokenizer is emoji-raster's file, named, not copied. ``draft_store``: the
+    manifest entry of the grids written beside it (export.write_draft_store)."""
     import dataclasses
 
     gpt_sd = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in model.export_gpt_state().items()}
@@ -321,6 +322,8 @@ def export(weights: Path, model: TextToImage, t5_cfg: dict[str, Any], tok_json: 
         "defaults": dict(defaults or DEFAULTS),
         "training": {**meta, "data_styles": list(styles)},  # the emoji sets trained on (not a model input)
     }
+    if draft_store is not None:
+        manifest["draft_store"] = draft_store
     path = weights / MANIFEST
     path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
