@@ -24,24 +24,33 @@ def find_multiple(n: int, k: int) -> int:
     return n if n % k == 0 else n + k - (n % k)
 
 
+def _torch_streams_up_to() -> int:
+    """Rows for which torch's own CPU ``linear`` already streams the weight once: on AVX-512 CPUs its
+    kernel reads W once for up to 3 rows (~2x ``W @ x.T`` at 2 rows); on AVX2 ones ``W @ x.T`` was the
+    faster from one row up (bench/results/linear_kernels.json records the measuring CPU's kernel)."""
+    return 3 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 0
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` with a faster kernel choice for a few rows on the CPU (same weights, same keys).
 
     A decode step (one token per image, doubled by CFG) or one of VAR's coarse scales multiplies
     2-64 rows by a large weight: the step only streams the weight from memory. Torch's CPU
-    ``linear`` runs those shapes as ``x @ W.T`` at a third of the memory bandwidth, and gets
-    slower, not faster, with a second thread (measured: bench/README.md, "few-row linears").
-    ``W @ x.T`` reads each weight row once in the layout it is stored, so it runs near the
-    bandwidth on one and two threads. Results equal ``F.linear`` up to float rounding.
+    ``linear`` runs many of those shapes as ``x @ W.T`` well below the memory bandwidth, and can
+    get slower, not faster, with a second thread (measured: bench/README.md, "few-row linears").
+    ``W @ x.T`` reads each weight row in the layout it is stored. Which kernel wins depends on the
+    CPU's vector width (``_torch_streams_up_to``); the choice is fixed per machine, so a replayed
+    workflow computes the same numbers. Results equal ``F.linear`` up to float rounding.
     """
 
-    few_rows = 64  # above this the product is compute-bound and torch's kernel is the right one
+    few_rows = 40  # above this the product is compute-bound and torch's kernel is the right one
     min_weight = 1 << 18  # 1 MB of float32: smaller weights stay in cache, where torch's kernel is as fast
+    torch_streams_up_to = _torch_streams_up_to()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-        if not (x.device.type == "cpu" and x.dtype == torch.float32 == self.weight.dtype and 0 < rows <= self.few_rows
-                and self.weight.numel() >= self.min_weight):
+        if not (x.device.type == "cpu" and x.dtype == torch.float32 == self.weight.dtype
+                and self.torch_streams_up_to < rows <= self.few_rows and self.weight.numel() >= self.min_weight):
             return F.linear(x, self.weight, self.bias)
         x_MK = x.reshape(rows, x.shape[-1])
         if self.bias is None:

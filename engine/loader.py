@@ -262,8 +262,9 @@ def load_bundle(name_or_path: str | Path, device: torch.device | str = "cpu", dt
                 quant: str = "none") -> ModelBundle:
     """Load a registry model, a bundled model, or a manifest file/directory.
 
-    The tokenizer always stays in float32 (decoding quality); ``dtype`` and ``quant``
-    (a name from ``quantize.QUANT_MODES``) apply to the generator.
+    The tokenizer's weights stay float32 and it encodes in float32; ``dtype`` and ``quant``
+    (a name from ``quantize.QUANT_MODES``) apply to the generator, and a bfloat16 bundle also decodes
+    under bfloat16 autocast (tasks.decode).
     """
     from .quantize import check_supported
     check_supported(quant, device)  # refuse before any file is read

@@ -6,6 +6,7 @@ next-token models). Images are engine images ``[B, 3, H, W]`` in ``[-1, 1]``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -56,9 +57,22 @@ def decode(bundle, canvas: TokenCanvas, upto: int | None = None) -> torch.Tensor
     canvas.check_compatible(bundle.family, bundle.tokenizer_id, bundle.tokenizer.grid_shapes_for(bundle.image_size))
     if upto is not None and not 1 <= upto <= len(canvas.grids):
         raise InvalidInputError(f"upto must be between 1 and {len(canvas.grids)} scales, got {upto}")
-    if canvas.decoder_input is not None and upto in (None, len(canvas.grids)):
-        return bundle.tokenizer.fhat_to_img(canvas.decoder_input)
-    return bundle.tokenizer.decode_grids(canvas.grids, upto)
+    with decoder_precision(bundle):
+        if canvas.decoder_input is not None and upto in (None, len(canvas.grids)):
+            img = bundle.tokenizer.fhat_to_img(canvas.decoder_input)
+        else:
+            img = bundle.tokenizer.decode_grids(canvas.grids, upto)
+    return img.float()
+
+
+def decoder_precision(bundle) -> contextlib.AbstractContextManager:
+    """A bfloat16 bundle decodes under bfloat16 autocast: the conv decoder is most of a VAR image's
+    float32 time on a CPU, and a user who picked bfloat16 picked speed over the last bits. The
+    tokenizer's weights stay float32 and encoding (image -> tokens) stays float32, so an image's
+    tokens never depend on the dtype. float16 decodes in float32 (VQ decoders overflow it)."""
+    if bundle.dtype != torch.bfloat16:
+        return contextlib.nullcontext()
+    return torch.autocast(bundle.device.type, dtype=torch.bfloat16)
 
 
 def known_from_mask(bundle, canvas: TokenCanvas, regen: torch.Tensor) -> TokenCanvas:

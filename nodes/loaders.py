@@ -27,7 +27,7 @@ class ARModelLoader(Node):
                       tooltip="Bundled model, released checkpoint on disk (the models folder: ARNODES_MODELS_DIR, "
                               "in ComfyUI models/arnodes; or the Hugging Face cache), or a *.json manifest there."),
             InputSpec("dtype", COMBO, default="float32", choices=DTYPES,
-                      tooltip="Generator precision; the tokenizer always runs in float32."),
+                      tooltip="Generator precision; bfloat16 also decodes images in bfloat16 (the tokenizer weights and encoding stay float32)."),
             InputSpec("quant", COMBO, default="none", choices=QUANTS,
                       tooltip="Weight-only quantization of the generator (int4-gN: group size N)."),
             InputSpec("device", COMBO, default="auto", choices=DEVICES,

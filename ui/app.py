@@ -125,7 +125,7 @@ def build_app(runner: Any) -> gr.Blocks:
         with gr.Accordion("Engine: precision, quantization, device, decoding", open=False):
             with gr.Row():
                 run_dtype = gr.Dropdown(list(DTYPES), value="float32", label="Precision",
-                                        info="Generator weights and activations; the tokenizer stays float32")
+                                        info="Generator weights and activations; bfloat16 also decodes in bfloat16 (tokenizer weights stay float32)")
                 run_quant = gr.Dropdown(list(QUANTS), value="none", label="Quantization",
                                         info="Weight-only int8 / int4 (gN: group size)")
                 run_device = gr.Dropdown(list(DEVICES), value="auto", label="Device",

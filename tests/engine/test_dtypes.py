@@ -106,3 +106,19 @@ def test_bf16_teacher_forced_argmax_agrees_with_float32_llamagen():
         ref = gpt(c["gpt_tf_labels"], c["gpt_tf_tokens"]).argmax(-1)
         out = copy.deepcopy(gpt).to(torch.bfloat16)(c["gpt_tf_labels"], c["gpt_tf_tokens"]).argmax(-1)
     assert (ref == out).float().mean() >= 0.9
+
+
+@pytest.mark.parametrize("name", [TINY_VAR, TINY_LLAMAGEN])
+def test_a_bf16_bundle_decodes_in_bf16_and_encodes_in_float32(name):
+    """The same tokens decode to nearly the same image in a bfloat16 bundle as in a float32 one, but not to
+    the same bits (the decoder ran under bfloat16 autocast); encoding an image gives the same tokens."""
+    b32 = load_bundle(str(tiny_models_dir() / name))
+    b16 = load_bundle(str(tiny_models_dir() / name), dtype=torch.bfloat16)
+    canvas = tasks.encode(b32, _source(b32))
+    assert all(torch.equal(a, c) for a, c in zip(canvas.grids, tasks.encode(b16, _source(b16)).grids))
+    img32, img16 = tasks.decode(b32, canvas), tasks.decode(b16, canvas)
+    assert img16.dtype == torch.float32 and img16.shape == img32.shape
+    diff = (img16 - img32).abs()
+    assert 0 < diff.max() and diff.mean() < 0.02, (diff.max(), diff.mean())
+    f16 = load_bundle(str(tiny_models_dir() / name), dtype=torch.float16)
+    assert torch.equal(tasks.decode(f16, canvas), img32)  # float16 decodes in float32
