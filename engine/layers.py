@@ -24,11 +24,15 @@ def find_multiple(n: int, k: int) -> int:
     return n if n % k == 0 else n + k - (n % k)
 
 
-def _torch_streams_up_to() -> int:
-    """Rows for which torch's own CPU ``linear`` already streams the weight once: on AVX-512 CPUs its
-    kernel reads W once for up to 3 rows (~2x ``W @ x.T`` at 2 rows); on AVX2 ones ``W @ x.T`` was the
-    faster from one row up (bench/results/linear_kernels.json records the measuring CPU's kernel)."""
-    return 3 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 0
+def _streamed_rows() -> dict[torch.dtype, tuple[int, int]]:
+    """Row counts (per dtype) for which ``W @ x.T`` beats torch's CPU ``linear``, by the CPU's vector
+    width. AVX-512: torch's float32 kernel already reads W once for 1-3 rows (~2x ``W @ x.T`` at 2 rows),
+    ``W @ x.T`` wins from 4 to ~40 rows in float32 and up to ~50 in bfloat16 (10-30 %). AVX2: ``W @ x.T``
+    was the faster float32 kernel from one row up to 64; bfloat16 there has no native matmul to tune
+    for. bench/results/linear_kernels.json records the measuring CPU's figures."""
+    if torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return {torch.float32: (4, 40), torch.bfloat16: (1, 50)}  # inclusive
+    return {torch.float32: (1, 64)}
 
 
 class Linear(nn.Linear):
@@ -39,18 +43,18 @@ class Linear(nn.Linear):
     ``linear`` runs many of those shapes as ``x @ W.T`` well below the memory bandwidth, and can
     get slower, not faster, with a second thread (measured: bench/README.md, "few-row linears").
     ``W @ x.T`` reads each weight row in the layout it is stored. Which kernel wins depends on the
-    CPU's vector width (``_torch_streams_up_to``); the choice is fixed per machine, so a replayed
-    workflow computes the same numbers. Results equal ``F.linear`` up to float rounding.
+    CPU's vector width and the dtype (``_streamed_rows``); the choice is fixed per machine, so a
+    replayed workflow computes the same numbers. Results equal ``F.linear`` up to float rounding.
     """
 
-    few_rows = 40  # above this the product is compute-bound and torch's kernel is the right one
-    min_weight = 1 << 18  # 1 MB of float32: smaller weights stay in cache, where torch's kernel is as fast
-    torch_streams_up_to = _torch_streams_up_to()
+    min_weight = 1 << 18  # elements (1 MB of float32): smaller weights stay in cache, where torch's kernel is as fast
+    streamed_rows = _streamed_rows()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-        if not (x.device.type == "cpu" and x.dtype == torch.float32 == self.weight.dtype
-                and self.torch_streams_up_to < rows <= self.few_rows and self.weight.numel() >= self.min_weight):
+        lo, hi = self.streamed_rows.get(x.dtype, (1, 0))
+        if not (x.device.type == "cpu" and x.dtype == self.weight.dtype and lo <= rows <= hi
+                and self.weight.numel() >= self.min_weight):
             return F.linear(x, self.weight, self.bias)
         x_MK = x.reshape(rows, x.shape[-1])
         if self.bias is None:
