@@ -104,7 +104,8 @@ def env_info(device: torch.device | str) -> dict[str, Any]:
     info: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(),
                             "device": str(device), "threads": torch.get_num_threads(),
                             "cpu_count": os.cpu_count(), "machine": platform.machine(),
-                            "processor": platform.processor() or platform.machine()}
+                            "processor": platform.processor() or platform.machine(),
+                            "cpu_capability": torch.backends.cpu.get_cpu_capability()}  # AVX2 / AVX512: picks kernels
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

@@ -233,6 +233,7 @@ def _env() -> dict:
     import torch
     return {"torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
             "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 

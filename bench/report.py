@@ -47,7 +47,8 @@ def _machine(env: dict | None) -> str:
     if not env:
         return "unknown machine"
     gpu = env.get("gpu")
-    return (f"{gpu}" if gpu else f"{env.get('cpu_count')}-core {env.get('processor') or env.get('machine')} CPU") + \
+    isa = f" ({env['cpu_capability']})" if env.get("cpu_capability") and not gpu else ""
+    return (f"{gpu}" if gpu else f"{env.get('cpu_count')}-core {env.get('processor') or env.get('machine')} CPU{isa}") + \
         f", torch {env.get('torch')}"
 
 

@@ -199,6 +199,28 @@ def build(impl: str, src: Path | None, name: str, device: str, batch: int, args:
 
 
 # ---- measurements ---------------------------------------------------------------------------------
+def flop_counts(name: str, batch: int) -> dict[str, float]:
+    """GFLOP of one generation, counted by ``torch.utils.flop_counter`` on the meta device (no weights):
+    the transformer over every scale at batch x 2 rows (CFG), counted as one teacher-forced pass (the
+    cached path does the same products, its attention over the prefix only), and the VQVAE decoder."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from arnodes.engine.models.var import VAR
+    from arnodes.engine.tokenizers.msvq import MSVQTokenizer
+    tok_cfg, gen_cfg = configs(name)
+    with torch.device("meta"), torch.no_grad():
+        var, tok = VAR(gen_cfg), MSVQTokenizer(tok_cfg)
+        var.lvl_1L, var.attn_bias_for_masking = var.lvl_1L.to("meta"), var.attn_bias_for_masking.to("meta")
+        labels_meta = torch.zeros(2 * batch, dtype=torch.int64)
+        var_input = torch.zeros(2 * batch, gen_cfg.tokens_per_image - var.first_l, gen_cfg.cvae)
+        with FlopCounterMode(display=False) as transformer:
+            var(labels_meta, var_input)
+        last = tok_cfg.patch_nums[-1]
+        with FlopCounterMode(display=False) as decoder:
+            tok.decoder(tok.post_quant_conv(torch.zeros(batch, tok_cfg.z_channels, last, last)))
+    return {"transformer_gflop": transformer.get_total_flops() / 1e9, "decoder_gflop": decoder.get_total_flops() / 1e9}
+
+
 def memory_worker(job: dict) -> dict:
     """One implementation alone in this fresh process: RSS high-water marks around one generation."""
     torch.set_num_threads(job["threads"])
@@ -238,7 +260,7 @@ def bench_one(name: str, device: str, batch: int, args: argparse.Namespace) -> d
     fns = {impl: keep_last(impl) for impl in impls}
     times = time_interleaved(fns, device, warmup=args.warmup, repeats=args.repeats)
     row: dict[str, Any] = {"config": name, "batch": batch, "device": device, "threads": torch.get_num_threads(),
-                           **{impl: summarize(times[impl], batch) for impl in impls}}
+                           "work": flop_counts(name, batch), **{impl: summarize(times[impl], batch) for impl in impls}}
     for impl in impls:
         row[impl]["images_per_s"] = row[impl].pop("items_per_s")
         if impl in IMPLS and impl != "ours":  # half precision: how many tokens our float32 run also chose
