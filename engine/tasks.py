@@ -66,7 +66,7 @@ def decode(bundle, canvas: TokenCanvas, upto: int | None = None) -> torch.Tensor
 
 
 def decoder_precision(bundle) -> contextlib.AbstractContextManager:
-    """A bfloat16 bundle decodes under bfloat16 autocast: the conv decoder is most of a VAR image's
+    """A bfloat16 bundle decodes under bfloat16 autocast: the conv decoder is a large share of a VAR image's
     float32 time on a CPU, and a user who picked bfloat16 picked speed over the last bits. The
     tokenizer's weights stay float32 and encoding (image -> tokens) stays float32, so an image's
     tokens never depend on the dtype. float16 decodes in float32 (VQ decoders overflow it)."""
