@@ -26,6 +26,7 @@ import torch
 from arnodes.engine.models import llamagen as lg
 from arnodes.engine.models import var as varm
 from arnodes.engine.quantize import QUANT_MODES, quantize_model, quantized_bytes
+from common import env_info
 
 logger = logging.getLogger("quantize_speed")
 
@@ -127,7 +128,7 @@ def main() -> None:
               for r in rows for q, limit in (("int8", 0.55), ("int4-g128", 0.30))
               if r["quant"] == q and r["ratio_total_vs_bf16"] > limit]
     report = {"bench": "quantize_speed", "torch": torch.__version__, "threads": a.threads,
-              "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+              "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "env": env_info("cpu"),
               "rows": rows, "target_misses": misses, "seconds": round(time.perf_counter() - t0, 1)}
     text = json.dumps(report, indent=1)
     if a.out:

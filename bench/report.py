@@ -372,6 +372,26 @@ def block_kernels() -> str:
     return "\n".join(lines) + "\n"
 
 
+def block_quantize_speed() -> str:
+    """Decode-step time per quant mode on the CPU (quantize_speed.py): one GPT-B token, one VAR d16 4x4 scale."""
+    q = load("quantize_speed.json")
+    if q is None:
+        return _missing("quantize_speed.json", "python bench/quantize_speed.py --threads 1 --repeats 9 --out bench/results/quantize_speed.json")
+    keys = sorted({k for r in q["rows"] for k in r["step_ms"]}, key=lambda k: (k.split("/")[0], "32" not in k))
+    if not keys:
+        return "_No step timings in quantize_speed.json._\n"
+    rows = []
+    for r in q["rows"]:
+        if not r["step_ms"]:
+            continue
+        cells = [f"{r['step_ms'][k]:.1f} ms ({ratio(r['speedup_vs_none'][k])})" if k in r["step_ms"] else "—" for k in keys]
+        rows.append([r["model"], r["quant"], f(r["ratio_total_vs_bf16"], 3), *cells])
+    threads = f"{q['threads']} thread" + ("s" if q["threads"] != 1 else "")
+    head = (f"Decode step at batch 2 (CFG), {threads}, {_machine(q.get('env'))}: one GPT-B token, one VAR d16 "
+            f"scale of 4x4 tokens, random init; in brackets the speed-up over the same model unquantized.\n")
+    return head + "\n" + "\n".join(_table(["model", "quant", "size vs all-bf16", *[f"step {k}" for k in keys]], rows)) + "\n"
+
+
 def block_floors() -> str:
     """How close float32 can get: the official code's 1-thread figures against this CPU's bounds
     (weight streaming for GPT-B's decode step, GEMM rate for VAR d16's FLOPs), from the same runs."""
@@ -409,7 +429,8 @@ BLOCKS: dict[str, Callable[[], str]] = {"generate": block_generate, "quantize": 
                                         "emoji-model": block_emoji_model,
                                         "emoji-control": block_emoji_control, "emoji-raster": block_emoji_raster,
                                         "emoji-text": block_emoji_text, "serving": block_serving,
-                                        "emoji-style-loss": block_emoji_style_loss, "floors": block_floors}
+                                        "emoji-style-loss": block_emoji_style_loss, "floors": block_floors,
+                                        "quantize-speed": block_quantize_speed}
 
 
 # ---- documents --------------------------------------------------------------------------------------
