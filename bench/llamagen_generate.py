@@ -228,13 +228,10 @@ def _agreement(a: list, b: list) -> float:
 
 
 def _env() -> dict:
-    import platform
-
     import torch
-    return {"torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+    from common import env_info  # imported here: the parent process needs no torch until it reports
+    return env_info("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def torch_threads_default() -> int:

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ..engine.loader import load_manifest
 from . import data as emoji_data
-from .export import CLASSES_FILE, MANIFEST, write_draft_store
+from .export import MANIFEST, read_bundle, write_draft_store
 from .raster import DRAFT_STORE_FILE, LAYOUT, training_grids
 from .text_model import DRAFT_STORE_FILE as TEXT_DRAFT_STORE_FILE, MANIFEST as TEXT_MANIFEST
 
@@ -35,9 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     weights = Path(a.weights)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    bundle = load_manifest(weights / a.manifest)
-    manifest = json.loads((weights / a.manifest).read_text(encoding="utf-8"))
-    classes = json.loads((weights / CLASSES_FILE).read_text(encoding="utf-8"))
+    bundle, manifest, classes = read_bundle(weights, a.manifest)
     # the data a model trained on: a text model records its sets; the class models read emoji-var's
     data_info = manifest if bundle.takes_text else json.loads((weights / MANIFEST).read_text(encoding="utf-8"))
     d = emoji_data.load_for_manifest(a.data_cache, data_info, log=log)

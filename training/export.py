@@ -96,11 +96,12 @@ def set_defaults(manifest: Path, defaults: dict[str, Any], metrics: dict[str, An
 
 def read_bundle(weights: Path, manifest_name: str = MANIFEST) -> tuple[Any, dict[str, Any], list[dict]]:
     """(loaded bundle, manifest dict, class rows) of an exported bundle folder: what every stage that
-    continues from an export starts with."""
+    continues from an export starts with. A text model's manifest names no class list; its training
+    data is labelled with the bundled one."""
     from ..engine.loader import load_manifest
 
     manifest = json.loads((weights / manifest_name).read_text(encoding="utf-8"))
-    classes = json.loads((weights / manifest["classes"]).read_text(encoding="utf-8"))
+    classes = json.loads((weights / manifest.get("classes", CLASSES_FILE)).read_text(encoding="utf-8"))
     return load_manifest(weights / manifest_name), manifest, classes
 
 
