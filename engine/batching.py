@@ -15,7 +15,8 @@ restarts that wait (up to ``MAX_WINDOWS`` windows in all), so a burst whose requ
 through the front end's own work still meets; then the group takes the model's lock and runs
 everything queued for its settings (up to ``max_images``). Requests arriving while a batch runs
 queue behind the lock and go together in the next batch, so under load batches form without any
-waiting.
+waiting. Where a compute thread runs (compute_thread.py: the executor's front ends), the batch runs
+there: the requests wait for company on their own threads and hand the batch over, lock included.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from . import compute_thread
 from .conditioning import Conditioning
 from .errors import InvalidInputError, LimitError
 from .generate import DecodeOptions, TokenCanvas, generate, make_generator
@@ -116,8 +118,7 @@ class GenerationBatcher:
         alone = (decode.strategy != "plain" or cond.control is not None or cond.text is not None
                  or cond.batch >= self.settings.max_images or self.settings.max_images == 1)
         if alone:
-            with lock, (reserve(cond.batch) if reserve else nullcontext()):
-                return generate(bundle, cond, params=params, seed=seed, progress=progress, decode=decode, stats=stats)
+            return compute_thread.run(self._alone, bundle, lock, cond, params, seed, progress, decode, stats, reserve)
         request = _Request(cond, seed, progress, reserve)
         key = _settings_key(bundle, cond, params)
         with self._lock:
@@ -127,15 +128,28 @@ class GenerationBatcher:
             self._pending.setdefault(key, []).append(request)
         self._wait_for_company(key)
         while not request.done.is_set():
-            with lock:
-                batch = self._take(key) if not request.done.is_set() else []
-                if batch:
-                    self._run(bundle, batch, params)
+            compute_thread.run(self._take_and_run, bundle, lock, key, params, request)
         if request.error is not None:
             raise request.error
         if stats is not None:
             stats.update(request.stats)
         return request.result
+
+    @staticmethod
+    def _alone(bundle, lock: threading.RLock, cond: Conditioning, params: SamplingParams, seed: int,
+               progress: Progress | None, decode: DecodeOptions, stats: dict | None,
+               reserve: Reserve | None) -> TokenCanvas:
+        with lock, (reserve(cond.batch) if reserve else nullcontext()):
+            return generate(bundle, cond, params=params, seed=seed, progress=progress, decode=decode, stats=stats)
+
+    def _take_and_run(self, bundle, lock: threading.RLock, key: tuple, params: SamplingParams,
+                      request: _Request) -> None:
+        """Under the model's lock (on the compute thread): run the oldest queued requests of ``key``, unless
+        an earlier batch already served ``request``."""
+        with lock:
+            batch = self._take(key) if not request.done.is_set() else []
+            if batch:
+                self._run(bundle, batch, params)
 
     def _wait_for_company(self, key: tuple) -> None:
         """Until a window passes with no new arrival (at most ``MAX_WINDOWS`` from the first) or the

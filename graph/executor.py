@@ -2,6 +2,11 @@
 
 The node registry (class_type -> Node class) is an argument: the executor never
 imports the node modules, so it stays torch-free and testable with stub nodes.
+
+Node work runs on the process's compute thread (engine/compute_thread.py), whichever thread asked
+for the run: a server's many request threads would otherwise each grow their own CPU worker teams.
+Batchable nodes are the exception: they wait for company on their own thread, and the batcher hands
+the batch it forms to the compute thread.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from ..engine import compute_thread
 from ..engine.errors import CancelledError
 from ..engine.limits import check_node_count
 from .cache import Cache, CacheEntry, LRUCache, node_key
@@ -64,6 +70,7 @@ class Executor:
         """
         wf = normalize_workflow(workflow)
         check_node_count(len(wf))
+        compute_thread.enable()
         problems = validate(wf, self.registry)
         if problems:
             raise ValidationError(problems)
@@ -151,7 +158,9 @@ class _Run:
             else:
                 self.emit(Event("node_start", node_id, class_type))
                 started = time.perf_counter()
-                entry = _as_entry(cls.execute(ctx, **kwargs), spec)
+                raw = (cls.execute(ctx, **kwargs) if spec.batchable  # it hands its batch to the thread itself
+                       else compute_thread.run(cls.execute, ctx, **kwargs))
+                entry = _as_entry(raw, spec)
                 logger.debug("node %s (%s) ran in %.3fs", node_id, class_type, time.perf_counter() - started)
                 if not volatile:
                     self.cache.set(key, entry)
@@ -182,7 +191,12 @@ class _Run:
 
     def evaluate_together(self, node_ids: list[str]) -> None:
         """Evaluate independent nodes in threads; results are recorded in ``node_ids`` order, and the
-        first failure (in that order) is raised once all have finished."""
+        first failure (in that order) is raised once all have finished. On the compute thread itself (a
+        nested run) they go one by one: their batches could not run while this thread waits for them."""
+        if compute_thread.on_compute_thread():
+            for node_id in node_ids:
+                self.evaluate(node_id)
+            return
         errors: dict[str, BaseException] = {}
         executed_before, cached_before = len(self.result.executed), len(self.result.cached)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ..engine import compute_thread
 from ..engine.batching import default_batcher
 from ..engine.generate import generate
 from ..engine.generate.canvas import TokenCanvas
@@ -63,18 +64,27 @@ class ARGenerate(Node):
             cond = match_batch(cond, canvas.batch, "tokens")
         stats: dict = {}
         # a fresh sample may share a batch with other requests for this model (the batcher takes the
-        # model's lock); a canvas to complete runs alone under it
+        # model's lock); a canvas to complete runs alone under it. This node waits for company on its
+        # own thread (SPEC.batchable), so its tensor work is handed to the compute thread here.
         started = time.perf_counter()
         if canvas is None:
+            compute_thread.run(handle.load)  # a first load's tensor work, too
             with handle.pinned("ARGenerate") as (bundle, reserve):
                 out = default_batcher().generate(bundle, bundle.generation_lock, cond,
                                                  sampling_params(bundle, top_k, top_p, temperature, more_smooth),
                                                  int(seed), progress=ctx.progress, decode=options, stats=stats,
                                                  reserve=reserve)
         else:
-            with handle.use(cond.batch, "ARGenerate") as bundle:
-                out = generate(bundle, cond, canvas.to(bundle.device),
-                               params=sampling_params(bundle, top_k, top_p, temperature, more_smooth),
-                               seed=int(seed), progress=ctx.progress, decode=options, stats=stats)
+            out = compute_thread.run(_complete, handle, cond, canvas, seed, top_k, top_p, temperature, more_smooth,
+                                     ctx, options, stats)
         stats["seconds"] = time.perf_counter() - started
         return NodeResult((out,), ui={"stats": [stats]})
+
+
+def _complete(handle, cond, canvas: TokenCanvas, seed: int, top_k: int, top_p: float, temperature: float,
+              more_smooth: bool, ctx: ExecutionContext, options, stats: dict) -> TokenCanvas:
+    """A canvas to complete runs alone under the model's lock."""
+    with handle.use(cond.batch, "ARGenerate") as bundle:
+        return generate(bundle, cond, canvas.to(bundle.device),
+                        params=sampling_params(bundle, top_k, top_p, temperature, more_smooth),
+                        seed=int(seed), progress=ctx.progress, decode=options, stats=stats)

@@ -66,6 +66,12 @@ class StepFunction:
         self.failed = False
         self.device = device
 
+    @property
+    def static_shapes(self) -> bool:
+        """Whether the compiled step must see one shape on every call: CUDA graphs replay fixed buffers.
+        Elsewhere a dynamic step can attend only the filled part of the KV cache."""
+        return self.device.type == "cuda" and not self.dynamic
+
     def _compile(self) -> Callable:
         if self.compiled is None:
             import torch._dynamo.config as dynamo_config

@@ -46,7 +46,7 @@ class _Step:
     params: SamplingParams
     generator: Randomness
     trace: dict | None
-    compiled: bool  # run the compiled decode step (static shapes: attention over the whole cache)
+    compiled: bool  # run the compiled decode step (on CUDA with static shapes: attention over the whole cache)
     step: Callable  # the model's decode step (compiled.StepFunction), looked up once per generation
     control: ControlSignal | None = None  # condition tokens of a control adapter (ControlAR)
     prefix_mask: torch.Tensor | None = None  # t2i: (B or 2B, cls) bool, False = padded caption position
@@ -80,7 +80,7 @@ def decode_one_token(model, feed: torch.Tensor, t: int, positions: torch.Tensor,
                      tokens_BL: torch.Tensor, known_BL: torch.Tensor) -> torch.Tensor:
     """Feed token t-1 (in ``feed``, (B or 2B, 1)) at its position -> token t (B,)."""
     pos = model.config.cls_token_num + t - 1
-    kv_len = None if s.compiled else pos + 1  # eager: attend the filled prefix only
+    kv_len = None if s.compiled and s.step.static_shapes else pos + 1  # else attend the filled prefix only
     logits = s.step(s.compiled, feed, positions[pos:pos + 1], kv_len, s.control)  # (B or 2B, V)
     return _choose(logits, t, s, tokens_BL, known_BL)
 
@@ -201,7 +201,7 @@ def generate_tokens(model, cond: Conditioning, canvas: TokenCanvas | None, param
     positions = torch.arange(cls + L, device=device)  # (cls + L,) sliced into views per step
     control = cond.control.signal(model, B, guided) if cond.control is not None else None
     s = _Step(B, guided, float(cond.cfg), int(cond.cfg_interval), params, generator, trace,
-              wants_compile(compile, device), step_function(model, "decode_step"), control, prefix_mask)
+              wants_compile(compile, device), step_function(model, "decode_step", dynamic=device.type != "cuda"), control, prefix_mask)
     decode = decode or DecodeOptions()
     if decode.strategy == "plain":
         first = prefill(model, labels, positions, s, tokens_BL, known_BL)

@@ -59,6 +59,26 @@ def test_requests_arriving_together_form_one_batch_and_keep_their_own_images(bun
     assert not torch.equal(results[0].grids[-1], results[2].grids[-1][:1])  # different seeds, different images
 
 
+def test_with_a_compute_thread_the_batch_runs_there_and_images_stay_the_same(bundle, monkeypatch):
+    from arnodes.engine import batching, compute_thread
+    compute_thread.enable()
+    ran_on = []
+    real = batching.generate
+
+    def recording(*args, **kwargs):
+        ran_on.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(batching, "generate", recording)
+    batcher = GenerationBatcher(BatchSettings(max_images=16, window_s=0.5))
+    results = _together(batcher, bundle, REQUESTS[:2])
+    assert batcher.batches == [2] and ran_on == [compute_thread.THREAD_NAME]
+    for (ids, seed), got in zip(REQUESTS[:2], results):
+        assert all(torch.equal(a, b) for a, b in zip(got.grids, _solo(bundle, ids, seed).grids)), (ids, seed)
+    off = GenerationBatcher(BatchSettings(max_images=1))  # batching off: each request alone, also there
+    alone = off.generate(bundle, bundle.generation_lock, Conditioning((3,), cfg=2.0), PARAMS, 5)
+    assert ran_on[-1] == compute_thread.THREAD_NAME and alone.batch == 1
+
+
 def test_a_batch_never_exceeds_max_images(bundle):
     batcher = GenerationBatcher(BatchSettings(max_images=3, window_s=0.5))
     results = _together(batcher, bundle, REQUESTS)  # 1 + 2 + 1 images batched; the 3-image one runs alone
