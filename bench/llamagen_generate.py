@@ -106,7 +106,7 @@ def _worker(job: dict) -> dict:
     L, B = args["block_size"], job["batch"]
     common = dict(device=device, dtype=getattr(torch, job["dtype"]), batch=B, cfg=job["cfg"], top_k=job["top_k"])
     if job["impl"] == "arnodes":
-        once = build_ours(args, sd, job["weights"], **common)
+        once = build_ours(args, sd, job["weights"], **common, compile=job.get("compile", "off"))
     else:
         once = build_official(job["reference_src"], args, sd, **common)
     del sd
@@ -116,9 +116,11 @@ def _worker(job: dict) -> dict:
             torch.cuda.synchronize()
 
     with torch.no_grad():
+        t0 = time.perf_counter()
         for i in range(job["warmup"]):
             once(i)
         sync()
+        warmup_s = time.perf_counter() - t0
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         rss0 = _maxrss_kib()
@@ -131,6 +133,8 @@ def _worker(job: dict) -> dict:
     rss1 = _maxrss_kib()
     best = min(times)
     out = {k: job[k] for k in ("impl", "model", "device", "batch", "cfg", "threads", "dtype")}
+    if job["impl"] == "arnodes":
+        out.update(compile=job.get("compile", "off"), warmup_s=warmup_s)  # warm-up: includes any compiling
     out["last_tokens"] = tokens.reshape(B, -1).tolist()  # the same seed in both implementations
     out.update(tokens=L, seconds_best=best, seconds_median=sorted(times)[len(times) // 2],
                tokens_per_s=B * L / best, peak_rss_mb=rss1 / 1024, rss_growth_in_timed_runs_mb=(rss1 - rss0) / 1024)
@@ -159,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="thread counts to measure (e.g. 1 2)")
     p.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"],
                    help="our model's dtypes (the official code runs float32)")
+    p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"],
+                   help="our decode step eager and/or torch.compile'd (compile time is in the warm-up, not timed)")
     p.add_argument("--reference-src", type=Path, default=None, help="FoundationVision/LlamaGen checkout")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -175,22 +181,24 @@ def main(argv: list[str] | None = None) -> int:
         for model in a.models:
             weights = _weights_file(model, Path(tmp))
             for device, threads, batch in ((d, t, b) for d in devices for t in a.threads for b in a.batch):
-                runs = [("arnodes", dt) for dt in a.dtypes] + ([("official", "float32")] if a.reference_src else [])
+                runs = ([("arnodes", dt, c) for c in a.compile for dt in a.dtypes]
+                        + ([("official", "float32", "off")] if a.reference_src else []))
                 row = {}
-                for impl, dtype in runs:
+                for impl, dtype, compile_mode in runs:
                     job = dict(impl=impl, model=model, device=device, batch=batch, cfg=a.cfg, top_k=a.top_k,
                                iters=a.iters, warmup=a.warmup, threads=threads, weights=str(weights), dtype=dtype,
-                               model_args=_model_args(model), reference_src=str(a.reference_src))
-                    row[(impl, dtype)] = r = _run_job(job)
+                               model_args=_model_args(model), reference_src=str(a.reference_src),
+                               compile=compile_mode)
+                    row[(impl, dtype, compile_mode)] = r = _run_job(job)
                     results.append(r)
-                    logger.info("%-8s %-8s %-7s %-4s %d threads B=%d: %8.1f tok/s  peak RSS %.0f MB", impl, dtype,
-                                model, device, threads, batch, r["tokens_per_s"], r["peak_rss_mb"])
+                    logger.info("%-8s %-8s %-7s %-4s compile %-3s %d threads B=%d: %8.1f tok/s  peak RSS %.0f MB", impl,
+                                dtype, model, device, compile_mode, threads, batch, r["tokens_per_s"], r["peak_rss_mb"])
                 _compare(row)
             for r in results:
                 r.pop("last_tokens", None)
     report = {"benchmark": "llamagen_generate", "env": _env(), "settings": {
         "cfg": a.cfg, "top_k": a.top_k, "iters": a.iters, "warmup": a.warmup, "threads": a.threads,
-        "dtypes": a.dtypes, "official_dtype": "float32",
+        "dtypes": a.dtypes, "compile": a.compile, "official_dtype": "float32",
         "reference": "FoundationVision/LlamaGen" if a.reference_src else None}, "results": results}
     text = json.dumps(report, indent=2)
     print(text)
@@ -208,12 +216,12 @@ def _maxrss_kib() -> float:
 
 def _compare(row: dict) -> None:
     """Speed against the official run, and how many tokens match: ours float32 vs official (same seed),
-    ours in half precision vs ours float32."""
-    ref = row.get(("official", "float32"))
-    ours32 = row.get(("arnodes", "float32"))
-    for (impl, dtype), r in row.items():
+    ours in half precision vs ours float32 (eager, or compiled against compiled)."""
+    ref = row.get(("official", "float32", "off"))
+    for (impl, dtype, compile_mode), r in row.items():
         if impl != "arnodes":
             continue
+        ours32 = row.get(("arnodes", "float32", compile_mode))
         if ref is not None:
             r["speedup_vs_official"] = r["tokens_per_s"] / ref["tokens_per_s"]
             if dtype == "float32":
