@@ -157,6 +157,11 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     ``(x0 cos - x1 sin, x1 cos + x0 sin)`` is a single complex multiply.
     """
     B, S, H, hd = x.shape
+    if torch.compiler.is_compiling():  # the compiler fuses real arithmetic; it cannot generate complex code
+        x2 = x.float().reshape(B, S, H, hd // 2, 2)
+        cos, sin = table[:, None, :, 0], table[:, None, :, 1]  # (S, 1, hd/2)
+        out = torch.stack([x2[..., 0] * cos - x2[..., 1] * sin, x2[..., 1] * cos + x2[..., 0] * sin], dim=-1)
+        return out.reshape(B, S, H, hd).type_as(x)
     pairs = torch.view_as_complex(x.float().reshape(B, S, H, hd // 2, 2))  # (B, S, H, hd/2) complex
     rot = torch.view_as_complex(table).unsqueeze(1)  # (S, 1, hd/2) complex
     return torch.view_as_real(pairs * rot).reshape(B, S, H, hd).type_as(x)
