@@ -62,10 +62,6 @@ def enable() -> None:
             _worker = ComputeThread()
 
 
-def enabled() -> bool:
-    return _worker is not None
-
-
 def on_compute_thread() -> bool:
     return _worker is not None and threading.current_thread() is _worker.thread
 

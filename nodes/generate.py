@@ -6,7 +6,8 @@ from typing import Any
 
 from ..engine import compute_thread
 from ..engine.batching import default_batcher
-from ..engine.generate import generate
+from ..engine.conditioning import Conditioning
+from ..engine.generate import DecodeOptions, generate
 from ..engine.generate.canvas import TokenCanvas
 from ..engine.limits import check_batch
 from .base import (
@@ -14,7 +15,7 @@ from .base import (
 )
 from .tokenize import check_tokens
 from .types import (
-    GSD_GROUP_MASS, check_model, check_range, decode_inputs, decode_options, match_batch, sampler_inputs,
+    GSD_GROUP_MASS, ModelHandle, check_model, check_range, decode_inputs, decode_options, match_batch, sampler_inputs,
     sampling_params,
 )
 
@@ -81,8 +82,9 @@ class ARGenerate(Node):
         return NodeResult((out,), ui={"stats": [stats]})
 
 
-def _complete(handle, cond, canvas: TokenCanvas, seed: int, top_k: int, top_p: float, temperature: float,
-              more_smooth: bool, ctx: ExecutionContext, options, stats: dict) -> TokenCanvas:
+def _complete(handle: ModelHandle, cond: Conditioning, canvas: TokenCanvas, seed: int, top_k: int, top_p: float,
+              temperature: float, more_smooth: bool, ctx: ExecutionContext, options: DecodeOptions,
+              stats: dict) -> TokenCanvas:
     """A canvas to complete runs alone under the model's lock."""
     with handle.use(cond.batch, "ARGenerate") as bundle:
         return generate(bundle, cond, canvas.to(bundle.device),

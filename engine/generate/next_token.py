@@ -200,8 +200,9 @@ def generate_tokens(model, cond: Conditioning, canvas: TokenCanvas | None, param
     model.setup_caches(labels.shape[0], cls + L)
     positions = torch.arange(cls + L, device=device)  # (cls + L,) sliced into views per step
     control = cond.control.signal(model, B, guided) if cond.control is not None else None
+    step = step_function(model, "decode_step", dynamic=device.type != "cuda")  # CUDA graphs need static shapes
     s = _Step(B, guided, float(cond.cfg), int(cond.cfg_interval), params, generator, trace,
-              wants_compile(compile, device), step_function(model, "decode_step", dynamic=device.type != "cuda"), control, prefix_mask)
+              wants_compile(compile, device), step, control, prefix_mask)
     decode = decode or DecodeOptions()
     if decode.strategy == "plain":
         first = prefill(model, labels, positions, s, tokens_BL, known_BL)

@@ -154,10 +154,11 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved pairs (x[2j], x[2j+1]) in float32. x (B, S, H, hd), table (S, hd/2, 2).
 
     Pairs are complex numbers and the table is cos + i sin, so the rotation
-    ``(x0 cos - x1 sin, x1 cos + x0 sin)`` is a single complex multiply.
+    ``(x0 cos - x1 sin, x1 cos + x0 sin)`` is a single complex multiply (few eager ops). A compiled step
+    spells it out in real arithmetic instead, which the compiler fuses (it generates no complex code).
     """
     B, S, H, hd = x.shape
-    if torch.compiler.is_compiling():  # the compiler fuses real arithmetic; it cannot generate complex code
+    if torch.compiler.is_compiling():
         x2 = x.float().reshape(B, S, H, hd // 2, 2)
         cos, sin = table[:, None, :, 0], table[:, None, :, 1]  # (S, 1, hd/2)
         out = torch.stack([x2[..., 0] * cos - x2[..., 1] * sin, x2[..., 1] * cos + x2[..., 0] * sin], dim=-1)
