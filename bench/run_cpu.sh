@@ -12,7 +12,7 @@ python var_generate.py --reference-src "$var_src" --configs fixture d16 --batch 
   --dtypes float32 bfloat16 --dtypes-large float32 bfloat16 --repeats 7 --repeats-large 2 --warmup-large 1 \
   --out results/var_cpu.json > /dev/null
 python llamagen_generate.py --reference-src "$lg_src" --models fixture gpt-b --batch 1 --threads 1 2 \
-  --dtypes float32 bfloat16 --compile off on --iters 2 --warmup 1 --out results/llamagen_cpu.json > /dev/null
+  --dtypes float32 bfloat16 --compile off on --iters 3 --warmup 1 --out results/llamagen_cpu.json > /dev/null
 python linear_kernels.py --rows 1 2 3 4 16 40 64 --out results/linear_kernels.json > /dev/null
 python quantize_speed.py --threads 1 --repeats 9 --out results/quantize_speed.json > /dev/null
 python emoji_generate.py --threads 1 --repeats 10 --out results/emoji_generate.json > /dev/null
