@@ -10,7 +10,9 @@ work, and a batch-8 generation took 208 ms against 146 ms.
 
 So the executor hands each node's work to this one thread, and the request batcher hands it its
 batch runs. The requesting threads only wait (and do their waiting for company outside it). A
-caller already on this thread runs inline, so nested work cannot deadlock on itself. Until
+caller already on this thread runs inline, so nested work cannot deadlock on itself. The main
+thread keeps its own work too: a CLI run or a script already does everything there (one team), and
+Ctrl-C then still lands where the work is, so an interrupted write cleans up after itself. Until
 ``enable()`` (the executor calls it) everything runs inline, as before: ComfyUI and library users
 keep calling from their own threads.
 """
@@ -66,11 +68,16 @@ def on_compute_thread() -> bool:
     return _worker is not None and threading.current_thread() is _worker.thread
 
 
+def _runs_inline() -> bool:
+    """Whether ``run`` calls its function right here: no compute thread, or this is it, or the main thread."""
+    here = threading.current_thread()
+    return _worker is None or here is _worker.thread or here is threading.main_thread()
+
+
 def run(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    """``fn(*args, **kwargs)`` on the compute thread (inline when disabled or already there); its
-    exception is raised here. Never call this while holding a lock that work on the compute thread
-    may take: the lock's holder would wait for the thread, and the thread for the lock."""
-    worker = _worker
-    if worker is None or threading.current_thread() is worker.thread:
+    """``fn(*args, **kwargs)`` on the compute thread (inline when disabled, already there, or on the main thread); its exception is
+    raised here. Never call this while holding a lock that work on the compute thread may take: the
+    lock's holder would wait for the thread, and the thread for the lock."""
+    if _runs_inline():
         return fn(*args, **kwargs)
-    return worker.submit(fn, args, kwargs)
+    return _worker.submit(fn, args, kwargs)

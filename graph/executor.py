@@ -3,8 +3,9 @@
 The node registry (class_type -> Node class) is an argument: the executor never
 imports the node modules, so it stays torch-free and testable with stub nodes.
 
-Node work runs on the process's compute thread (engine/compute_thread.py), whichever thread asked
-for the run: a server's many request threads would otherwise each grow their own CPU worker teams.
+Node work runs on the process's compute thread (engine/compute_thread.py) when a run is asked for
+off the main thread: a server's many request threads would otherwise each grow their own CPU worker
+teams (a CLI's run stays on its main thread).
 Batchable nodes are the exception: they wait for company on their own thread, and the batcher hands
 the batch it forms to the compute thread.
 """
@@ -191,8 +192,8 @@ class _Run:
 
     def evaluate_together(self, node_ids: list[str]) -> None:
         """Evaluate independent nodes in threads; results are recorded in ``node_ids`` order, and the
-        first failure (in that order) is raised once all have finished. On the compute thread itself (a
-        nested run) they go one by one: their batches could not run while this thread waits for them."""
+        first failure (in that order) is raised once all have finished. Where node work runs inline on the
+        compute thread (a nested run there) they go one by one: their batches would need this thread."""
         if compute_thread.on_compute_thread():
             for node_id in node_ids:
                 self.evaluate(node_id)

@@ -75,7 +75,7 @@ def test_with_a_compute_thread_the_batch_runs_there_and_images_stay_the_same(bun
     for (ids, seed), got in zip(REQUESTS[:2], results):
         assert all(torch.equal(a, b) for a, b in zip(got.grids, _solo(bundle, ids, seed).grids)), (ids, seed)
     off = GenerationBatcher(BatchSettings(max_images=1))  # batching off: each request alone, also there
-    alone = off.generate(bundle, bundle.generation_lock, Conditioning((3,), cfg=2.0), PARAMS, 5)
+    alone = _together(off, bundle, [((3,), 5)])[0]
     assert ran_on[-1] == compute_thread.THREAD_NAME and alone.batch == 1
 
 

@@ -36,13 +36,26 @@ def test_an_error_is_raised_in_the_caller_and_the_thread_goes_on():
     assert worker.submit(lambda a, b=0: a + b, (2,), {"b": 3}) == 5
 
 
+def _from_a_request_thread(fn):
+    out = []
+    caller = threading.Thread(target=lambda: out.append(fn()), name="request")
+    caller.start()
+    caller.join(timeout=30)
+    return out[0]
+
+
 def test_run_hands_work_over_once_enabled_and_runs_inline_on_the_thread_itself():
     compute_thread.enable()
-    first = compute_thread.run(threading.current_thread)
+    first = _from_a_request_thread(lambda: compute_thread.run(threading.current_thread))
     compute_thread.enable()  # idempotent: still the same thread
-    assert compute_thread.run(threading.current_thread) is first is not threading.current_thread()
+    assert _from_a_request_thread(lambda: compute_thread.run(threading.current_thread)) is first
+    assert first.name == compute_thread.THREAD_NAME
 
     def outer() -> tuple[str, str]:
         return threading.current_thread().name, compute_thread.run(lambda: threading.current_thread().name)
-    assert compute_thread.run(outer) == (compute_thread.THREAD_NAME, compute_thread.THREAD_NAME)
-    assert compute_thread.on_compute_thread() is False
+    assert _from_a_request_thread(lambda: compute_thread.run(outer)) == (first.name, first.name)
+
+
+def test_the_main_thread_keeps_its_own_work():
+    compute_thread.enable()
+    assert compute_thread.run(threading.current_thread) is threading.main_thread()

@@ -56,6 +56,14 @@ def _run(workflow, tmp_path) -> None:
     Executor(REGISTRY).run(workflow, input_dir=tmp_path / "in", output_dir=tmp_path / "out")
 
 
+def _run_off_main(workflow, tmp_path) -> None:
+    """As a server's request thread asks for a run."""
+    caller = threading.Thread(target=_run, args=(workflow, tmp_path), name="request", daemon=True)
+    caller.start()
+    caller.join(timeout=60)
+    assert not caller.is_alive(), "the run did not finish"
+
+
 def test_node_work_runs_on_one_compute_thread_from_any_calling_thread(tmp_path):
     THREADS.clear()
     g = GraphBuilder()
@@ -75,10 +83,22 @@ def test_batchable_nodes_wait_on_their_own_threads_and_hand_their_work_over(tmp_
     g = GraphBuilder()
     for i in range(3):
         g.node("WhereAmI", x=g.node("Gather", x=i).out(0))
-    _run(g.build(), tmp_path)
+    _run_off_main(g.build(), tmp_path)
     waits = [name for kind, name in THREADS if kind == "Gather:waits"]
     assert len(waits) == 3 and compute_thread.THREAD_NAME not in waits  # side by side, off the compute thread
     assert {name for kind, name in THREADS if kind != "Gather:waits"} == {compute_thread.THREAD_NAME}
+
+
+def test_a_run_asked_for_on_the_main_thread_keeps_its_node_work_there(tmp_path):
+    THREADS.clear()
+    g = GraphBuilder()
+    for i in range(2):
+        g.node("WhereAmI", x=g.node("Gather", x=i).out(0))
+    _run(g.build(), tmp_path)  # pytest's main thread, as the CLI's
+    main = threading.main_thread().name
+    assert [name for kind, name in THREADS if kind == "WhereAmI"] == [main, main]
+    # two batchable nodes ready at once wait side by side, off the main thread, and hand their work over
+    assert {name for kind, name in THREADS if kind == "Gather:work"} == {compute_thread.THREAD_NAME}
 
 
 def test_a_nested_run_on_the_compute_thread_finishes(tmp_path):
