@@ -17,6 +17,7 @@ gradio_client is not the driver: its jobs reach the server up to ~170 ms apart o
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -74,8 +75,9 @@ def app_server(env_extra: dict[str, str], workdir: Path) -> Iterator[str]:
         log.close()
 
 
+@functools.cache
 def _defaults(base: str) -> list:
-    """The /generate route's default inputs, in order (the app's API description)."""
+    """The /generate route's default inputs, in order (the app's API description; read once per server)."""
     with urllib.request.urlopen(f"{base}/gradio_api/info", timeout=10) as response:
         params = json.loads(response.read())["named_endpoints"]["/generate"]["parameters"]
     return [p["parameter_default"] for p in params]
