@@ -98,7 +98,8 @@ def build(job: Job, device: torch.device, dtype: torch.dtype, srcs: dict, cache:
                     return fn()
             return autocast_fn, None
         return fn, None
-    fn = vg.build_ours(name, *sds, **run_args, dtype=str(dtype).removeprefix("torch."), quant=job.quant)
+    fn = vg.build_ours(name, *(dict(sd) for sd in sds), **run_args, dtype=str(dtype).removeprefix("torch."),
+                       quant=job.quant)
     return fn, fn.generator
 
 

@@ -55,17 +55,21 @@ def _weights_file(model: str, tmp: Path) -> Path:
 # ---- the two implementations, built on the same state dict ---------------------------------------
 def build_ours(args: dict, sd: dict, source: str, device, dtype, batch: int, cfg: float, top_k: int,
                quant: str = "none", compile: str | None = None):
-    """Our ``generate_tokens`` as ``once(seed) -> tokens (B, L)``."""
+    """Our ``generate_tokens`` as ``once(seed) -> tokens (B, L)``. Takes ``sd`` over (empties it once the
+    model owns its tensors), so callers that build again pass a copy."""
     import torch
 
     from arnodes.engine.conditioning import Conditioning
     from arnodes.engine.generate.next_token import generate_tokens
+    from arnodes.engine.layers import pack_for_cpu
     from arnodes.engine.loader import build_module
     from arnodes.engine.models.llamagen import LlamaGenConfig
     from arnodes.engine.quantize import quantize_model
     from arnodes.engine.sampling import SamplingParams
     model = quantize_model(build_module("llamagen", LlamaGenConfig.from_official(args), sd, source, device=device,
                                         dtype=dtype), quant)
+    sd.clear()  # nothing else holds the float weights when they are packed (as in load_generator_file)
+    model = pack_for_cpu(model)
     cond = Conditioning(tuple(i % args["num_classes"] for i in range(batch)), cfg=cfg)
     params = SamplingParams(temperature=1.0, top_k=min(top_k, args["vocab_size"]), top_p=1.0, top_p_style="llamagen")
 
@@ -100,9 +104,11 @@ def _worker(job: dict) -> dict:
     import torch
     from safetensors.torch import load_file
 
+    from arnodes.engine.checkpoint import read_checkpoint
     torch.set_num_threads(job["threads"])
     device = torch.device(job["device"])
-    args, sd = job["model_args"], load_file(job["weights"])
+    read = read_checkpoint if job["impl"] == "arnodes" else load_file  # ours: the engine's own reader
+    args, sd = job["model_args"], read(job["weights"])
     L, B = args["block_size"], job["batch"]
     common = dict(device=device, dtype=getattr(torch, job["dtype"]), batch=B, cfg=job["cfg"], top_k=job["top_k"])
     if job["impl"] == "arnodes":

@@ -107,17 +107,22 @@ def build_ours(name: str, vae_sd: dict, var_sd: dict, device: str, batch: int, c
                sampling: dict, seed: int, dtype: str = "float32",
                tokens_out: dict | None = None, quant: str = "none") -> Callable[[], torch.Tensor]:
     """Our public path; the generator in ``dtype`` (the tokenizer stays float32). The last call's
-    tokens go to ``tokens_out["tokens"]`` (flattened over scales) when given."""
+    tokens go to ``tokens_out["tokens"]`` (flattened over scales) when given. Takes the state dicts
+    over (empties them once the modules own their tensors, as the loader lets go of a file's), so
+    callers that build again pass copies."""
     from arnodes.engine.classes import ClassNames
     from arnodes.engine.conditioning import Conditioning
     from arnodes.engine import tasks
     from arnodes.engine.generate import generate
+    from arnodes.engine.layers import pack_for_cpu
     from arnodes.engine.loader import ModelBundle, build_module
     from arnodes.engine.quantize import quantize_model
     from arnodes.engine.sampling import SamplingParams
     tok_cfg, gen_cfg = configs(name)
     tok = build_module("msvq", tok_cfg, dict(vae_sd), f"{name}:vae", device)
     var = quantize_model(build_module("var", gen_cfg, dict(var_sd), f"{name}:var", device, getattr(torch, dtype)), quant)
+    vae_sd.clear(), var_sd.clear()  # nothing else holds the float weights when they are packed (load_generator_file)
+    var = pack_for_cpu(var)
     bundle = ModelBundle(name=name, family="var", tokenizer=tok, generator=var,
                          classes=ClassNames([str(i) for i in range(gen_cfg.num_classes)]), image_size=tok_cfg.image_size)
     cond = Conditioning(tuple(labels(batch, gen_cfg.num_classes)), cfg=cfg_scale)
@@ -250,7 +255,8 @@ def bench_one(name: str, device: str, batch: int, args: argparse.Namespace) -> d
     sds = state_dicts(name)
     impls = ["ours"] + [f"ours-{d}" for d in args.dtypes if d != "float32"] + (["official"] if args.reference_src else [])
     tokens: dict[str, dict] = {impl: {} for impl in impls}
-    built = {impl: build(impl, args.reference_src, name, device, batch, args, sds, tokens[impl]) for impl in impls}
+    built = {impl: build(impl, args.reference_src, name, device, batch, args, (dict(sds[0]), dict(sds[1])),
+                         tokens[impl]) for impl in impls}
     last: dict[str, torch.Tensor] = {}
 
     def keep_last(impl: str) -> Callable[[], None]:

@@ -5,8 +5,10 @@ Models are built on the meta device and receive their tensors with
 """
 from __future__ import annotations
 
+import json
 import pickle
 import stat
+import struct
 import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, TypeVar
@@ -22,6 +24,43 @@ SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor read into memory of its own rather than as a view of a memory map of the file.
+
+    A map stays resident while any one of its tensors lives, so a model whose weights are replaced
+    after loading (cast to bfloat16, packed for the CPU by ``layers.pack_for_cpu``) would keep the
+    whole file in memory beside them. The safetensors library checks the header first (offsets
+    inside the file, no gaps or overlaps); the data is then read at those offsets."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    with safe_open(str(path), framework="pt") as f:
+        names = list(f.keys())
+    with open(path, "rb") as fh:
+        (header_len,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(header_len))
+        if any(header[n]["dtype"] not in _SAFETENSORS_DTYPES for n in names):
+            return load_file(str(path), device="cpu")  # rarer dtypes (float8, unsigned): the library's reader
+        tensors = {}
+        for name in names:
+            info = header[name]
+            tensor = torch.empty(info["shape"], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
+            begin, end = info["data_offsets"]
+            if end - begin != tensor.numel() * tensor.element_size():
+                raise ValueError(f"tensor {name!r}: {end - begin} bytes of data for shape {info['shape']}")
+            if tensor.numel():
+                fh.seek(8 + header_len + begin)
+                buffer = memoryview(tensor.view(-1).view(torch.uint8).numpy())
+                if fh.readinto(buffer) != end - begin:
+                    raise ValueError(f"tensor {name!r}: the file ends inside its data")
+            tensors[name] = tensor
+    return tensors
+
+
 def read_checkpoint(path: str | Path) -> object:
     """Read a checkpoint file into CPU tensors without executing arbitrary pickled code.
 
@@ -33,9 +72,8 @@ def read_checkpoint(path: str | Path) -> object:
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
         from safetensors import SafetensorError
-        from safetensors.torch import load_file
         try:
-            return load_file(str(path), device="cpu")
+            return _read_safetensors(path)
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from e
     if suffix in PICKLE_SUFFIXES:

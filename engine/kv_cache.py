@@ -10,6 +10,16 @@ import torch
 from torch import nn
 
 
+def decode_cache_dtype(model_dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
+    """The dtype a token-by-token model keeps keys and values in: its own, except half precision on the
+    CPU, where a decode step's attention computes in float32 (``layers.attention``). Stored in float32,
+    each key is converted once when written instead of the whole prefix at every step; the cost is the
+    cache's bytes doubled (19 MB for GPT-B at batch 1)."""
+    if torch.device(device).type == "cpu" and model_dtype in (torch.bfloat16, torch.float16):
+        return torch.float32
+    return model_dtype
+
+
 class KVCache(nn.Module):
     def __init__(self, batch: int, heads: int, max_len: int, head_dim: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:

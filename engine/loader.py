@@ -22,6 +22,7 @@ from .checkpoint import build_on_meta, load_into, read_checkpoint, unwrap_state_
 from .classes import ClassNames, load_class_names
 from .control import load_controls
 from .kinds import config_from_json, kind_classes
+from .layers import pack_for_cpu
 from .errors import CheckpointError, InvalidInputError, MissingFileError, UnknownNameError
 from .generate.draft_store import DraftStore, load_draft_store
 from .registry import REGISTRY, bundled_manifests, get_entry, manifest_class_spec
@@ -144,11 +145,16 @@ def load_module_file(kind: str, config, path: Path, device="cpu", dtype=torch.fl
 
 def load_generator_file(kind: str, config, path: Path, device="cpu", dtype=torch.float32,
                         quant: str = "none") -> nn.Module:
-    """The generator, weight-quantized per ``quant`` (see :mod:`.quantize`).
+    """The generator, weight-quantized per ``quant`` (see :mod:`.quantize`), its large linears packed
+    for the CPU's kernels where that pays (``layers.pack_for_cpu``; a no-op on other devices).
 
     A file written by ``save_quantized`` is loaded as is (no float round trip); it serves
     its own mode, so asking for a different one is refused.
     """
+    return pack_for_cpu(_read_generator(kind, config, path, device, dtype, quant))
+
+
+def _read_generator(kind: str, config, path: Path, device, dtype: torch.dtype, quant: str) -> nn.Module:
     from .quantize import check_supported, load_quantized_into, quantize_model, read_quant_metadata
     check_supported(quant, device)
     meta = read_quant_metadata(path)

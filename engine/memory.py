@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .kv_cache import decode_cache_dtype
 from .limits import cgroup_memory
 
 DEVICE_FRACTION = 0.9  # of a GPU's memory the cache may plan for; the rest is the allocator's slack
@@ -50,7 +51,8 @@ def working_set(bundle, batch: int) -> WorkingSet:
     else:  # raster: the class token(s) plus the grid; logits one token at a time
         tokens, last = getattr(cfg, "block_size", 0) + getattr(cfg, "cls_token_num", 1), 1
     rows = 2 * batch
-    element = 4 if bundle.dtype.is_floating_point and bundle.dtype.itemsize >= 4 else 2
+    kv_dtype = bundle.dtype if hasattr(cfg, "patch_nums") else decode_cache_dtype(bundle.dtype, bundle.device)
+    element = 4 if kv_dtype.is_floating_point and kv_dtype.itemsize >= 4 else 2
     return WorkingSet(kv_cache=2 * layers * rows * tokens * dim * element,
                       activations=16 * rows * tokens * dim * 4,
                       logits=rows * last * getattr(cfg, "vocab_size", 0) * 4 * 2)

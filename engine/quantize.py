@@ -45,6 +45,7 @@ from torch import nn
 from .choices import QUANTS
 from .checkpoint import check_state_dict
 from .errors import CheckpointError, UnknownNameError, UnsupportedError
+from .layers import Linear
 
 logger = logging.getLogger(__name__)
 
@@ -421,6 +422,9 @@ def quantize_model(model: nn.Module, mode: str) -> nn.Module:
     spec = parse_quant(mode)
     if spec.bits == 0:
         return model
+    for m in model.modules():  # weights packed for the CPU (layers.pack_for_cpu) quantize from their plain form
+        if isinstance(m, Linear):
+            m.unpack()
     return _convert(model, spec, from_weights=True)
 
 

@@ -36,8 +36,8 @@ from torch import nn
 
 from ..control.signal import ControlSignal, add_control
 from ..errors import InvalidInputError, UnsupportedError
-from ..kv_cache import KVCache
-from ..layers import Linear, RMSNorm, find_multiple
+from ..kv_cache import KVCache, decode_cache_dtype
+from ..layers import Linear, RMSNorm, attention, find_multiple
 
 logger = logging.getLogger(__name__)
 
@@ -273,8 +273,7 @@ class Attention(nn.Module):
             k, v = self.kv_cache.update(input_pos, k, v)  # the whole static buffers (B, Hkv, T, hd)
             if kv_len is not None:
                 k, v = k[:, :, :kv_len], v[:, :, :kv_len]  # (B, Hkv, kv_len, hd)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                           enable_gqa=self.n_kv_head != self.n_head)  # (B, H, S, hd)
+        y = attention(q, k, v, mask, is_causal=mask is None, enable_gqa=self.n_kv_head != self.n_head)  # (B, H, S, hd)
         return self.wo(y.transpose(1, 2).reshape(B, S, self.q_dim))
 
 
@@ -401,8 +400,9 @@ class LlamaGen(nn.Module):
     # ---- cached inference ---------------------------------------------------------------------
     def setup_caches(self, max_batch_size: int, max_seq_length: int, dtype: torch.dtype | None = None) -> None:
         """Allocate the static KV caches; a no-op when the existing ones are big enough."""
-        dtype = dtype or self.norm.weight.dtype  # a float parameter: output / embeddings may be quantized
         device = self.norm.weight.device
+        # the norm's weight: a float parameter (output / embeddings may be quantized)
+        dtype = dtype or decode_cache_dtype(self.norm.weight.dtype, device)
         T = find_multiple(max_seq_length, 8)
         cache = self.layers[0].attention.kv_cache
         if cache is not None and cache.holds(max_batch_size, T, dtype, device):

@@ -85,10 +85,12 @@ def test_float16_generates(name):
 
 
 def test_bf16_greedy_tokens_agree_with_float32_on_the_bundled_model():
-    """A trained model (the bundled emoji VAR), greedy decoding, 16 classes: bf16 picks the float32 token
+    """A trained model (the bundled emoji VAR), greedy decoding, 64 classes: bf16 picks the float32 token
     at the large majority of positions. Measured: v1 bundle 98 %; v2 bundle (four styles, flatter logits,
-    so more near-ties, and a first disagreement changes every later scale's input) 88 %; float16 100 %."""
-    cond = Conditioning(tuple(range(0, 400, 25)), cfg=1.0)
+    so more near-ties, and a first disagreement changes every later scale's input) 88 % on 16 classes
+    (Intel), 81 / 96 / 97 / 95 % on four sets of 16 (AMD Zen 4: one unlucky set is why 64 are asked);
+    float16 100 %."""
+    cond = Conditioning(tuple(c for offset in (0, 7, 13, 19) for c in range(offset, 400, 25)), cfg=1.0)
     greedy = SamplingParams(top_k=1)
     ref = generate(load_bundle("emoji-var"), cond, params=greedy, seed=0)
     for dtype, floor in ((torch.bfloat16, 0.85), (torch.float16, 0.98)):
