@@ -191,9 +191,10 @@ class Linear(nn.Linear):
 def pack_for_cpu(model: nn.Module) -> nn.Module:
     """Pack every large ``Linear`` of a CPU inference model for oneDNN (see ``_packed_dtypes``).
 
-    Weights read from a safetensors file live in its memory map, which stays resident as long as any
-    of its tensors does: once anything is packed, the other parameters and buffers are copied out of
-    it too, or the file's pages would stay in memory beside the packed copies."""
+    Weights read memory-mapped (a zip-format .pt checkpoint) live in the file's map, which stays
+    resident as long as any of its tensors does: once anything is packed, the other parameters and
+    buffers are copied out of it too, or the file's pages would stay in memory beside the packed
+    copies. (safetensors files are read into memory of their own: ``checkpoint.read_checkpoint``.)"""
     packed = [module.pack_for_cpu() for module in model.modules() if isinstance(module, Linear)]
     if any(packed):
         for param in model.parameters():  # deduplicated: tied parameters stay tied

@@ -273,7 +273,8 @@ class Attention(nn.Module):
             k, v = self.kv_cache.update(input_pos, k, v)  # the whole static buffers (B, Hkv, T, hd)
             if kv_len is not None:
                 k, v = k[:, :, :kv_len], v[:, :, :kv_len]  # (B, Hkv, kv_len, hd)
-        y = attention(q, k, v, mask, is_causal=mask is None, enable_gqa=self.n_kv_head != self.n_head)  # (B, H, S, hd)
+        y = attention(q, k, v, mask, is_causal=mask is None,
+                      enable_gqa=self.n_kv_head != self.n_head)  # (B, H, S, hd)
         return self.wo(y.transpose(1, 2).reshape(B, S, self.q_dim))
 
 
