@@ -106,9 +106,24 @@ def env_info(device: torch.device | str) -> dict[str, Any]:
                             "cpu_count": os.cpu_count(), "machine": platform.machine(),
                             "processor": platform.processor() or platform.machine(),
                             "cpu_capability": torch.backends.cpu.get_cpu_capability()}  # AVX2 / AVX512: picks kernels
+    info.update(cpu_model())
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def cpu_model() -> dict[str, Any]:
+    """The CPU's name and its bfloat16 matmul units (AMX tiles, AVX512-BF16 dot products): the same
+    code runs ~7x (AMX) or ~2x (AVX512-BF16) faster in bfloat16 than float32, so a table means little without them."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"cpu_model": platform.processor() or "unknown"}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {"cpu_model": fields.get("model name", "unknown"),
+            "cpu_bf16_units": [f for f in ("amx_bf16", "avx512_bf16") if f in flags]}
 
 
 def write_json(result: dict, out: str | Path | None) -> None:

@@ -47,8 +47,11 @@ def _machine(env: dict | None) -> str:
     if not env:
         return "unknown machine"
     gpu = env.get("gpu")
-    isa = f" ({env['cpu_capability']})" if env.get("cpu_capability") and not gpu else ""
-    return (f"{gpu}" if gpu else f"{env.get('cpu_count')}-core {env.get('processor') or env.get('machine')} CPU{isa}") + \
+    units = env.get("cpu_bf16_units")
+    bf16 = (f", bfloat16 units: {', '.join(units) or 'none'}" if units is not None else "")
+    isa = f" ({env['cpu_capability']}{bf16})" if env.get("cpu_capability") and not gpu else ""
+    cpu = env.get("cpu_model") or env.get("processor") or env.get("machine")
+    return (f"{gpu}" if gpu else f"{env.get('cpu_count')}-core {cpu} CPU{isa}") + \
         f", torch {env.get('torch')}"
 
 

@@ -20,6 +20,12 @@ def decode_cache_dtype(model_dtype: torch.dtype, device: torch.device | str) -> 
     return model_dtype
 
 
+def raster_cache_length(tokens: int) -> int:
+    """Positions a token-by-token model's cache holds for ``tokens``: padded to a multiple of 8, so every
+    step attends one fixed, aligned length (the memory estimate counts the same padding)."""
+    return -(-tokens // 8) * 8
+
+
 class KVCache(nn.Module):
     def __init__(self, batch: int, heads: int, max_len: int, head_dim: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:

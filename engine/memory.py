@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .kv_cache import decode_cache_dtype
+from .kv_cache import decode_cache_dtype, raster_cache_length
 from .limits import cgroup_memory
 
 DEVICE_FRACTION = 0.9  # of a GPU's memory the cache may plan for; the rest is the allocator's slack
@@ -49,7 +49,7 @@ def working_set(bundle, batch: int) -> WorkingSet:
     if hasattr(cfg, "patch_nums"):  # next-scale: every scale's tokens; logits for the largest scale
         tokens, last = sum(p * p for p in cfg.patch_nums), cfg.patch_nums[-1] ** 2
     else:  # raster: the class token(s) plus the grid; logits one token at a time
-        tokens, last = getattr(cfg, "block_size", 0) + getattr(cfg, "cls_token_num", 1), 1
+        tokens, last = raster_cache_length(getattr(cfg, "block_size", 0) + getattr(cfg, "cls_token_num", 1)), 1
     rows = 2 * batch
     kv_dtype = bundle.dtype if hasattr(cfg, "patch_nums") else decode_cache_dtype(bundle.dtype, bundle.device)
     element = 4 if kv_dtype.is_floating_point and kv_dtype.itemsize >= 4 else 2

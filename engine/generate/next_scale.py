@@ -127,5 +127,7 @@ def generate_scales(model: VAR, tokenizer: MSVQTokenizer, cond: Conditioning, ca
                 x = x.repeat(2, 1, 1)
         if progress is not None:
             progress(si + 1, S)
+    if device.type == "cpu":
+        model.clear_caches()  # host memory is also the decoder's, which runs next; an accelerator keeps them for reuse
     return TokenCanvas(canvas.family, canvas.tokenizer_id, used_grids,
                        [torch.ones_like(g, dtype=torch.bool) for g in used_grids], decoder_input=f_hat)

@@ -36,7 +36,7 @@ from torch import nn
 
 from ..control.signal import ControlSignal, add_control
 from ..errors import InvalidInputError, UnsupportedError
-from ..kv_cache import KVCache, decode_cache_dtype
+from ..kv_cache import KVCache, decode_cache_dtype, raster_cache_length
 from ..layers import Linear, RMSNorm, attention, find_multiple
 
 logger = logging.getLogger(__name__)
@@ -404,7 +404,7 @@ class LlamaGen(nn.Module):
         device = self.norm.weight.device
         # the norm's weight: a float parameter (output / embeddings may be quantized)
         dtype = dtype or decode_cache_dtype(self.norm.weight.dtype, device)
-        T = find_multiple(max_seq_length, 8)
+        T = raster_cache_length(max_seq_length)
         cache = self.layers[0].attention.kv_cache
         if cache is not None and cache.holds(max_batch_size, T, dtype, device):
             return
