@@ -55,8 +55,8 @@ def _weights_file(model: str, tmp: Path) -> Path:
 # ---- the two implementations, built on the same state dict ---------------------------------------
 def build_ours(args: dict, sd: dict, source: str, device, dtype, batch: int, cfg: float, top_k: int,
                quant: str = "none", compile: str | None = None):
-    """Our ``generate_tokens`` as ``once(seed) -> tokens (B, L)``. Takes ``sd`` over (empties it once the
-    model owns its tensors), so callers that build again pass a copy."""
+    """Our ``generate_tokens`` as ``once(seed) -> tokens (B, L)``. Takes ``sd`` over (empties it: the model
+    holds the only references, as the loader holds a file's), so callers that build again pass a copy."""
     import torch
 
     from arnodes.engine.conditioning import Conditioning
@@ -67,9 +67,8 @@ def build_ours(args: dict, sd: dict, source: str, device, dtype, batch: int, cfg
     from arnodes.engine.quantize import quantize_model
     from arnodes.engine.sampling import SamplingParams
     model = quantize_model(build_module("llamagen", LlamaGenConfig.from_official(args), sd, source, device=device,
-                                        dtype=dtype), quant)
-    sd.clear()  # nothing else holds the float weights when they are packed (as in load_generator_file)
-    model = pack_for_cpu(model)
+                                        dtype=dtype, consume=True), quant)
+    model = pack_for_cpu(model)  # nothing else holds the float weights (as in load_generator_file)
     cond = Conditioning(tuple(i % args["num_classes"] for i in range(batch)), cfg=cfg)
     params = SamplingParams(temperature=1.0, top_k=min(top_k, args["vocab_size"]), top_p=1.0, top_p_style="llamagen")
 

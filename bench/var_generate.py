@@ -108,7 +108,7 @@ def build_ours(name: str, vae_sd: dict, var_sd: dict, device: str, batch: int, c
                tokens_out: dict | None = None, quant: str = "none") -> Callable[[], torch.Tensor]:
     """Our public path; the generator in ``dtype`` (the tokenizer stays float32). The last call's
     tokens go to ``tokens_out["tokens"]`` (flattened over scales) when given. Takes the state dicts
-    over (empties them once the modules own their tensors, as the loader lets go of a file's), so
+    over (empties them: the modules hold the only references, as the loader holds a file's), so
     callers that build again pass copies."""
     from arnodes.engine.classes import ClassNames
     from arnodes.engine.conditioning import Conditioning
@@ -119,10 +119,10 @@ def build_ours(name: str, vae_sd: dict, var_sd: dict, device: str, batch: int, c
     from arnodes.engine.quantize import quantize_model
     from arnodes.engine.sampling import SamplingParams
     tok_cfg, gen_cfg = configs(name)
-    tok = build_module("msvq", tok_cfg, dict(vae_sd), f"{name}:vae", device)
-    var = quantize_model(build_module("var", gen_cfg, dict(var_sd), f"{name}:var", device, getattr(torch, dtype)), quant)
-    vae_sd.clear(), var_sd.clear()  # nothing else holds the float weights when they are packed (load_generator_file)
-    var = pack_for_cpu(var)
+    tok = build_module("msvq", tok_cfg, vae_sd, f"{name}:vae", device, consume=True)
+    var = quantize_model(build_module("var", gen_cfg, var_sd, f"{name}:var", device, getattr(torch, dtype), consume=True),
+                         quant)
+    var = pack_for_cpu(var)  # nothing else holds the float weights (as in load_generator_file)
     bundle = ModelBundle(name=name, family="var", tokenizer=tok, generator=var,
                          classes=ClassNames([str(i) for i in range(gen_cfg.num_classes)]), image_size=tok_cfg.image_size)
     cond = Conditioning(tuple(labels(batch, gen_cfg.num_classes)), cfg=cfg_scale)

@@ -97,11 +97,34 @@ _PACKED: weakref.WeakValueDictionary[int, Linear] = weakref.WeakValueDictionary(
 _packed_keys = itertools.count()
 
 
+PACKED_MIN_ROWS = 4  # fewer rows are padded with zeros up to this many (``packed_matmul``)
+
+
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A (out, in) weight in oneDNN's blocked layout; the hint (2 rows: a CFG decode step) picks the
+    blocking, and every row count runs on it."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight, 2)
+
+
+def packed_matmul(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear`` on a weight from ``pack_weight``. oneDNN streams a packed weight fastest from 4 rows
+    up: 1-2 rows (a decode step at batch 1) ran 1.2-1.5x slower per weight byte on an AMD Zen 4
+    (bench/results/linear_kernels.json), so fewer rows are padded with zeros to 4. Each row's result is
+    bitwise the same either way; the extra rows cost nothing in a step that only streams weights."""
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if not 0 < rows < PACKED_MIN_ROWS:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    padded = x.new_zeros(PACKED_MIN_ROWS, x.shape[-1])
+    padded[:rows] = x.reshape(rows, x.shape[-1])
+    out = torch.ops.mkldnn._linear_pointwise(padded, packed, bias, "none", [], "")
+    return out[:rows].view(*x.shape[:-1], out.shape[-1])
+
+
 @torch.library.custom_op("arnodes::packed_linear", mutates_args=())
 def _packed_linear(x: torch.Tensor, bias: torch.Tensor | None, key: int, out_features: int) -> torch.Tensor:
     """The packed kernel as one opaque op, so a compiled step calls it instead of lowering it. The weight
     is found by key: a compiled graph cannot take an opaque oneDNN tensor as an input."""
-    return torch.ops.mkldnn._linear_pointwise(x, _PACKED[key].weight, bias, "none", [], "")
+    return packed_matmul(x, _PACKED[key].weight, bias)
 
 
 @_packed_linear.register_fake
@@ -140,8 +163,7 @@ class Linear(nn.Linear):
         if (self._packed_key is not None or w.device.type != "cpu" or w.dtype not in self.packed_dtypes
                 or w.numel() < self.min_weight):
             return False
-        # the hint (2 rows: a CFG decode step) picks the blocking; every row count runs on it
-        self.weight = nn.Parameter(torch.ops.mkldnn._reorder_linear_weight(w.detach(), 2), requires_grad=False)
+        self.weight = nn.Parameter(pack_weight(w.detach()), requires_grad=False)
         self._packed_key, self._packed_dtype = next(_packed_keys), w.dtype
         _PACKED[self._packed_key] = self
         return True
@@ -185,7 +207,7 @@ class Linear(nn.Linear):
             return F.linear(x, self.weight.to_dense(), self.bias)
         if torch.compiler.is_compiling():
             return _packed_linear(x, self.bias, self._packed_key, self.out_features)
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return packed_matmul(x, self.weight, self.bias)
 
 
 def pack_for_cpu(model: nn.Module) -> nn.Module:

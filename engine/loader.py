@@ -119,8 +119,11 @@ def preset_config(kind: str, preset: str):
 
 
 def build_module(kind: str, config, state_dict: dict[str, torch.Tensor] | None, source: str,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Build on meta, load the state dict by assignment, move to device/dtype, eval mode."""
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 consume: bool = False) -> nn.Module:
+    """Build on meta, load the state dict by assignment, move to device/dtype, eval mode. ``consume``
+    empties ``state_dict`` once loaded: the model then holds the only references, so a cast to ``dtype``
+    frees each float32 tensor as it converts (loading peaks at one copy of the weights, not two)."""
     model_cls, _ = _kind(kind)
     if state_dict is None:
         model = model_cls(config)
@@ -130,6 +133,9 @@ def build_module(kind: str, config, state_dict: dict[str, torch.Tensor] | None, 
         optional = (model.optional_state_keys() if hasattr(model, "optional_state_keys")
                     else getattr(model_cls, "OPTIONAL_STATE_KEYS", ()))
         load_into(model, sd, source, optional=optional)
+        del sd
+        if consume:
+            state_dict.clear()
         if hasattr(model, "post_load"):
             model.post_load()
     model = model.to(device=device)
@@ -140,7 +146,7 @@ def build_module(kind: str, config, state_dict: dict[str, torch.Tensor] | None, 
 
 def load_module_file(kind: str, config, path: Path, device="cpu", dtype=torch.float32) -> nn.Module:
     sd = unwrap_state_dict(read_checkpoint(path), source=str(path))
-    return build_module(kind, config, sd, str(path), device, dtype)
+    return build_module(kind, config, sd, str(path), device, dtype, consume=True)
 
 
 def load_generator_file(kind: str, config, path: Path, device="cpu", dtype=torch.float32,

@@ -13,7 +13,7 @@ from arnodes.engine.checkpoint import read_checkpoint
 from arnodes.engine.conditioning import Conditioning
 from arnodes.engine.generate import generate
 from arnodes.engine.kv_cache import decode_cache_dtype
-from arnodes.engine.layers import Linear, attention, pack_for_cpu
+from arnodes.engine.layers import PACKED_MIN_ROWS, Linear, attention, pack_for_cpu
 from arnodes.engine.loader import load_bundle
 from arnodes.engine.memory import working_set
 from arnodes.engine.sampling import SamplingParams
@@ -33,6 +33,31 @@ def _packed_pair(dtype: torch.dtype, bias: bool = True) -> tuple[Linear, torch.T
     weight, b = lin.weight.detach().clone(), None if lin.bias is None else lin.bias.detach().clone()
     assert lin.pack_for_cpu() and lin.weight.is_mkldnn
     return lin, weight, b
+
+
+@pytest.mark.parametrize("dtype", PACKED)
+def test_few_rows_run_padded_and_get_the_very_numbers_of_their_own_rows(dtype, monkeypatch):
+    """1-3 rows (a decode step at batch 1) stream the packed weight slowly: they run padded to 4 rows,
+    and each row's result is bitwise what the kernel gives those rows alone."""
+    lin, weight, b = _packed_pair(dtype)
+    kernel = torch.ops.mkldnn._linear_pointwise
+    seen: list[int] = []
+
+    class Spy:  # the op namespace cannot be patched per attribute; a stand-in records the rows it is given
+        def _linear_pointwise(self, x, *args):
+            seen.append(x.numel() // x.shape[-1])
+            return kernel(x, *args)
+    for shape in [(1, 1024), (2, 1024), (1, 3, 1024), (5, 1024)]:
+        x = torch.randn(shape).to(dtype)
+        alone = kernel(x, lin.weight, lin.bias, "none", [], "")
+        seen.clear()
+        monkeypatch.setattr(torch.ops, "mkldnn", Spy())
+        with torch.no_grad():
+            out = lin(x)
+        monkeypatch.undo()
+        rows = x.numel() // x.shape[-1]
+        assert seen == [max(rows, PACKED_MIN_ROWS)] and out.shape == alone.shape
+        assert torch.equal(out, alone)
 
 
 @pytest.mark.parametrize("dtype", PACKED)

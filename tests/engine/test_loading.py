@@ -67,6 +67,24 @@ def test_full_size_d16_state_dict_loads_strictly():
     del sd, model
 
 
+def test_a_consumed_state_dict_lets_a_cast_free_each_float32_tensor():
+    """Loading in bfloat16 from a float32 file: once the dict is consumed, the model holds the only
+    references, so its float32 tensors are gone when the model is bfloat16 (not kept beside it)."""
+    import weakref
+
+    sd = {k: v.clone() for k, v in tiny_var().state_dict().items()}
+    kept = {k: v.clone() for k, v in sd.items()}
+    refs = [weakref.ref(v) for v in kept.values() if v.dtype == torch.float32]
+    model = build_module("var", TINY, kept, "tiny.safetensors", dtype=torch.bfloat16, consume=True)
+    assert kept == {} and refs and all(r() is None for r in refs)
+    assert model.blocks[0].attn.mat_qkv.weight.dtype == torch.bfloat16
+    torch.testing.assert_close(model.blocks[0].attn.mat_qkv.weight.float(),
+                               sd["blocks.0.attn.mat_qkv.weight"].bfloat16().float())
+    plain = {k: v.clone() for k, v in sd.items()}
+    build_module("var", TINY, plain, "tiny.safetensors", dtype=torch.bfloat16)
+    assert plain.keys() == sd.keys()  # without consume the caller's dict is left alone
+
+
 def tiny_var() -> VAR:
     torch.manual_seed(0)
     return VAR(TINY).eval()
