@@ -48,6 +48,11 @@ def test_var_parity_with_the_compiled_step(compile_on):
     pv.assert_close(torch.cat(trace["logits"], 1), c[f"gen_{tag}_logits"], pv.LOGITS_ATOL, f"gen {tag} logits")
     step = var.__dict__["_arnodes_steps"]["scale_step"]
     assert step.compiled is not None and not step.failed, "the scale step did not run compiled"
+    # the CPU gives the KV caches back after each image: the next image's new caches reuse the graphs
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    again, _, _ = pv._run(case, c["gen_labels"].tolist(), None, run)
+    assert torch.equal(pv.flat(again.grids), c[f"gen_{tag}_idx"])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs, "a second image recompiled the step"
 
 
 def test_switch_modes(monkeypatch):
