@@ -15,6 +15,7 @@ from typing import Callable, Iterable, Mapping, TypeVar
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .errors import CheckpointError, MissingFileError
 
@@ -185,5 +186,28 @@ def load_into(model: M, sd: Mapping[str, torch.Tensor], source: str, optional: I
 
 
 def build_on_meta(factory: Callable[[], M]) -> M:
-    with torch.device("meta"):
+    """The model built without memory or initialisation: its weights come from a checkpoint next."""
+    with torch.device("meta"), _SkipRandomInit():
         return factory()
+
+
+class _SkipRandomInit(TorchFunctionMode):
+    """Random fills of meta tensors compute nothing, yet torch's first one (``nn.Embedding``'s ``normal_``)
+    imports its Python reference kernels: sympy and ~800 modules, ~1 s and ~70 MB resident for the life
+    of the process, paid by every load. On meta tensors they are skipped; everything else runs."""
+
+    FILLS = frozenset({nn.init.normal_, nn.init.uniform_, nn.init.trunc_normal_, nn.init.kaiming_uniform_,
+                       nn.init.kaiming_normal_, nn.init.xavier_uniform_, nn.init.xavier_normal_, nn.init.orthogonal_,
+                       torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.erfinv_, torch.Tensor.exponential_,
+                       torch.Tensor.log_normal_, torch.Tensor.cauchy_, torch.Tensor.geometric_,
+                       torch.Tensor.bernoulli_, torch.Tensor.random_})  # a mode sees no calls made inside these
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.randn, torch.rand):  # a random buffer that the checkpoint replaces
+            return torch.empty(*args, **{k: v for k, v in kwargs.items() if k in ("dtype", "requires_grad")})
+        if func in self.FILLS:
+            target = args[0] if args else kwargs.get("tensor", kwargs.get("self"))
+            if isinstance(target, torch.Tensor) and target.is_meta:
+                return target
+        return func(*args, **kwargs)

@@ -205,7 +205,8 @@ class CaptionEmbedder(nn.Module):
         super().__init__()
         self.tokens = tokens
         self.cap_proj = CaptionMLP(caption_dim, dim)
-        self.register_buffer("uncond_embedding", torch.randn(NULL_CAPTION_TOKENS, caption_dim) / caption_dim ** 0.5)
+        # in place: out-of-place arithmetic on the meta device (build_on_meta) runs torch's Python reference kernels
+        self.register_buffer("uncond_embedding", torch.randn(NULL_CAPTION_TOKENS, caption_dim).mul_(caption_dim ** -0.5))
 
     def input_shape(self, batch: int) -> tuple[int, ...]:
         return (batch, self.tokens, self.uncond_embedding.shape[1])

@@ -76,7 +76,7 @@ class SelfAttention(nn.Module):
         self.l2_norm = cfg.attn_l2_norm
         if self.l2_norm:
             self.scale = 1.0
-            self.scale_mul_1H11 = nn.Parameter(torch.full((1, H, 1, 1), 4.0).log())
+            self.scale_mul_1H11 = nn.Parameter(torch.full((1, H, 1, 1), math.log(4.0)))
         else:
             self.scale = 0.25 / math.sqrt(self.head_dim)
         self.mat_qkv = Linear(C, 3 * C, bias=False)

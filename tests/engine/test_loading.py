@@ -209,3 +209,29 @@ def test_registry_bundle_loads_from_models_dir(offline_hub, monkeypatch):
     bundle = load_bundle("var-d16", models_dir=offline_hub)
     assert bundle.family == "var" and bundle.name == "var-d16" and len(bundle.classes) == 1000
     assert bundle.generator.cfg == var_cfg and bundle.defaults["top_k"] == 900
+
+
+def test_loading_a_bundled_model_leaves_torchs_compiler_stack_unimported():
+    """Arithmetic or random fills on the meta device run torch's Python reference kernels, whose first use
+    imports the compiler stack (sympy and ~800 modules: ~1 s and ~70 MB for the process) - once the whole
+    load time of the bundled model. build_on_meta skips the fills; the constructors compute nothing on meta."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom arnodes.engine.loader import load_bundle\n"
+            "for name in ('emoji-var', 'emoji-raster'):\n    load_bundle(name)\n"
+            "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_meta_builds_still_initialise_models_built_for_real():
+    """The skipped fills are only those of meta tensors: a model built on the CPU is randomly initialised."""
+    torch.manual_seed(0)
+    a = build_module("var", TINY, None, "random")
+    torch.manual_seed(1)
+    b = build_module("var", TINY, None, "random")
+    assert not torch.equal(a.class_emb.weight, b.class_emb.weight) and a.class_emb.weight.abs().sum() > 0
+    meta = build_on_meta(lambda: VAR(TINY))
+    assert meta.class_emb.weight.is_meta and meta.blocks[0].attn.scale_mul_1H11.shape == (1, TINY.num_heads, 1, 1)
