@@ -241,7 +241,8 @@ def test_inside_comfyui_comfyui_manages_the_models_memory(pack_run):
     first = report["loads"][0]
     assert first["class"] == "BundleModules" and first["full"] and first["device"] == "cpu"
     assert first["size"] == report["model_bytes"] > 0
-    assert report["size_after"] == report["bytes_after"] > report["model_bytes"]  # the KV caches the model keeps
+    # the size ComfyUI sees follows what the bundle holds; on the CPU VAR gives its KV caches back after each image
+    assert report["size_after"] == report["bytes_after"] == report["model_bytes"]
     assert report["need_one"] > 0 and report["need_two"] == 2 * report["need_one"]  # KV cache and activations
     assert report["unloaded_from_device"] and report["reloaded"] and report["same_after_reload"]
     assert report["engine_cache_after_runs"] == []
