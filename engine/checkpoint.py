@@ -194,7 +194,8 @@ def build_on_meta(factory: Callable[[], M]) -> M:
 class _SkipRandomInit(TorchFunctionMode):
     """Random fills of meta tensors compute nothing, yet torch's first one (``nn.Embedding``'s ``normal_``)
     imports its Python reference kernels: sympy and ~800 modules, ~1 s and ~70 MB resident for the life
-    of the process, paid by every load. On meta tensors they are skipped; everything else runs."""
+    of the process, paid by every load. On meta tensors they are skipped (``randn`` / ``rand`` become ``empty``);
+    everything else runs, so constructors keep out-of-place arithmetic off meta tensors (in-place is native)."""
 
     FILLS = frozenset({nn.init.normal_, nn.init.uniform_, nn.init.trunc_normal_, nn.init.kaiming_uniform_,
                        nn.init.kaiming_normal_, nn.init.xavier_uniform_, nn.init.xavier_normal_, nn.init.orthogonal_,
@@ -205,7 +206,7 @@ class _SkipRandomInit(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in (torch.randn, torch.rand):  # a random buffer that the checkpoint replaces
-            return torch.empty(*args, **{k: v for k, v in kwargs.items() if k in ("dtype", "requires_grad")})
+            return torch.empty(*args, **{k: v for k, v in kwargs.items() if k in ("dtype", "device", "requires_grad")})
         if func in self.FILLS:
             target = args[0] if args else kwargs.get("tensor", kwargs.get("self"))
             if isinstance(target, torch.Tensor) and target.is_meta:
