@@ -7,7 +7,10 @@ them: one with request batching (the default), one with ``ARNODES_BATCH_MAX=1`` 
 turn). This process drives them over HTTP through the app's REST route (``/gradio_api/call/generate``,
 what ``curl`` or any HTTP client uses): N requests (one class, batch 1, each its own seed) are sent
 at the same moment from N threads, and the wall time until the last image is fetched is measured,
-against one request alone (warm, median). Every request has a seed no earlier request used, so the
+against one request alone (warm, median). Each thread is one user with its own session, kept across
+that user's requests as a browser tab or a ``gradio_client.Client`` keeps it (a call without a session
+makes Gradio build a fresh session state, ~12 ms of the server's event loop on this 2-core machine,
+which a user pays once, when the page opens). Every request has a seed no earlier request used, so the
 app's output cache answers none of them. Each image from a batched burst is compared with the image
 the unbatched server gives for the same request alone (bit-exact pixels).
 
@@ -83,10 +86,10 @@ def _defaults(base: str) -> list:
     return [p["parameter_default"] for p in params]
 
 
-def _generate(base: str, defaults: list, seed: int) -> str:
-    """One request through the REST route; the URL of its gallery image."""
+def _generate(base: str, defaults: list, seed: int, user: int) -> str:
+    """One request of user ``user`` (its session) through the REST route; the URL of its gallery image."""
     data = [DEFAULT_MODEL, [CLASSES[seed % len(CLASSES)]], seed, False, 4.0, 0, 1.0, 1.0, 1]
-    body = json.dumps({"data": data + defaults[len(data):]}).encode()
+    body = json.dumps({"data": data + defaults[len(data):], "session_hash": f"bench-user-{user}"}).encode()
     post = urllib.request.Request(f"{base}/gradio_api/call/generate", data=body,
                                   headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(post, timeout=60) as response:
@@ -110,8 +113,9 @@ def _fetch_image(url: str) -> np.ndarray:
 
 
 def _burst(base: str, seeds: list[int]) -> tuple[float, list[np.ndarray]]:
-    """Send one request per seed at the same moment (one thread each, released together); seconds until
-    the last image is fetched, and the images. As a browser does, only the gallery image is fetched."""
+    """Send one request per seed at the same moment (one thread each, user i sending the i-th, released
+    together); seconds until the last image is fetched, and the images. As a browser does, only the
+    gallery image is fetched."""
     defaults = _defaults(base)
     images: list = [None] * len(seeds)
     errors: list[BaseException] = []
@@ -120,7 +124,7 @@ def _burst(base: str, seeds: list[int]) -> tuple[float, list[np.ndarray]]:
     def one(i: int, seed: int) -> None:
         start.wait()
         try:
-            images[i] = _fetch_image(_generate(base, defaults, seed))
+            images[i] = _fetch_image(_generate(base, defaults, seed, user=i))
         except BaseException as e:  # noqa: BLE001 - raised below
             errors.append(e)
     threads = [threading.Thread(target=one, args=(i, s)) for i, s in enumerate(seeds)]
@@ -137,8 +141,9 @@ def _burst(base: str, seeds: list[int]) -> tuple[float, list[np.ndarray]]:
 
 
 def _measure(base: str, concurrency: list[int], repeats: int, seed_base: int) -> tuple[dict, dict[int, np.ndarray]]:
-    """Warm-up, one request alone (median of 8), then bursts; every request a fresh seed."""
-    _burst(base, [seed_base - 2, seed_base - 1])
+    """Warm-up (every user's session opened), one request alone (median of 8), then bursts; every
+    request a fresh seed."""
+    _burst(base, list(range(seed_base - max(concurrency), seed_base)))
     solo = [_burst(base, [seed_base + i])[0] for i in range(8)]
     out = {"one_request_s": round(statistics.median(solo), 4), "one_request_all_s": [round(t, 4) for t in solo],
            "bursts": []}

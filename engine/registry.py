@@ -187,7 +187,10 @@ def takes_text(name: str) -> bool:
     import json
     if name in REGISTRY:
         return REGISTRY[name].text_encoder is not None
-    path = bundled_manifests().get(name) or (Path(name) if Path(name).suffix == ".json" else None)
+    bundled = _bundled()
+    if name in bundled:
+        return bundled[name][1].get("text_encoder") is not None
+    path = Path(name) if Path(name).suffix == ".json" else None
     try:
         data = json.loads(path.read_text(encoding="utf-8")) if path is not None else {}
     except (OSError, ValueError):

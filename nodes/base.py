@@ -62,6 +62,9 @@ class InputSpec:
     multiline: bool = False
     # COMBO: why a value is not (yet) among the choices, e.g. a known model not on disk (None: no reason)
     unlisted: Callable[[str], str | None] | None = None
+    # COMBO with a dynamic list: whether one value is a choice, without listing them all (validation
+    # runs on every request; listing models stats every known checkpoint). Must agree with `choices`.
+    is_choice: Callable[[str], bool] | None = None
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -296,6 +299,8 @@ def widget_value_problem(spec: InputSpec, value: Any) -> tuple[str, str] | None:
             return "value_out_of_range", f"value {value!r} is above the maximum {spec.max!r}"
     if t == COMBO:
         try:
+            if spec.is_choice is not None and spec.is_choice(value):
+                return None
             allowed = spec.choice_list()
         except Exception as exc:  # a dynamic list failing (e.g. unreadable models dir) is a user-facing problem
             return "bad_choice", f"could not list the allowed values: {exc}"

@@ -8,7 +8,8 @@ from ..engine.errors import InvalidInputError
 from ..engine.registry import DEFAULT_MODEL
 from .base import AR_MODEL, COMBO, ExecutionContext, InputSpec, Node, NodeSpec, OutputSpec
 from .types import (
-    DEVICES, DTYPES, ENGINE_CACHE, QUANTS, ModelHandle, model_choices, model_not_listed, resolve_model_name,
+    DEVICES, DTYPES, ENGINE_CACHE, QUANTS, ModelHandle, is_model_choice, model_choices, model_not_listed,
+    resolve_model_name,
 )
 
 
@@ -24,6 +25,7 @@ class ARModelLoader(Node):
         class_type="ARModelLoader", display_name="AR Model Loader", category="loaders",
         inputs=(
             InputSpec("model", COMBO, default=DEFAULT_MODEL, choices=model_choices, unlisted=model_not_listed,
+                      is_choice=is_model_choice,
                       tooltip="Bundled model, released checkpoint on disk (the models folder: ARNODES_MODELS_DIR, "
                               "in ComfyUI models/arnodes; or the Hugging Face cache), or a *.json manifest there."),
             InputSpec("dtype", COMBO, default="float32", choices=DTYPES,

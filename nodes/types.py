@@ -186,6 +186,17 @@ def model_choices() -> list[str]:
     return names
 
 
+def is_model_choice(name: str) -> bool:
+    """``name in model_choices()``, checking only that one model's files."""
+    from ..engine.registry import DEFAULT_MODEL, REGISTRY, bundled_manifests, checkpoint_present
+
+    if name == DEFAULT_MODEL or name in bundled_manifests():
+        return True
+    if name in REGISTRY:
+        return checkpoint_present(REGISTRY[name])
+    return Path(name).name == name and name in local_manifests()
+
+
 def model_not_listed(name: str) -> str | None:
     """Why a known model is not among the choices: its files are not on disk, and how to get them."""
     from ..engine.registry import REGISTRY, how_to_fetch

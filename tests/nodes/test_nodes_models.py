@@ -13,7 +13,7 @@ from arnodes.graph.registry import default_registry
 from arnodes.nodes.base import ExecutionContext
 from arnodes.nodes.conditioning import ARClassCondition
 from arnodes.nodes.loaders import ARModelLoader
-from arnodes.nodes.types import ModelHandle, model_choices
+from arnodes.nodes.types import ModelHandle, is_model_choice, model_choices
 
 
 @pytest.fixture(autouse=True)
@@ -53,6 +53,28 @@ def test_choices_list_the_default_and_local_manifests_but_not_checkpoints_missin
         (models / name).write_bytes(b"")  # present (the loader reads them; the list only looks)
     monkeypatch.setenv("ARNODES_MODELS_DIR", str(models))
     assert "var-d16" in model_choices() and "var-d30" not in model_choices()
+
+
+def test_the_one_model_check_agrees_with_the_list(tmp_path, monkeypatch):
+    """Validation asks about one model (is_model_choice) instead of listing all; both must agree."""
+    from arnodes.engine.registry import REGISTRY
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    entry = REGISTRY["var-d16"]
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in (entry.tokenizer_file, entry.generator_file):
+        (models / name).write_bytes(b"")
+    (models / "mine.json").write_text((tiny_models_dir() / TINY_VAR).read_text())
+    (models / "notes.json").write_text('{"not": "a manifest"}')
+    monkeypatch.setenv("ARNODES_MODELS_DIR", str(models))
+    choices = model_choices()
+    assert {"emoji-var", "emoji-raster", "var-d16", "mine.json"} <= set(choices)
+    candidates = set(choices) | set(REGISTRY) | {"notes.json", "nope", "../mine.json", str(models / "mine.json")}
+    for name in sorted(candidates):
+        assert is_model_choice(name) == (name in choices), name
+    workflow = {"1": {"class_type": "ARModelLoader",
+                      "inputs": {"model": "var-d30", "dtype": "float32", "quant": "none", "device": "cpu"}}}
+    assert "released checkpoint that is not on disk" in validate(workflow, default_registry())[0].message
 
 
 @pytest.mark.parametrize("name,family", [(TINY_VAR, "var"), (TINY_LLAMAGEN, "llamagen")])
