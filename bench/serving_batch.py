@@ -164,28 +164,36 @@ def _measure(base: str, concurrency: list[int], repeats: int, seed_base: int) ->
     return out, images
 
 
-def engine_batch_cost(sizes: list[int], repeats: int = 5) -> dict:
-    """Seconds to generate (no decode, no HTTP) a batch of each size in this process: how much more a
-    batch costs than one image on this device, the floor under any serving ratio."""
+def engine_batch_cost(sizes: list[int], repeats: int = 5) -> tuple[dict, dict]:
+    """Seconds to generate, and to decode the tokens to pixels, a batch of each size in this process (no
+    HTTP, no PNG): how much more a batch costs than one image on this device, the floor under any
+    serving ratio."""
     import torch
 
     from arnodes.engine.conditioning import Conditioning
     from arnodes.engine.generate import generate
     from arnodes.engine.loader import load_bundle
     from arnodes.engine.sampling import SamplingParams
+    from arnodes.engine.tasks import decode
     bundle = load_bundle(DEFAULT_MODEL)
-    out = {}
+    gen_s, dec_s = {}, {}
     for n in sizes:
         cond = Conditioning(class_ids=tuple(range(n)), cfg=4.0)
-        generate(bundle, cond, params=SamplingParams(), seed=0)
-        times = []
+        with torch.no_grad():
+            decode(bundle, generate(bundle, cond, params=SamplingParams(), seed=0))
+        gen_t, dec_t = [], []
         for r in range(repeats):
-            t0 = time.perf_counter()
             with torch.no_grad():
-                generate(bundle, cond, params=SamplingParams(), seed=r)
-            times.append(time.perf_counter() - t0)
-        out[str(n)] = round(statistics.median(times), 4)
-    return out
+                t0 = time.perf_counter()
+                canvas = generate(bundle, cond, params=SamplingParams(), seed=r)
+                t1 = time.perf_counter()
+                decode(bundle, canvas)
+                t2 = time.perf_counter()
+            gen_t.append(t1 - t0)
+            dec_t.append(t2 - t1)
+        gen_s[str(n)] = round(statistics.median(gen_t), 4)
+        dec_s[str(n)] = round(statistics.median(dec_t), 4)
+    return gen_s, dec_s
 
 
 def main() -> None:
@@ -203,12 +211,13 @@ def main() -> None:
         unbatched, _ = _measure(base, a.concurrency, a.repeats, seed_base=50000)
         checked = sorted(batched_images)[: a.check]
         same = [bool(np.array_equal(_burst(base, [s])[1][0], batched_images[s])) for s in checked]
-    engine = engine_batch_cost([1, *a.concurrency])
-    result = {"model": DEFAULT_MODEL, "path": "web app over HTTP (REST route /gradio_api/call/generate, all requests sent at once), 1 class x batch 1 "
-                                              "per request, each request a new seed",
+    engine, engine_decode = engine_batch_cost([1, *a.concurrency])
+    result = {"model": DEFAULT_MODEL,
+              "path": "web app over HTTP (REST route /gradio_api/call/generate, all requests sent at once, each "
+                      "from its own user session), 1 class x batch 1 per request, each request a new seed",
               "batch_settings": {"max_images": settings.max_images, "window_s": settings.window_s},
               "batched": batched, "unbatched": unbatched,
-              "engine_generate_s": engine,
+              "engine_generate_s": engine, "engine_decode_s": engine_decode,
               "identical_to_solo": {"checked": len(same), "identical": sum(same)},
               "targets": {"8": 2.5, "16": 4.0}, "env": env_info("cpu")}
     write_json(result, a.out)
