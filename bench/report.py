@@ -310,7 +310,10 @@ def block_serving() -> str:
     b, u, e = d["batched"], d["unbatched"], d["engine_generate_s"]
     same = d["identical_to_solo"]
     lines = [f"Measured on a {_machine(d['env'])}: {d['path']}; batching window "
-             f"{d['batch_settings']['window_s'] * 1000:.0f} ms, at most {d['batch_settings']['max_images']} images "
+             f"{d['batch_settings']['window_s'] * 1000:.0f} ms"
+             + (f" (grace {d['batch_settings']['grace_s'] * 1000:.0f} ms once every announced request is there)"
+                if "grace_s" in d["batch_settings"] else "")
+             + f", at most {d['batch_settings']['max_images']} images "
              f"(`bench/serving_batch.py`). {same['identical']} of {same['checked']} images from batched bursts are "
              f"pixel-identical to the same request run alone.\n"]
     rows = [["1 (alone)", f(b["one_request_s"], 3), "1.00", f(u["one_request_s"], 3), "1.00", ""]]

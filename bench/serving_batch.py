@@ -215,7 +215,8 @@ def main() -> None:
     result = {"model": DEFAULT_MODEL,
               "path": "web app over HTTP (REST route /gradio_api/call/generate, all requests sent at once, each "
                       "from its own user session), 1 class x batch 1 per request, each request a new seed",
-              "batch_settings": {"max_images": settings.max_images, "window_s": settings.window_s},
+              "batch_settings": {"max_images": settings.max_images, "window_s": settings.window_s,
+                                 "grace_s": settings.grace_s},
               "batched": batched, "unbatched": unbatched,
               "engine_generate_s": engine, "engine_decode_s": engine_decode,
               "identical_to_solo": {"checked": len(same), "identical": sum(same)},

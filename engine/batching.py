@@ -12,10 +12,13 @@ decoding, no control or token canvas); anything else runs alone, as before.
 
 How requests meet: the first to arrive waits ``window_s`` for company, and each request that joins
 restarts that wait (up to ``MAX_WINDOWS`` windows in all), so a burst whose requests trickle in
-through the front end's own work still meets; then the group takes the model's lock and runs
-everything queued for its settings (up to ``max_images``). Requests arriving while a batch runs
-queue behind the lock and go together in the next batch, so under load batches form without any
-waiting. Where a compute thread runs (compute_thread.py: the executor's front ends), the batch runs
+through the front end's own work still meets. Runs that will reach this batcher say so first
+(``arrivals.expecting``: the executor does, for workflows with batchable nodes); once every
+announced request has arrived and ``grace_s`` passes with no new run or request, the group stops
+waiting: a request alone in the server does not pay the window, nor does a burst after its last
+member. Then the group takes the model's lock and runs everything queued for its settings (up to
+``max_images``). Requests arriving while a batch runs queue behind the lock and go together in the
+next batch, so under load batches form without any waiting. Where a compute thread runs (compute_thread.py: the executor's front ends), the batch runs
 there: the requests wait for company on their own threads and hand the batch over, lock included.
 """
 from __future__ import annotations
@@ -27,7 +30,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from . import compute_thread
+from . import arrivals, compute_thread
 from .conditioning import Conditioning
 from .errors import InvalidInputError, LimitError
 from .generate import DecodeOptions, TokenCanvas, generate, make_generator
@@ -41,25 +44,32 @@ Reserve = Callable[[int], AbstractContextManager]  # images -> holds their worki
 @dataclass(frozen=True)
 class BatchSettings:
     """``max_images``: most images in one batch (a request larger than this runs alone);
-    ``window_s``: how long a group waits for the next request (0 = never waits)."""
+    ``window_s``: how long a group waits for the next request (0 = never waits);
+    ``grace_s``: how long it waits once every request announced in ``arrivals`` has arrived."""
 
     max_images: int = 16
     window_s: float = 0.02
+    grace_s: float = 0.005
 
     def __post_init__(self) -> None:
         if self.max_images < 1:
             raise InvalidInputError(f"batch max_images must be >= 1, got {self.max_images}")
         if not 0 <= self.window_s <= 5:
             raise InvalidInputError(f"batch window must be in [0, 5] seconds, got {self.window_s}")
+        if not 0 <= self.grace_s <= 5:
+            raise InvalidInputError(f"batch grace must be in [0, 5] seconds, got {self.grace_s}")
 
     @classmethod
     def from_env(cls) -> "BatchSettings":
-        """``ARNODES_BATCH_MAX`` (images; 1 turns batching off) and ``ARNODES_BATCH_WINDOW_MS``."""
+        """``ARNODES_BATCH_MAX`` (images; 1 turns batching off), ``ARNODES_BATCH_WINDOW_MS`` and
+        ``ARNODES_BATCH_GRACE_MS``."""
         try:
             return cls(max_images=int(os.environ.get("ARNODES_BATCH_MAX", cls.max_images)),
-                       window_s=float(os.environ.get("ARNODES_BATCH_WINDOW_MS", cls.window_s * 1000)) / 1000)
+                       window_s=float(os.environ.get("ARNODES_BATCH_WINDOW_MS", cls.window_s * 1000)) / 1000,
+                       grace_s=float(os.environ.get("ARNODES_BATCH_GRACE_MS", cls.grace_s * 1000)) / 1000)
         except ValueError as e:
-            raise InvalidInputError(f"ARNODES_BATCH_MAX / ARNODES_BATCH_WINDOW_MS: {e}") from None
+            raise InvalidInputError(f"ARNODES_BATCH_MAX / ARNODES_BATCH_WINDOW_MS / ARNODES_BATCH_GRACE_MS: {e}") \
+                from None
 
 
 @dataclass
@@ -152,10 +162,10 @@ class GenerationBatcher:
                 self._run(bundle, batch, params)
 
     def _wait_for_company(self, key: tuple) -> None:
-        """Until a window passes with no new arrival (at most ``MAX_WINDOWS`` from the first) or the
-        group fills a batch: every member waits, so none of them takes the model for a batch of one
-        while the others are still arriving."""
-        window = self.settings.window_s
+        """Until a window passes with no new arrival (at most ``MAX_WINDOWS`` from the first), the group
+        fills a batch, or every announced request is here and ``grace_s`` passed quietly: every member
+        waits, so none of them takes the model for a batch of one while the others are still arriving."""
+        window, grace = self.settings.window_s, self.settings.grace_s
         while True:
             with self._lock:
                 if key not in self._opened:  # taken by a batch already
@@ -163,7 +173,14 @@ class GenerationBatcher:
                 first, latest = self._opened[key]
                 if sum(r.cond.batch for r in self._pending.get(key, ())) >= self.settings.max_images:
                     return
-            if time.monotonic() >= min(latest + window, first + MAX_WINDOWS * window):
+                waiting = sum(len(q) for q in self._pending.values())
+            expected, announced = arrivals.expected()
+            all_here = 0 < expected <= waiting
+            quiet_since = max(latest, announced)
+            now = time.monotonic()
+            if all_here and now >= quiet_since + grace:
+                return
+            if now >= min(latest + window, first + MAX_WINDOWS * window):
                 return
             time.sleep(min(0.002, window))
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from ..engine import compute_thread
+from ..engine import arrivals, compute_thread
 from ..engine.errors import CancelledError
 from ..engine.limits import check_node_count
 from .cache import Cache, CacheEntry, LRUCache, node_key
@@ -81,15 +81,17 @@ class Executor:
         emit(Event("start", message=f"{len(order)} node(s) to evaluate"))
         run = _Run(self, wf, Path(input_dir), Path(output_dir), extra_pnginfo, emit, cancel)
         done: set[str] = set()
-        for node_id in order:
-            if node_id in done:
-                continue
-            group = self._side_by_side(node_id, order, deps, done, wf)
-            if len(group) == 1:
-                run.evaluate(node_id)
-            else:
-                run.evaluate_together(group)
-            done.update(group)
+        with arrivals.expecting(1 if any(self._batchable(wf, n) for n in order) else 0):
+            for node_id in order:
+                if node_id in done:
+                    continue
+                group = self._side_by_side(node_id, order, deps, done, wf)
+                if len(group) == 1:
+                    run.evaluate(node_id)
+                else:
+                    with arrivals.expecting(len(group) - 1):
+                        run.evaluate_together(group)
+                done.update(group)
         emit(Event("done", message=f"{len(run.result.executed)} executed, {len(run.result.cached)} cached"))
         return run.result
 
@@ -97,12 +99,14 @@ class Executor:
                       wf: Workflow) -> list[str]:
         """``node_id``, and when it is batchable every other batchable node ready now (all it reads from
         done): they run at once so that the engine can batch them."""
-        def batchable(n: str) -> bool:
-            return bool(getattr(self.registry[wf[n]["class_type"]].SPEC, "batchable", False))
-        if not batchable(node_id):
+        if not self._batchable(wf, node_id):
             return [node_id]
-        return [node_id] + [n for n in order if n != node_id and n not in done and batchable(n)
+        return [node_id] + [n for n in order if n != node_id and n not in done and self._batchable(wf, n)
                             and set(deps.get(n, ())) <= done]
+
+    def _batchable(self, wf: Workflow, node_id: str) -> bool:
+        """Whether the node submits to the engine's batcher (it waits there for other requests)."""
+        return bool(getattr(self.registry[wf[node_id]["class_type"]].SPEC, "batchable", False))
 
     def _targets(self, wf: Workflow, outputs_wanted: Iterable[str] | None) -> list[str]:
         if outputs_wanted is not None:

@@ -3,11 +3,13 @@ it gets alone (its own seed), on both families."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
 from test_workflows import TINY_LLAMAGEN, TINY_VAR, tiny_models_dir
 
+from arnodes.engine import arrivals
 from arnodes.engine.batching import BatchSettings, GenerationBatcher
 from arnodes.engine.conditioning import Conditioning
 from arnodes.engine.errors import CancelledError, InvalidInputError
@@ -57,6 +59,38 @@ def test_requests_arriving_together_form_one_batch_and_keep_their_own_images(bun
         assert got.batch == len(ids)
         assert all(torch.equal(a, b) for a, b in zip(got.grids, want.grids)), (ids, seed)
     assert not torch.equal(results[0].grids[-1], results[2].grids[-1][:1])  # different seeds, different images
+
+
+def test_announced_requests_go_once_all_are_here_without_waiting_out_the_window(bundle):
+    """A request alone in the process, announced (as the executor does), does not wait the window; two
+    announced requests arriving 0.3 s apart still meet, and go when the second is there."""
+    batcher = GenerationBatcher(BatchSettings(max_images=16, window_s=2.0, grace_s=0.005))
+    (ids, seed), (ids2, seed2) = REQUESTS[:2]
+    with arrivals.expecting(1):
+        t0 = time.monotonic()
+        alone = batcher.generate(bundle, bundle.generation_lock, Conditioning(ids, cfg=2.0), PARAMS, seed)
+        alone_s = time.monotonic() - t0
+    assert batcher.batches == [1] and alone_s < 1.5, alone_s  # not the 2 s window
+    assert all(torch.equal(a, b) for a, b in zip(alone.grids, _solo(bundle, ids, seed).grids))
+    results: list = [None, None]
+
+    def submit(i: int, ids: tuple, seed: int) -> None:
+        results[i] = batcher.generate(bundle, bundle.generation_lock, Conditioning(ids, cfg=2.0), PARAMS, seed)
+    with arrivals.expecting(2):
+        t0 = time.monotonic()
+        first = threading.Thread(target=submit, args=(0, ids, seed))
+        first.start()
+        time.sleep(0.3)
+        submit(1, ids2, seed2)
+        first.join(timeout=60)
+        pair_s = time.monotonic() - t0
+    assert batcher.batches == [1, 2] and pair_s < 1.8, pair_s  # together, and not 0.3 s + the window
+    for (i, s), got in zip([(ids, seed), (ids2, seed2)], results):
+        assert all(torch.equal(a, b) for a, b in zip(got.grids, _solo(bundle, i, s).grids))
+    unannounced = GenerationBatcher(BatchSettings(max_images=16, window_s=0.3))
+    t0 = time.monotonic()
+    unannounced.generate(bundle, bundle.generation_lock, Conditioning(ids, cfg=2.0), PARAMS, seed)
+    assert time.monotonic() - t0 >= 0.3  # without an announcement the first arrival waits for company
 
 
 def test_with_a_compute_thread_the_batch_runs_there_and_images_stay_the_same(bundle, monkeypatch):
@@ -147,7 +181,10 @@ def test_batch_settings_are_checked(monkeypatch):
         BatchSettings(max_images=0)
     monkeypatch.setenv("ARNODES_BATCH_MAX", "4")
     monkeypatch.setenv("ARNODES_BATCH_WINDOW_MS", "5")
-    assert BatchSettings.from_env() == BatchSettings(max_images=4, window_s=0.005)
+    monkeypatch.setenv("ARNODES_BATCH_GRACE_MS", "2")
+    assert BatchSettings.from_env() == BatchSettings(max_images=4, window_s=0.005, grace_s=0.002)
+    with pytest.raises(InvalidInputError, match="grace must be in"):
+        BatchSettings(grace_s=-1)
     monkeypatch.setenv("ARNODES_BATCH_MAX", "many")
     with pytest.raises(InvalidInputError, match="ARNODES_BATCH_MAX"):
         BatchSettings.from_env()

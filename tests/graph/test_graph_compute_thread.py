@@ -9,11 +9,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import graph_stubs as stubs  # noqa: E402
 
-from arnodes.engine import compute_thread  # noqa: E402
+from arnodes.engine import arrivals, compute_thread  # noqa: E402
 from arnodes.graph import Executor, GraphBuilder  # noqa: E402
 from arnodes.nodes.base import INT, InputSpec, Node, OutputSpec  # noqa: E402
 
 THREADS: list[tuple[str, str]] = []  # (class_type, thread name) per execute
+EXPECTED: list[tuple[str, int]] = []  # (class_type, requests announced to the batcher) per execute
 
 
 class WhereAmI(Node):
@@ -22,6 +23,7 @@ class WhereAmI(Node):
     @classmethod
     def execute(cls, ctx, x):
         THREADS.append((cls.SPEC.class_type, threading.current_thread().name))
+        EXPECTED.append((cls.SPEC.class_type, arrivals.expected()[0]))
         return (x,)
 
 
@@ -32,6 +34,7 @@ class Gather(Node):
     @classmethod
     def execute(cls, ctx, x):
         THREADS.append(("Gather:waits", threading.current_thread().name))
+        EXPECTED.append(("Gather", arrivals.expected()[0]))
         return (compute_thread.run(lambda: THREADS.append(("Gather:work", threading.current_thread().name)) or x),)
 
 
@@ -87,6 +90,23 @@ def test_batchable_nodes_wait_on_their_own_threads_and_hand_their_work_over(tmp_
     waits = [name for kind, name in THREADS if kind == "Gather:waits"]
     assert len(waits) == 3 and compute_thread.THREAD_NAME not in waits  # side by side, off the compute thread
     assert {name for kind, name in THREADS if kind != "Gather:waits"} == {compute_thread.THREAD_NAME}
+
+
+def test_runs_announce_the_requests_their_batchable_nodes_will_bring(tmp_path):
+    """The batcher stops waiting once every announced request is there: a run with batchable nodes
+    announces one, side-by-side batchable nodes one each, a run without them none; all withdrawn after."""
+    EXPECTED.clear()
+    g = GraphBuilder()
+    for i in range(3):
+        g.node("WhereAmI", x=g.node("Gather", x=i).out(0))
+    _run_off_main(g.build(), tmp_path)
+    assert [n for kind, n in EXPECTED if kind == "Gather"] == [3, 3, 3]
+    assert [n for kind, n in EXPECTED if kind == "WhereAmI"] == [1, 1, 1]  # the run is still in flight
+    g = GraphBuilder()
+    g.node("WhereAmI", x=g.node("WhereAmI", x=1).out(0))
+    _run_off_main(g.build(), tmp_path)
+    assert [n for kind, n in EXPECTED[-2:]] == [0, 0]
+    assert arrivals.expected()[0] == 0
 
 
 def test_a_run_asked_for_on_the_main_thread_keeps_its_node_work_there(tmp_path):
