@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..engine import arrivals
 from ..engine.errors import ArnodesError
 from . import REGISTRY
 from .base import COMBO, ExecutionContext, InputSpec, NodeResult, NodeSpec
@@ -123,7 +124,8 @@ def make_comfy_class(node_cls: type) -> type:
             if i.type == "FLOAT" and isinstance(kwargs[i.name], int) and not isinstance(kwargs[i.name], bool):
                 kwargs[i.name] = float(kwargs[i.name])
         try:
-            raw = node_cls.execute(ctx, **kwargs)
+            with arrivals.expecting(1 if spec.batchable else 0):  # ComfyUI runs one node at a time
+                raw = node_cls.execute(ctx, **kwargs)
         except ArnodesError:
             raise  # bad input: ComfyUI shows it as this node's execution error, naming the input
         except Exception:

@@ -75,10 +75,11 @@ SCRIPT = textwrap.dedent('''
 
     # ComfyUI's runtime modules, stubbed: progress bar, interrupt flag, folder paths, and a model
     # management that records what it is asked to load and moves models the way ComfyUI's does.
-    steps, interrupt = [], [False]
+    steps, interrupt, announced = [], [False], []
     class ProgressBar:
         def __init__(self, total): self.total = total
-        def update_absolute(self, value, total=None, preview=None): steps.append((value, total))
+        def update_absolute(self, value, total=None, preview=None):
+            steps.append((value, total)); announced.append(sys.modules[name + ".engine.arrivals"].expected()[0])
     class Interrupted(Exception): pass
     def throw_exception_if_processing_interrupted():
         if interrupt[0]: raise Interrupted("interrupted")
@@ -118,7 +119,7 @@ SCRIPT = textwrap.dedent('''
     common = dict(seed=3, top_k=0, top_p=1.0, temperature=1.0)
     generated = call("ARGenerate", model=model, cond=cond, batch_size=1, more_smooth=False, unique_id="7", **common)
     (tokens,) = generated["result"]  # ComfyUI's dict form: the node also reports its forward count under "ui"
-    report.update(forwards=generated["ui"]["stats"][0]["forwards"])
+    report.update(forwards=generated["ui"]["stats"][0]["forwards"], announced_in_generate=sorted(set(announced)))
     need_one = max(x["memory_required"] for x in loads)
     loads_before_unload = len(loads)
     unload_all_models()  # ComfyUI's "free memory" / unload button
@@ -143,6 +144,7 @@ SCRIPT = textwrap.dedent('''
     except Interrupted:
         report["interrupt"] = "honoured"
     interrupt[0] = False
+    report["announced_after_runs"] = sys.modules[name + ".engine.arrivals"].expected()[0]
     cache_mod = sys.modules.get(name + ".engine.model_cache")
     report["engine_cache_after_runs"] = [] if cache_mod._DEFAULT is None else cache_mod._DEFAULT.info()
     comfy_device[0] = "cuda:1"  # a GPU ComfyUI chose: "auto" follows it (nothing is moved until a node runs)
@@ -228,6 +230,9 @@ def test_pack_imports_and_runs_like_comfyui(pack_run):
     assert all(c.startswith("arnodes/") for c in report["categories"])
     assert report["image"] == [1, 64, 64, 3] and report["out"] == [1, 64, 64, 3] and report["kept"]
     assert report["forwards"] > 0
+    # ComfyUI runs one node at a time: a generate node announces itself, so it does not wait out the
+    # batching window for company that cannot come
+    assert report["announced_in_generate"] == [1] and report["announced_after_runs"] == 0
     assert report["progress"] and report["progress_total"] > 0
     assert report["interrupt"] == "honoured"
 
