@@ -1,10 +1,10 @@
 """Who is on the way to the request batcher: runs announce themselves before they reach it.
 
-The batcher (batching.py) cannot see requests that are still in a front end's own work (validating,
-loading, conditioning); without a hint, the first to arrive must wait its whole window in case
-company follows. A run that will submit says so here first (the executor does, for workflows with
-batchable nodes), so a group whose expected members have all arrived can go at once. Torch-free:
-the graph layer imports it.
+The batcher (batching.py) cannot see requests that are still on their way (a workflow's earlier
+nodes: loading, conditioning); without a hint, the first to arrive must wait its whole window in
+case company follows. A run that will submit says so here first (the executor does, for workflows
+with batchable nodes, until its last one has run; the ComfyUI pack around each generate node), so a
+group whose expected members have all arrived can go at once. Torch-free: the graph layer imports it.
 """
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ _last_announced = 0.0  # time.monotonic() of the latest announcement
 def expecting(requests: int = 1) -> Iterator[None]:
     """While open, ``requests`` more requests may reach the batcher."""
     global _expected, _last_announced
+    if requests == 0:  # nothing on its way: no one's grace starts over
+        yield
+        return
     with _lock:
         _expected += requests
         _last_announced = time.monotonic()

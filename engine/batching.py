@@ -117,18 +117,28 @@ class GenerationBatcher:
         self._pending: dict[tuple, list[_Request]] = {}
         self._opened: dict[tuple, tuple[float, float]] = {}  # group -> (first arrival, latest arrival)
         self.batches: list[int] = []  # requests per batch run, most recent last (bounded; for tests / stats)
+        self._alone_running = 0  # requests running alone now: arrived, so no group waits for them
 
     def generate(self, bundle, lock: threading.RLock, cond: Conditioning, params: SamplingParams, seed: int,
                  progress: Progress | None = None, decode: DecodeOptions | None = None,
                  stats: dict | None = None, reserve: Reserve | None = None) -> TokenCanvas:
         """``generate(bundle, cond, params=, seed=)`` — possibly inside a batch with other requests.
         ``lock`` is the model's generation lock (one generation at a time per loaded model);
-        ``reserve(images)`` holds the working set of the batch that runs (``ModelCache.reserve``)."""
+        ``reserve(images)`` holds the working set of the batch that runs (``ModelCache.reserve``).
+        Callers announce their request first (``arrivals.expecting``, as the executor and the ComfyUI
+        pack do); an unannounced one still batches, but may let a group go before announced company."""
         decode = decode or DecodeOptions()
         alone = (decode.strategy != "plain" or cond.control is not None or cond.text is not None
                  or cond.batch >= self.settings.max_images or self.settings.max_images == 1)
         if alone:
-            return compute_thread.run(self._alone, bundle, lock, cond, params, seed, progress, decode, stats, reserve)
+            with self._lock:
+                self._alone_running += 1
+            try:
+                return compute_thread.run(self._alone, bundle, lock, cond, params, seed, progress, decode, stats,
+                                          reserve)
+            finally:
+                with self._lock:
+                    self._alone_running -= 1
         request = _Request(cond, seed, progress, reserve)
         key = _settings_key(bundle, cond, params)
         with self._lock:
@@ -167,14 +177,16 @@ class GenerationBatcher:
         waits, so none of them takes the model for a batch of one while the others are still arriving."""
         window, grace = self.settings.window_s, self.settings.grace_s
         while True:
+            # announced before arrived, and arrived before withdrawn: reading the announcements first
+            # never counts a request as here whose announcement was already withdrawn
+            expected, announced = arrivals.expected()
             with self._lock:
                 if key not in self._opened:  # taken by a batch already
                     return
                 first, latest = self._opened[key]
                 if sum(r.cond.batch for r in self._pending.get(key, ())) >= self.settings.max_images:
                     return
-                waiting = sum(len(q) for q in self._pending.values())
-            expected, announced = arrivals.expected()
+                waiting = sum(len(q) for q in self._pending.values()) + self._alone_running
             all_here = 0 < expected <= waiting
             quiet_since = max(latest, announced)
             now = time.monotonic()

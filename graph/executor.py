@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -81,7 +82,9 @@ class Executor:
         emit(Event("start", message=f"{len(order)} node(s) to evaluate"))
         run = _Run(self, wf, Path(input_dir), Path(output_dir), extra_pnginfo, emit, cancel)
         done: set[str] = set()
-        with arrivals.expecting(1 if any(self._batchable(wf, n) for n in order) else 0):
+        batchable_left = sum(1 for n in order if self._batchable(wf, n))
+        with ExitStack() as announced:  # the run is on its way to the batcher until its last batchable node
+            announced.enter_context(arrivals.expecting(1 if batchable_left else 0))
             for node_id in order:
                 if node_id in done:
                     continue
@@ -92,6 +95,9 @@ class Executor:
                     with arrivals.expecting(len(group) - 1):
                         run.evaluate_together(group)
                 done.update(group)
+                batchable_left -= sum(1 for n in group if self._batchable(wf, n))
+                if batchable_left == 0:
+                    announced.close()
         emit(Event("done", message=f"{len(run.result.executed)} executed, {len(run.result.cached)} cached"))
         return run.result
 

@@ -120,13 +120,18 @@ def local_manifests(directory: Path | None = None) -> dict[str, Path]:
     if not directory.is_dir():
         return found
     for path in sorted(directory.glob("*.json")):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict) and "family" in data and "generator" in data:
+        if _is_manifest(path):
             found[path.name] = path
     return found
+
+
+def _is_manifest(path: Path) -> bool:
+    """A readable JSON object with "family" and "generator": what the models directory lists as a model."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "family" in data and "generator" in data
 
 
 def class_name_choices() -> list[str]:
@@ -194,7 +199,7 @@ def is_model_choice(name: str) -> bool:
         return True
     if name in REGISTRY:
         return checkpoint_present(REGISTRY[name])
-    return Path(name).name == name and name in local_manifests()
+    return Path(name).name == name and name.endswith(".json") and _is_manifest(models_dir() / name)
 
 
 def model_not_listed(name: str) -> str | None:

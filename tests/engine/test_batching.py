@@ -93,6 +93,30 @@ def test_announced_requests_go_once_all_are_here_without_waiting_out_the_window(
     assert time.monotonic() - t0 >= 0.3  # without an announcement the first arrival waits for company
 
 
+def test_a_request_running_alone_counts_as_arrived_and_empty_announcements_change_nothing(bundle):
+    """Two announced requests, one too big to batch (it runs alone): the other does not wait the window
+    for it. Announcing nothing (a run without batchable nodes) neither counts nor restarts anyone's grace."""
+    before = arrivals.expected()
+    with arrivals.expecting(0):
+        assert arrivals.expected() == before
+    batcher = GenerationBatcher(BatchSettings(max_images=2, window_s=2.0, grace_s=0.005))
+    (small, seed), (big, seed2) = REQUESTS[0], REQUESTS[1]  # one image; two images = max_images: alone
+    results: list = [None, None]
+
+    def submit(i: int, ids: tuple, s: int) -> None:
+        results[i] = batcher.generate(bundle, bundle.generation_lock, Conditioning(ids, cfg=2.0), PARAMS, s)
+    with arrivals.expecting(2):
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=submit, args=a) for a in ((0, small, seed), (1, big, seed2))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        both_s = time.monotonic() - t0
+    assert both_s < 1.5, both_s  # not the 2 s window
+    assert results[0].batch == 1 and results[1].batch == 2
+
+
 def test_with_a_compute_thread_the_batch_runs_there_and_images_stay_the_same(bundle, monkeypatch):
     from arnodes.engine import batching, compute_thread
     compute_thread.enable()

@@ -94,14 +94,19 @@ def test_batchable_nodes_wait_on_their_own_threads_and_hand_their_work_over(tmp_
 
 def test_runs_announce_the_requests_their_batchable_nodes_will_bring(tmp_path):
     """The batcher stops waiting once every announced request is there: a run with batchable nodes
-    announces one, side-by-side batchable nodes one each, a run without them none; all withdrawn after."""
+    announces one from its start, side-by-side batchable nodes one each, and withdraws once its last
+    batchable node has run; a run without them announces none."""
+    EXPECTED.clear()
+    g = GraphBuilder()
+    g.node("WhereAmI", x=g.node("Gather", x=g.node("WhereAmI", x=1).out(0)).out(0))
+    _run_off_main(g.build(), tmp_path)
+    assert EXPECTED == [("WhereAmI", 1), ("Gather", 1), ("WhereAmI", 0)]  # on its way, then withdrawn
     EXPECTED.clear()
     g = GraphBuilder()
     for i in range(3):
         g.node("WhereAmI", x=g.node("Gather", x=i).out(0))
     _run_off_main(g.build(), tmp_path)
-    assert [n for kind, n in EXPECTED if kind == "Gather"] == [3, 3, 3]
-    assert [n for kind, n in EXPECTED if kind == "WhereAmI"] == [1, 1, 1]  # the run is still in flight
+    assert [n for kind, n in EXPECTED if kind == "Gather"] == [3, 3, 3]  # side by side: one each
     g = GraphBuilder()
     g.node("WhereAmI", x=g.node("WhereAmI", x=1).out(0))
     _run_off_main(g.build(), tmp_path)

@@ -66,15 +66,30 @@ def test_the_one_model_check_agrees_with_the_list(tmp_path, monkeypatch):
         (models / name).write_bytes(b"")
     (models / "mine.json").write_text((tiny_models_dir() / TINY_VAR).read_text())
     (models / "notes.json").write_text('{"not": "a manifest"}')
+    (models / ".hidden.json").write_text((tiny_models_dir() / TINY_VAR).read_text())
+    (models / "folder.json").mkdir()
     monkeypatch.setenv("ARNODES_MODELS_DIR", str(models))
     choices = model_choices()
     assert {"emoji-var", "emoji-raster", "var-d16", "mine.json"} <= set(choices)
-    candidates = set(choices) | set(REGISTRY) | {"notes.json", "nope", "../mine.json", str(models / "mine.json")}
+    candidates = set(choices) | set(REGISTRY) | {"notes.json", "nope", "../mine.json", str(models / "mine.json"),
+                                                 ".hidden.json", "folder.json", "mine", ""}
     for name in sorted(candidates):
         assert is_model_choice(name) == (name in choices), name
     workflow = {"1": {"class_type": "ARModelLoader",
                       "inputs": {"model": "var-d30", "dtype": "float32", "quant": "none", "device": "cpu"}}}
     assert "released checkpoint that is not on disk" in validate(workflow, default_registry())[0].message
+
+
+def test_validation_asks_about_the_one_value_when_a_combo_can():
+    """A dynamic COMBO with ``is_choice`` is not listed to validate a value it accepts."""
+    from arnodes.nodes.base import COMBO, InputSpec, widget_value_problem
+
+    def unlistable() -> list[str]:
+        raise OSError("listing is slow / unavailable")
+    spec = InputSpec("model", COMBO, default="a", choices=unlistable, is_choice=lambda v: v == "a")
+    assert widget_value_problem(spec, "a") is None
+    assert widget_value_problem(spec, "b") == ("bad_choice", "could not list the allowed values: listing is slow / "
+                                                              "unavailable")
 
 
 @pytest.mark.parametrize("name,family", [(TINY_VAR, "var"), (TINY_LLAMAGEN, "llamagen")])
