@@ -13,13 +13,14 @@ decoding, no control or token canvas); anything else runs alone, as before.
 How requests meet: the first to arrive waits ``window_s`` for company, and each request that joins
 restarts that wait (up to ``MAX_WINDOWS`` windows in all), so a burst whose requests trickle in
 through the front end's own work still meets. Runs that will reach this batcher say so first
-(``arrivals.expecting``: the executor does, for workflows with batchable nodes); once every
+(``arrivals.expecting``: the executor and the ComfyUI pack do); once every
 announced request has arrived and ``grace_s`` passes with no new run or request, the group stops
 waiting: a request alone in the server does not pay the window, nor does a burst after its last
 member. Then the group takes the model's lock and runs everything queued for its settings (up to
 ``max_images``). Requests arriving while a batch runs queue behind the lock and go together in the
-next batch, so under load batches form without any waiting. Where a compute thread runs (compute_thread.py: the executor's front ends), the batch runs
-there: the requests wait for company on their own threads and hand the batch over, lock included.
+next batch, so under load batches form without any waiting. Where a compute thread runs
+(compute_thread.py: the executor's front ends), the batch runs there: the requests wait for company
+on their own threads and hand the batch over, lock included.
 """
 from __future__ import annotations
 
