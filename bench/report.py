@@ -310,10 +310,8 @@ def block_serving() -> str:
     b, u, e = d["batched"], d["unbatched"], d["engine_generate_s"]
     same = d["identical_to_solo"]
     lines = [f"Measured on a {_machine(d['env'])}: {d['path']}; batching window "
-             f"{d['batch_settings']['window_s'] * 1000:.0f} ms"
-             + (f" (grace {d['batch_settings']['grace_s'] * 1000:.0f} ms once every announced request is there)"
-                if "grace_s" in d["batch_settings"] else "")
-             + f", at most {d['batch_settings']['max_images']} images "
+             f"{d['batch_settings']['window_s'] * 1000:.0f} ms (grace {d['batch_settings']['grace_s'] * 1000:.0f} ms "
+             f"once every announced request is there), at most {d['batch_settings']['max_images']} images "
              f"(`bench/serving_batch.py`). {same['identical']} of {same['checked']} images from batched bursts are "
              f"pixel-identical to the same request run alone.\n"]
     rows = [["1 (alone)", f(b["one_request_s"], 3), "1.00", f(u["one_request_s"], 3), "1.00", ""]]
@@ -326,11 +324,9 @@ def block_serving() -> str:
     one = e["1"]
     lines.append("\nGeneration alone in the same run (no decode, no HTTP): "
                  + ", ".join(f"batch {n}: {f(t, 3)} s ({f(t / one)}x batch 1)" for n, t in e.items()) + ".")
-    if "engine_decode_s" in d:
-        both = {n: t + d["engine_decode_s"][n] for n, t in e.items()}
-        lines.append("With decoding to pixels (still no HTTP, no PNG): "
-                     + ", ".join(f"batch {n}: {f(t, 3)} s ({f(t / both['1'])}x batch 1)" for n, t in both.items())
-                     + ".")
+    both = {n: t + d["engine_decode_s"][n] for n, t in e.items()}
+    lines.append("With decoding to pixels (still no HTTP, no PNG): "
+                 + ", ".join(f"batch {n}: {f(t, 3)} s ({f(t / both['1'])}x batch 1)" for n, t in both.items()) + ".")
     lines.append("On this CPU a batch costs several times one image, so no serving path can reach the "
                  "target ratios here; the batching gain is the difference between the two columns.\n")
     return "\n".join(lines)
