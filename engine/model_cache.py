@@ -234,6 +234,9 @@ class ModelCache:
                     break
             waiting.wait()  # another thread loads this key; then look again
         try:
+            if offloaded is not None:  # its size is known: make room first, so both never share the device
+                with self._lock:
+                    self._make_room(key[3], offloaded.nbytes)
             bundle = self._load(key, models_dir, offloaded)
             with self._lock:
                 entry = _Entry(key, bundle, bundle.resident_bytes(), pins=int(pin), last_used=time.time())
