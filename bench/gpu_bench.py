@@ -152,7 +152,9 @@ def time_job(fn: Callable[[], Any], device: torch.device, repeats: int) -> dict:
     return {"warmup_s": warm, "seconds": sorted(times)[len(times) // 2], "all_s": times}
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, save: Callable[[dict], None] = lambda report: None) -> dict:
+    """Every job in priority order; ``save(report so far)`` after each, so a run cut off by its time slot
+    still leaves the rows it finished."""
     device = torch.device("cpu" if args.smoke else args.device)
     dtype = torch.bfloat16
     srcs = {"var": args.var_src, "llamagen": args.llamagen_src}
@@ -178,6 +180,14 @@ def run(args: argparse.Namespace) -> dict:
         del fn, generator
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        save(_report(args, device, bandwidth, rows, skipped, started, complete=False))
+    return _report(args, device, bandwidth, rows, skipped, started, complete=True)
+
+
+def _report(args: argparse.Namespace, device: torch.device, bandwidth: float, rows: list[dict], skipped: list[dict],
+            started: float, complete: bool) -> dict:
+    """The JSON of the rows so far, with the ratios between rows of this run (``complete``: every job was
+    run or listed as skipped; false in the file a cut-off run leaves)."""
     for row in rows:  # ratios within this run
         ref = next((r for r in rows if r["impl"] == "official" and r["model"] == row["model"]
                     and r["batch"] == row["batch"]), None)
@@ -188,7 +198,8 @@ def run(args: argparse.Namespace) -> dict:
         if row["impl"] == "ours" and row["quant"] != "none" and base is not None:
             row["speedup_vs_bf16"] = base["seconds"] / row["seconds"]
     return {"bench": "gpu", "smoke": args.smoke, "env": env_info(device), "bandwidth_bytes_per_s": bandwidth,
-            "compile": args.compile, "rows": rows, "skipped": skipped, "seconds": time.perf_counter() - started}
+            "compile": args.compile, "rows": rows, "skipped": skipped, "complete": complete,
+            "seconds": time.perf_counter() - started}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,10 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     set_default_mode(args.compile)
     if args.smoke:
         args.repeats = 1
-    report = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / ("gpu_smoke.json" if args.smoke else "gpu.json")
-    path.write_text(json.dumps(report, indent=2) + "\n")
+
+    def save(report: dict) -> None:
+        partial = path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(report, indent=2) + "\n")
+        partial.replace(path)  # never a half-written file
+    save(run(args, save))
     print(path)
     return 0
 

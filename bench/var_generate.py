@@ -66,13 +66,14 @@ def configs(name: str):
     return tok, gen
 
 
-def random_state_dict(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+def random_state_dict(model: torch.nn.Module, seed: int, float_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Seeded random weights in the model's (= the official) layout, without initialising the model:
-    fan-in scaled weights, zero biases, unit norm gains, small embeddings; derived buffers as they must be."""
+    fan-in scaled weights, zero biases, unit norm gains, small embeddings; derived buffers as they must be.
+    ``float_dtype``: make the floating tensors in this dtype (half the host memory for a bfloat16 run)."""
     gen = torch.Generator().manual_seed(seed)
     sd: dict[str, torch.Tensor] = {}
     for k, v in model.state_dict().items():
-        t = torch.empty(v.shape, dtype=v.dtype)
+        t = torch.empty(v.shape, dtype=float_dtype if float_dtype is not None and v.is_floating_point() else v.dtype)
         if not t.is_floating_point() or k.endswith(("zero_k_bias", "attn_bias_for_masking", "lvl_1L")):
             t.zero_()  # buffers; replaced below / recomputed by post_load
         elif k.endswith("weight") and "norm" in k.rsplit(".", 2)[-2]:

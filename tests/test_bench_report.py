@@ -54,8 +54,26 @@ def test_gpu_script_smoke_runs_the_same_code_paths_on_cpu(tmp_path):
         assert r["seconds"] > 0 and r["weight_bytes"] > 0 and 0 < r["fraction_of_bound"]
     assert all("src" in s["why"] for s in data["skipped"]) and len(data["skipped"]) == 4  # no official checkout
     assert data["bandwidth_bytes_per_s"] > 0 and data["env"]["device"] == "cpu"
+    assert data["complete"]
     decode = json.loads((tmp_path / "decode_smoke.json").read_text())
     assert {r["decode"] for r in decode["rows"]} == {"plain", "sjd", "gsd"} and decode["env"]["device"] == "cpu"
+    serving = json.loads((tmp_path / "gpu_serving_smoke.json").read_text())
+    ev = serving["eviction"]
+    sizes = [m["planned_bytes"] for m in ev["models"].values()]
+    assert max(sizes) < ev["budget_bytes"] < sum(sizes)  # either model fits, both do not
+    steps = ev["steps"]
+    first, second = steps[0]["model"], steps[1]["model"]
+    assert [s["model"] for s in steps] == [first, second, first, second] and first != second
+    assert all(s["image_finite"] for s in steps[:3])
+    for step, gone in zip(steps[1:3], (first, second)):  # each switch evicts the other model, nothing runs out
+        assert [r["name"] for r in step["resident"]] == [step["model"]]
+        assert any(gone in line for line in step["cache_log"]), step["cache_log"]
+    assert "needs about" in steps[3]["refused"] and "budget" in steps[3]["refused"] and "image_finite" not in steps[3]
+    batching = serving["batching"]
+    assert [b["concurrent"] for b in batching["bursts"]] == [2, 4]
+    formed = batching["bursts"][-1]["batches_formed"][0]
+    assert sum(formed) == 4 and max(formed) >= 2  # runs at once went together (one batch of 4 on an idle machine)
+    assert batching["identical_to_solo"] == {"checked": 4, "identical": 4}
 
 
 def test_cpu_run_script_names_what_it_needs():
