@@ -301,6 +301,10 @@ class ModelCache:
             logger.info("cache: evicting %s (%d bytes)", e.key, e.nbytes)
             self._drop(e)
             return
+        clear_caches = getattr(e.bundle.generator, "clear_caches", None)
+        if clear_caches is not None:
+            clear_caches()  # KV caches are scratch, set up again by the next generation: not worth moving
+            e.nbytes = e.bundle.resident_bytes()
         logger.info("cache: offloading %s (%d bytes) to CPU memory", e.key, e.nbytes)
         e.bundle = self._move(e.bundle, "cpu")
         e.offloaded = True

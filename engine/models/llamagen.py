@@ -400,6 +400,12 @@ class LlamaGen(nn.Module):
                                     f"text-to-image model (this one is {self.config.model_type})")
 
     # ---- cached inference ---------------------------------------------------------------------
+    def clear_caches(self) -> None:
+        """Drop the KV caches: scratch that the next generation sets up again (at batch 16 they can
+        outweigh the model, so an evicted model does not carry them to CPU memory)."""
+        for layer in self.layers:
+            layer.attention.kv_cache = None
+
     def setup_caches(self, max_batch_size: int, max_seq_length: int, dtype: torch.dtype | None = None) -> None:
         """Allocate the static KV caches; a no-op when the existing ones are big enough."""
         device = self.norm.weight.device

@@ -164,6 +164,37 @@ def test_gpu_bundles_are_offloaded_then_moved_back(monkeypatch):
     assert moves == [("a", "cpu"), ("b", "cpu"), ("a", "cuda:0")] and len(loader.calls) == 2
 
 
+def test_an_offloaded_model_leaves_its_kv_caches_behind(monkeypatch):
+    """KV caches are scratch: moving them to CPU memory with the weights would cost transfer time and host
+    memory (at batch 16 they can outweigh the model). Real models of both families drop them."""
+    from arnodes.engine.kv_cache import KVCache
+    monkeypatch.setattr(ModelCache, "_move", staticmethod(lambda b, dev: b))
+
+    class WithCache(nn.Linear):
+        def __init__(self) -> None:
+            super().__init__(64, 64)
+            self.kv_cache = KVCache(1, 1, 64, 64)
+
+        def clear_caches(self) -> None:
+            self.kv_cache = None
+
+    def loader(name, *, device, dtype, quant, models_dir):
+        return ModelBundle(name=name, family="var", tokenizer=nn.Module(), generator=WithCache(),
+                           classes=ClassNames(["a"]), image_size=64)
+    cache = ModelCache(budget_bytes=MB + 2 * 64 * 64 * 4, loader=loader)
+    a = cache.get("a", device="cuda:0")
+    cache.get("b", device="cuda:0")  # a is offloaded, without its cache
+    assert a.generator.kv_cache is None
+    assert {d["name"]: d["bytes"] for d in cache.info()}["a"] == MB
+    from arnodes.engine.models.llamagen import LlamaGen, LlamaGenConfig
+    gpt = LlamaGen(LlamaGenConfig(dim=64, n_layer=2, n_head=4, num_classes=10, vocab_size=256, block_size=16))
+    gpt.setup_caches(1, 17)
+    before = sum(b.numel() for b in gpt.buffers())
+    gpt.clear_caches()
+    assert all(layer.attention.kv_cache is None for layer in gpt.layers)
+    assert sum(b.numel() for b in gpt.buffers()) < before
+
+
 # ---- the working set of running requests -------------------------------------------------------
 def test_a_request_reservation_evicts_least_recently_used_models():
     from arnodes.engine.memory import WorkingSet
