@@ -19,12 +19,12 @@ part() {  # part SECONDS COMMAND...: run it under a time limit; note a failure a
   local secs=$1; shift
   timeout "$secs" "$@" || { echo "gpu.sh: $(basename "$2") failed or ran past ${secs} s" >&2; status=1; }
 }
-part 320 python "$here/gpu_bench.py" --out "$out" --budget-s 250 "$@"  # jobs in priority order, JSON after each
+part 300 python "$here/gpu_bench.py" --out "$out" --budget-s 240 "$@"  # jobs in priority order, JSON after each
 if (( smoke )); then
-  part 90 python "$here/gpu_serving.py" --out "$out" --smoke
+  part 120 python "$here/gpu_serving.py" --out "$out" --smoke
   part 60 python "$here/decode_strategies.py" --models fixture --seeds 1 --out "$out/decode_smoke.json" >/dev/null
 else
-  part 90 python "$here/gpu_serving.py" --out "$out"
+  part 120 python "$here/gpu_serving.py" --out "$out"
   part 60 python "$here/decode_strategies.py" --device cuda --dtype bfloat16 --models emoji-raster gpt-b \
     --seeds 1 --out "$out/decode_gpu.json" >/dev/null
 fi

@@ -196,7 +196,7 @@ def batching(device: str, sizes: list[int], repeats: int, workdir: Path) -> dict
     from arnodes.engine.batching import default_batcher
     from arnodes.graph.service import WorkflowService
     workflow = json.loads(GENERATE_WORKFLOW.read_text())
-    workflow["1"]["inputs"]["device"] = device
+    workflow["1"]["inputs"]["device"] = torch.device(device).type  # the loader node's choice: cpu | cuda
     service = WorkflowService(workdir / "batched")
     _run(service, workflow, 10**6)  # loads the model, first generation
     seed = iter(range(1, 10**6))
@@ -255,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     from arnodes.engine.generate.compiled import set_default_mode
     set_default_mode(args.compile)
     device = "cpu" if args.smoke else args.device
+    if torch.device(device).type == "cuda" and torch.device(device).index is None:
+        device = f"cuda:{torch.cuda.current_device()}"  # some CUDA calls want the index spelled out
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="arnodes_gpu_serving_") as tmp:
         report = {"bench": "gpu_serving", "smoke": args.smoke, "env": env_info(device), "compile": args.compile,

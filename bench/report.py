@@ -346,6 +346,36 @@ def block_gpu() -> str:
     return "\n".join(lines) + "\n"
 
 
+def block_serving_gpu() -> str:
+    """bench/gpu_serving.py: two large models switching under a memory cap that holds one; batching on the GPU."""
+    d = load("gpu_serving.json")
+    if d is None:
+        return ("_No GPU run of the serving checks is recorded yet: no GPU has been lent to this project so far. "
+                "`bench/gpu.sh OUT_DIR` runs them (`OUT_DIR/gpu_serving.json`, to copy into `bench/results/`)._\n")
+    ev, b = d["eviction"], d["batching"]
+    gb = 2 ** 30
+    sizes = ", ".join(f"{n} {m['planned_bytes'] / gb:.2f} GiB" for n, m in ev["models"].items())
+    cap = f"; the process may allocate at most {ev['device_cap_bytes'] / gb:.2f} GiB" if ev["device_cap_bytes"] else ""
+    lines = [f"Device: {_machine(d['env'])}. Model cache (`bench/gpu_serving.py`): {sizes} (generator bfloat16); "
+             f"cache budget {ev['budget_bytes'] / gb:.2f} GiB{cap}; models loaded {len(ev['loads'])} times.\n"]
+    rows = []
+    for st in ev["steps"]:
+        where = ", ".join(f"{r['name']} on {r['resident_on']}" for r in st["resident"])
+        outcome = "refused: " + st["refused"].split(":", 1)[1].split(";")[0].strip() if "refused" in st else \
+            ("image" if st.get("image_finite") else "NON-FINITE image")
+        peak = st.get("device_peak_bytes")
+        rows.append([st["model"], str(st["batch"]), outcome, where, "—" if peak is None else f"{peak / gb:.2f} GiB",
+                     f(st["seconds"], 2)])
+    lines += _table(["model", "images", "outcome", "resident after", "device peak so far", "s"], rows)
+    same = b["identical_to_solo"]
+    lines.append(f"\nBatching on the device ({b['model']}, {b['dtype']}, {b['path']}; compile {d['compile']}): one "
+                 f"request {f(b['one_request_s'], 3)} s; "
+                 + "; ".join(f"{x['concurrent']} at once {f(x['wall_s'], 3)} s ({f(x['ratio_to_one'])}x one)"
+                             for x in b["bursts"])
+                 + f". {same['identical']} of {same['checked']} images identical to the same seed run alone.\n")
+    return "\n".join(lines)
+
+
 def _decode_table(d: dict) -> str:
     st = d["settings"]
     dtype = f", generator {st['dtype']}" if "dtype" in st else ""
@@ -464,6 +494,7 @@ BLOCKS: dict[str, Callable[[], str]] = {"generate": block_generate, "quantize": 
                                         "emoji-model": block_emoji_model,
                                         "emoji-control": block_emoji_control, "emoji-raster": block_emoji_raster,
                                         "emoji-text": block_emoji_text, "serving": block_serving,
+                                        "serving-gpu": block_serving_gpu,
                                         "emoji-style-loss": block_emoji_style_loss, "floors": block_floors,
                                         "quantize-speed": block_quantize_speed}
 

@@ -43,7 +43,7 @@ def test_committed_results_name_their_machine():
             assert env.get("gpu"), f"{path.name}: GPU figures must name the device"
 
 
-def test_gpu_script_smoke_runs_the_same_code_paths_on_cpu(tmp_path):
+def test_gpu_script_smoke_runs_the_same_code_paths_on_cpu(tmp_path, monkeypatch):
     proc = subprocess.run(["bash", str(BENCH / "gpu.sh"), str(tmp_path), "--smoke"], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -74,6 +74,9 @@ def test_gpu_script_smoke_runs_the_same_code_paths_on_cpu(tmp_path):
     formed = batching["bursts"][-1]["batches_formed"][0]
     assert sum(formed) == 4 and max(formed) >= 2  # runs at once went together (one batch of 4 on an idle machine)
     assert batching["identical_to_solo"] == {"checked": 4, "identical": 4}
+    monkeypatch.setattr(report, "load", lambda name: serving if name == "gpu_serving.json" else None)
+    block = report.block_serving_gpu()  # what the README shows once a GPU run's JSON is committed
+    assert block.count("| image |") == 3 and "refused: needs about" in block and "4 of 4 images identical" in block
 
 
 def test_cpu_run_script_names_what_it_needs():
