@@ -3,10 +3,11 @@
 eviction: VAR-d30 and LlamaGen-XL at their real sizes (seeded random weights; generator bfloat16, tokenizer
 float32) share one ModelCache whose budget holds either model with its working set but not both. On CUDA the
 process may use no more device memory than a cap a little above that budget
-(``torch.cuda.set_per_process_memory_fraction``), so a load past it is a real CUDA out-of-memory error, as on
-a card that small. The run: d30 generates; XL loads (the cache offloads d30 to CPU memory to make room) and
-generates; d30 comes back (XL offloaded first) and generates; a request too large for the budget is refused
-with the numbers. Each step records what is resident where, the device's peak memory and the cache's log.
+(``torch.cuda.set_per_process_memory_fraction``), so a load past it would be a real CUDA out-of-memory error, as
+on a card that small. The run: d30 generates; XL loads (the cache first offloads d30 to CPU memory: it knows
+XL's size before reading it, as the loader's estimate gives it) and generates; d30 comes back (XL offloaded
+first) and generates; a request too large for the budget is refused with the numbers. Each step records what
+is resident where, the device's peak memory and the cache's log.
 
 batching: the bundled model's generate workflow (``workflows/generate.json``) on the device, N runs at once
 through one WorkflowService (how the web app and a Ray Serve replica run workflows; no HTTP), each run its own
@@ -131,7 +132,7 @@ def eviction(device: str, smoke: bool) -> dict:
     def loader(name, *, device, dtype, quant, models_dir):
         loads.append(name)
         return random_bundle(name, specs[name], device)
-    cache = ModelCache(budget_bytes=budget, loader=loader)
+    cache = ModelCache(budget_bytes=budget, loader=loader, estimate=lambda name, dtype, quant: sizes[name])
     log = _Log()
     cache_logger = logging.getLogger("arnodes.engine.model_cache")
     cache_logger.addHandler(log)

@@ -23,7 +23,7 @@ from .classes import ClassNames, load_class_names
 from .control import load_controls
 from .kinds import config_from_json, kind_classes
 from .layers import pack_for_cpu
-from .errors import CheckpointError, InvalidInputError, MissingFileError, UnknownNameError
+from .errors import ArnodesError, CheckpointError, InvalidInputError, MissingFileError, UnknownNameError
 from .generate.draft_store import DraftStore, load_draft_store
 from .registry import REGISTRY, bundled_manifests, get_entry, manifest_class_spec
 from .resolve import resolve_file
@@ -190,21 +190,13 @@ def load_manifest(path: str | Path, device="cpu", dtype=torch.float32, quant: st
     """A bundle described by a JSON manifest (the bundled emoji model's format). A text-to-image
     generator needs a "text_encoder" entry (text/encoders.py; ``models_dir`` is where a released
     encoder it names is looked for), and a class-conditional one must not have one."""
-    path = Path(path)
-    if path.is_dir():
-        candidates = sorted(path.glob("*.json"))
-        manifests = [p for p in candidates if "generator" in _read_json(p)]
-        if len(manifests) != 1:
-            raise MissingFileError(f"{path}: expected exactly one model manifest (*.json with 'generator'), "
-                                   f"found {[p.name for p in manifests]}")
-        path = manifests[0]
+    path = _manifest_file(Path(path))
     data = _read_json(path)
     if data.get("draft_store") is not None and data.get("family") != "llamagen":  # before any weights are read
         raise CheckpointError(f"{path}: a 'draft_store' serves raster (llamagen) models, not {data.get('family')!r} ones")
     try:
         tok, gen = data["tokenizer"], data["generator"]
-        tok_cfg = config_from_dict(tok["kind"], tok["config"])
-        gen_cfg = config_from_dict(gen["kind"], gen["config"])
+        (_, tok_cfg), (_, gen_cfg) = _manifest_configs(data)
         tokenizer = load_module_file(tok["kind"], tok_cfg, path.parent / tok["file"], device, torch.float32)
         generator = load_generator_file(gen["kind"], gen_cfg, path.parent / gen["file"], device, dtype, quant)
         spec = manifest_class_spec(data)
@@ -219,6 +211,59 @@ def load_manifest(path: str | Path, device="cpu", dtype=torch.float32, quant: st
                            controls=controls, text_encoder=text, draft_store=store)
     except KeyError as e:
         raise CheckpointError(f"{path}: manifest lacks the field {e.args[0]!r}") from None
+
+
+def _manifest_file(path: Path) -> Path:
+    """A manifest file, or the one manifest in a directory."""
+    if not path.is_dir():
+        return path
+    manifests = [p for p in sorted(path.glob("*.json")) if "generator" in _read_json(p)]
+    if len(manifests) != 1:
+        raise MissingFileError(f"{path}: expected exactly one model manifest (*.json with 'generator'), "
+                               f"found {[p.name for p in manifests]}")
+    return manifests[0]
+
+
+ModuleConfig = tuple[str, Any]  # (kind, config)
+
+
+def _manifest_configs(data: dict) -> tuple[ModuleConfig, ModuleConfig]:
+    """(tokenizer, generator) kinds and configs of a manifest (KeyError names a missing field)."""
+    tok, gen = data["tokenizer"], data["generator"]
+    return ((tok["kind"], config_from_dict(tok["kind"], tok["config"])),
+            (gen["kind"], config_from_dict(gen["kind"], gen["config"])))
+
+
+def _registry_configs(entry) -> tuple[ModuleConfig, ModuleConfig]:
+    """(tokenizer, generator) kinds and configs of a registry entry."""
+    gen_cfg = preset_config(entry.generator_kind, entry.generator_preset)
+    if entry.family == "llamagen":  # token grid follows the checkpoint's resolution
+        gen_cfg = dataclasses.replace(gen_cfg, block_size=(entry.image_size // 16) ** 2)
+    return ((entry.tokenizer_kind, preset_config(entry.tokenizer_kind, entry.tokenizer_preset)),
+            (entry.generator_kind, gen_cfg))
+
+
+def estimate_bundle_bytes(name_or_path: str | Path, dtype: torch.dtype = torch.float32,
+                          quant: str = "none") -> int | None:
+    """The tokenizer's and the generator's bytes once loaded, from their configs alone (nothing is
+    read but a manifest): the model cache makes room with it before a load, so two models never share
+    a device that holds one. Text encoders, control adapters and draft stores are not counted (a lower
+    bound: the cache recounts after loading). None when the name does not resolve (the load says why)."""
+    from .quantize import quantize_model, quantized_bytes
+    name = str(name_or_path)
+    try:
+        bundled = bundled_manifests()
+        if name in bundled or (name not in REGISTRY and (Path(name).suffix == ".json" or Path(name).is_dir())):
+            configs = _manifest_configs(_read_json(_manifest_file(Path(bundled.get(name, name)))))
+        else:
+            configs = _registry_configs(get_entry(name))
+    except (ArnodesError, KeyError, OSError, TypeError, ValueError):
+        return None
+    (tok_kind, tok_cfg), (gen_kind, gen_cfg) = configs
+    tokenizer = build_on_meta(lambda: _kind(tok_kind)[0](tok_cfg))
+    generator = quantize_model(build_on_meta(lambda: _kind(gen_kind)[0](gen_cfg)), quant)
+    return (quantized_bytes(tokenizer)["total"]
+            + quantized_bytes(generator, None if dtype == torch.float32 else dtype)["total"])
 
 
 def _text_encoder(entry: Any, gen_cfg: Any, base_dir: Path | None, source: str, device, dtype: torch.dtype,
@@ -292,10 +337,7 @@ def load_bundle(name_or_path: str | Path, device: torch.device | str = "cpu", dt
     entry = get_entry(name)
     tok_path = resolve_file(entry.tokenizer_file, entry.hf_repo, models_dir, offline)
     gen_path = resolve_file(entry.generator_file, entry.hf_repo, models_dir, offline)
-    tok_cfg = preset_config(entry.tokenizer_kind, entry.tokenizer_preset)
-    gen_cfg = preset_config(entry.generator_kind, entry.generator_preset)
-    if entry.family == "llamagen":  # token grid follows the checkpoint's resolution
-        gen_cfg = dataclasses.replace(gen_cfg, block_size=(entry.image_size // 16) ** 2)
+    (_, tok_cfg), (_, gen_cfg) = _registry_configs(entry)
     text = _text_encoder(entry.text_encoder, gen_cfg, None, entry.name, device, dtype, models_dir, offline)
     tokenizer = load_module_file(entry.tokenizer_kind, tok_cfg, tok_path, device, torch.float32)
     generator = load_generator_file(entry.generator_kind, gen_cfg, gen_path, device, dtype, quant)

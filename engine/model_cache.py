@@ -3,7 +3,9 @@ memory budget that counts weights and the working sets of the requests running.
 
 Several models stay loaded so switching between them is free, but never more than
 the budget allows: loading past it evicts the least recently used bundles of the same
-device (on a GPU they are offloaded to CPU memory and moved back on the next ``get``).
+device (on a GPU they are offloaded to CPU memory, without their KV caches, and moved back
+on the next ``get``), before the new one is read when its size is known or estimated from
+its configs (``loader.estimate_bundle_bytes``).
 The budget is the device's own memory (``memory.device_budget``: the GPU's, or the host's RAM)
 unless ``ARNODES_CACHE_BYTES`` sets one. Before a generation allocates its KV cache and
 activations it reserves them (``reserve``): models not in use are evicted to make room, and a
@@ -27,7 +29,7 @@ import torch
 
 from .errors import InvalidInputError, LimitError, UnknownNameError
 from . import limits
-from .loader import ModelBundle, load_bundle
+from .loader import ModelBundle, estimate_bundle_bytes, load_bundle
 from .memory import WorkingSet, device_budget, gib
 from .quantize import check_supported
 
@@ -36,6 +38,7 @@ logger = logging.getLogger(__name__)
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CacheKey = tuple[str, str, str, str]  # (name, dtype, quant, device)
 Loader = Callable[..., ModelBundle]  # (name, device=, dtype=, quant=, models_dir=) -> ModelBundle
+Estimate = Callable[..., "int | None"]  # (name, dtype=, quant=) -> bytes the bundle will take, None: unknown
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -46,6 +49,10 @@ def parse_dtype(name: str) -> torch.dtype:
 
 def _load_with_loader(name: str, *, device: str, dtype: str, quant: str, models_dir) -> ModelBundle:
     return load_bundle(name, device=device, dtype=DTYPES[dtype], models_dir=models_dir, quant=quant)
+
+
+def _estimate_with_loader(name: str, *, dtype: str, quant: str) -> int | None:
+    return estimate_bundle_bytes(name, DTYPES[dtype], quant)
 
 
 @dataclass
@@ -64,15 +71,17 @@ class ModelCache:
 
     def __init__(self, budget_bytes: int | None = None, *, loader: Loader | None = None,
                  offload_budget_bytes: int | None = None,
-                 device_budget: Callable[[str], int | None] | None = None) -> None:
+                 device_budget: Callable[[str], int | None] | None = None, estimate: Estimate | None = None) -> None:
         """``budget_bytes``: the same budget on every device; else ``device_budget(device)`` (None
-        from either: unbounded)."""
+        from either: unbounded). ``estimate``: a bundle's bytes before it loads, so room is made first
+        (default: from the model's configs with the default loader; none with a custom one)."""
         if budget_bytes is not None and budget_bytes < 0:
             raise InvalidInputError(f"cache budget must be >= 0 bytes, got {budget_bytes}")
         self.budget_bytes = budget_bytes
         self._device_budget = device_budget
         self.offload_budget_bytes = offload_budget_bytes if offload_budget_bytes is not None else _half_ram()
         self._loader = loader or _load_with_loader
+        self._estimate = estimate or (_estimate_with_loader if loader is None else None)
         self._lock = threading.RLock()
         self._entries: dict[CacheKey, _Entry] = {}  # insertion order is irrelevant; last_used orders LRU
         self._loading: dict[CacheKey, threading.Event] = {}
@@ -234,9 +243,13 @@ class ModelCache:
                     break
             waiting.wait()  # another thread loads this key; then look again
         try:
-            if offloaded is not None:  # its size is known: make room first, so both never share the device
+            # room first, so two models never share a device that holds one: an offloaded bundle's size is
+            # known, a new one's estimated from its configs (a lower bound; the count after loading is exact)
+            incoming = offloaded.nbytes if offloaded is not None else \
+                self._estimate(key[0], dtype=key[1], quant=key[2]) if self._estimate else None
+            if incoming:
                 with self._lock:
-                    self._make_room(key[3], offloaded.nbytes)
+                    self._make_room(key[3], incoming, quiet=True)
             bundle = self._load(key, models_dir, offloaded)
             with self._lock:
                 entry = _Entry(key, bundle, bundle.resident_bytes(), pins=int(pin), last_used=time.time())
@@ -264,10 +277,12 @@ class ModelCache:
                 _empty_device_cache(device)
         raise AssertionError("unreachable")
 
-    def _make_room(self, device: str, incoming: int | None, refuse: tuple[str, WorkingSet] | None = None) -> None:
+    def _make_room(self, device: str, incoming: int | None, refuse: tuple[str, WorkingSet] | None = None,
+                   quiet: bool = False) -> None:
         """Evict LRU unpinned bundles on ``device`` until ``incoming`` bytes fit beside the weights and
         reservations there (None: evict all). If they still do not fit: ``refuse`` = (what, working set)
-        raises a LimitError naming both; otherwise a warning (a model load goes ahead). Lock held."""
+        raises a LimitError naming both; otherwise a warning (a model load goes ahead; ``quiet``: none,
+        the count after the load warns). Lock held."""
         budget = self.budget(device)
         if budget is None and incoming is not None:
             return
@@ -284,6 +299,8 @@ class ModelCache:
         if incoming is None or used() + incoming <= budget:
             return
         if refuse is None:
+            if quiet:
+                return
             logger.warning("cache over budget on %s: %d + %d bytes > %d; everything else is in use, loading anyway",
                            device, used(), incoming, budget)
             return

@@ -164,6 +164,40 @@ def test_gpu_bundles_are_offloaded_then_moved_back(monkeypatch):
     assert moves == [("a", "cpu"), ("b", "cpu"), ("a", "cuda:0")] and len(loader.calls) == 2
 
 
+def test_room_is_made_before_a_load_when_its_size_can_be_estimated(monkeypatch):
+    """Loading first and evicting after would hold both models at once: on a GPU that holds one, an OOM."""
+    monkeypatch.setattr(ModelCache, "_move", staticmethod(lambda b, dev: b))
+    seen_at_load: list[list[str]] = []
+    fake = FakeLoader()
+
+    def loader(name, **kw):
+        seen_at_load.append([d["name"] for d in cache.info() if d["resident_on"] == "cuda:0"])
+        return fake(name, **kw)
+    cache = ModelCache(budget_bytes=MB, loader=loader, estimate=lambda name, dtype, quant: MB)
+    cache.get("a", device="cuda:0")
+    cache.get("b", device="cuda:0")
+    assert seen_at_load == [[], []]  # a left the device before b was read
+    late = ModelCache(budget_bytes=MB, loader=loader)  # a custom loader without an estimate: after the load
+    seen_at_load.clear()
+    late.get("a", device="cuda:0")
+    late.get("b", device="cuda:0")
+    assert [d["name"] for d in late.info() if d["resident_on"] == "cuda:0"] == ["b"]
+
+
+def test_bundle_estimates_come_from_configs_alone():
+    import torch
+
+    from arnodes.engine.loader import estimate_bundle_bytes, load_bundle
+    for dtype, quant in ((torch.float32, "none"), (torch.bfloat16, "int8")):
+        estimate = estimate_bundle_bytes("emoji-var", dtype, quant)
+        actual = load_bundle("emoji-var", dtype=dtype, quant=quant).resident_bytes()
+        assert 0.7 * actual < estimate <= actual  # a lower bound: control adapters are not counted
+    d16 = estimate_bundle_bytes("var-d16")  # a registry model: no file is needed
+    assert abs(d16 - (310.28e6 + 108.9e6) * 4) < 0.01 * d16
+    assert estimate_bundle_bytes("var-d16", torch.bfloat16, "int8") < 0.5 * d16
+    assert estimate_bundle_bytes("no-such-model") is None and estimate_bundle_bytes("/nonexistent/m.json") is None
+
+
 def test_an_offloaded_model_leaves_its_kv_caches_behind(monkeypatch):
     """KV caches are scratch: moving them to CPU memory with the weights would cost transfer time and host
     memory (at batch 16 they can outweigh the model). Real models of both families drop them."""
