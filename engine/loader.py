@@ -249,7 +249,7 @@ def estimate_bundle_bytes(name_or_path: str | Path, dtype: torch.dtype = torch.f
     read but a manifest): the model cache makes room with it before a load, so two models never share
     a device that holds one. Text encoders, control adapters and draft stores are not counted (a lower
     bound: the cache recounts after loading). None when the name does not resolve (the load says why)."""
-    from .quantize import quantize_model, quantized_bytes
+    from .quantize import planned_bytes
     name = str(name_or_path)
     try:
         bundled = bundled_manifests()
@@ -261,9 +261,8 @@ def estimate_bundle_bytes(name_or_path: str | Path, dtype: torch.dtype = torch.f
         return None
     (tok_kind, tok_cfg), (gen_kind, gen_cfg) = configs
     tokenizer = build_on_meta(lambda: _kind(tok_kind)[0](tok_cfg))
-    generator = quantize_model(build_on_meta(lambda: _kind(gen_kind)[0](gen_cfg)), quant)
-    return (quantized_bytes(tokenizer)["total"]
-            + quantized_bytes(generator, None if dtype == torch.float32 else dtype)["total"])
+    generator = build_on_meta(lambda: _kind(gen_kind)[0](gen_cfg))
+    return planned_bytes(tokenizer, "none") + planned_bytes(generator, quant, dtype)
 
 
 def _text_encoder(entry: Any, gen_cfg: Any, base_dir: Path | None, source: str, device, dtype: torch.dtype,

@@ -245,8 +245,12 @@ class ModelCache:
         try:
             # room first, so two models never share a device that holds one: an offloaded bundle's size is
             # known, a new one's estimated from its configs (a lower bound; the count after loading is exact)
-            incoming = offloaded.nbytes if offloaded is not None else \
-                self._estimate(key[0], dtype=key[1], quant=key[2]) if self._estimate else None
+            if offloaded is not None:
+                incoming = offloaded.nbytes
+            elif self._estimate is not None and self.budget(key[3]) is not None:
+                incoming = self._estimate(key[0], dtype=key[1], quant=key[2])
+            else:
+                incoming = None
             if incoming:
                 with self._lock:
                     self._make_room(key[3], incoming, quiet=True)

@@ -445,6 +445,29 @@ def quantized_bytes(model: nn.Module, float_dtype: torch.dtype | None = None) ->
             "total": size([model])}
 
 
+def planned_bytes(model: nn.Module, mode: str, float_dtype: torch.dtype | None = None) -> int:
+    """``model``'s bytes once quantized in ``mode``, without converting it (``model`` may live on the meta
+    device): the converter's layers at the mode's bit width plus their scales (embeddings at 8 bits), every
+    other tensor as stored or in ``float_dtype`` (so are layers too narrow for the group size). The model
+    cache sizes a load with it before reading any weight."""
+    spec = parse_quant(mode)
+
+    def float_bytes(t: torch.Tensor) -> int:
+        return (float_dtype or t.dtype).itemsize if t.is_floating_point() else t.element_size()
+    narrow: dict[int, int] = {}  # id(weight) -> its bytes quantized, scales included
+    for _, m, role in target_layers(model) if spec.bits else ():
+        w = getattr(m, "weight", None)
+        if not isinstance(w, torch.Tensor) or w.ndim != 2:
+            continue
+        rows, cols = w.shape
+        scale = float_bytes(w)
+        if role == "embedding" or spec.bits == 8:
+            narrow[id(w)] = rows * cols + rows * scale
+        elif cols % spec.group_size == 0:
+            narrow[id(w)] = rows * cols // 2 + (cols // spec.group_size) * rows * 2 * scale
+    return sum(narrow.get(id(t), t.numel() * float_bytes(t)) for t in [*model.parameters(), *model.buffers()])
+
+
 # ---- Save / load -------------------------------------------------------------------------------
 def _runtime_keys(model: nn.Module) -> list[str]:
     """State entries that are run-time scratch (KV caches), never saved or expected."""
