@@ -75,12 +75,9 @@ def _modules(spec) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 def planned_bytes(spec) -> int:
     """Resident bytes of the bundle once loaded: the generator in GEN_DTYPE, the tokenizer in float32."""
+    from arnodes.engine.quantize import planned_bytes as module_bytes
     tok, gen = _modules(spec)
-
-    def size(m: torch.nn.Module, dtype: torch.dtype) -> int:
-        return sum(t.numel() * (dtype.itemsize if t.is_floating_point() else t.element_size())
-                   for t in [*m.parameters(), *m.buffers()])
-    return size(tok, torch.float32) + size(gen, GEN_DTYPE)
+    return module_bytes(tok, "none") + module_bytes(gen, "none", GEN_DTYPE)
 
 
 def random_bundle(name: str, spec, device: str):
