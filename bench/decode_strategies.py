@@ -16,9 +16,11 @@ model's drafts are rarely right, so it shows the floor of the gain, not what a t
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -38,7 +40,7 @@ def build(name: str, device: torch.device, dtype: torch.dtype) -> tuple:
         bundle = load_bundle(name, device=device, dtype=dtype)
         return bundle.generator, bundle.defaults, [bundle.classes.resolve(c) for c in EMOJI_CLASSES], bundle.draft_store
     if name == "fixture":
-        sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tests"))
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
         import parity_llamagen as pl
         from conftest import REFERENCE_DIR
         model = pl._load(str(REFERENCE_DIR / "llamagen" / "tiny_a"))[3]
@@ -50,6 +52,7 @@ def build(name: str, device: torch.device, dtype: torch.dtype) -> tuple:
 
 def main(argv: list[str] | None = None) -> int:
     from arnodes.engine.conditioning import Conditioning
+    from arnodes.engine.generate.compiled import set_default_mode
     from arnodes.engine.generate.decoders import DecodeOptions
     from arnodes.engine.generate.next_token import generate_tokens
     from arnodes.engine.sampling import SamplingParams
@@ -60,11 +63,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="the generator's")
+    p.add_argument("--compile", choices=["off", "on", "auto"], default="off",
+                   help="the decode step of plain decoding (default off: the speculative windows run eager, so "
+                        "every strategy is compared in the same mode)")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
+    set_default_mode(a.compile)
     torch.set_num_threads(a.threads)
     device, dtype = torch.device(a.device), getattr(torch, a.dtype)
     rows = []
+
+    def report(complete: bool) -> None:
+        """The JSON so far into ``--out``; printed too once complete (one document on stdout)."""
+        result = {"bench": "decode_strategies", "env": env_info(device), "complete": complete,
+                  "settings": {"seeds": a.seeds, "window": a.window or "one grid row", "threads": a.threads,
+                               "batch": 1, "dtype": a.dtype, "compile": a.compile,
+                               "order": "one warm-up image per strategy, then the strategies interleaved per image"},
+                  "rows": rows}
+        if complete:
+            write_json(result, a.out)
+        elif a.out:
+            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     for name in a.models:
         model, settings, class_ids, store = build(name, device, dtype)
         params = SamplingParams(top_k=int(settings["top_k"]), top_p=float(settings["top_p"]),
@@ -114,11 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             row["fewer_forwards_vs_plain"] = per[strategies[0]]["forwards_mean"] / row["forwards_mean"]
             row["less_time_vs_plain"] = per[strategies[0]]["seconds_mean"] / row["seconds_mean"]
             rows.append(row)
-    write_json({"bench": "decode_strategies", "env": env_info(device),
-                "settings": {"seeds": a.seeds, "window": a.window or "one grid row", "threads": a.threads, "batch": 1,
-                             "dtype": a.dtype,
-                             "order": "one warm-up image per strategy, then the strategies interleaved per image"},
-                "rows": rows}, a.out)
+        report(complete=name == a.models[-1])  # after each model: a run cut off by its time slot keeps its rows
     return 0
 
 

@@ -20,6 +20,7 @@ Jobs run in priority order (the targets of the fast-engine issue first) and stop
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -77,7 +78,9 @@ def build(job: Job, device: torch.device, dtype: torch.dtype, srcs: dict, cache:
     if family == "llamagen":
         import llamagen_generate as lg
         args = _llamagen_args(size)
-        sd = cache.setdefault(job.model, _llamagen_sd(size))
+        if job.model not in cache:
+            cache[job.model] = _llamagen_sd(size)
+        sd = cache[job.model]
         common = dict(device=device, dtype=dtype, batch=job.batch, cfg=4.0, top_k=2000)
         if job.impl == "official":
             once = lg.build_official(srcs["llamagen"], args, dict(sd), **common)
@@ -86,8 +89,10 @@ def build(job: Job, device: torch.device, dtype: torch.dtype, srcs: dict, cache:
         return (lambda: once(0)), getattr(once, "generator", None)
     import var_generate as vg
     name = "fixture" if size == "tiny" else size
-    sds = cache.setdefault(job.model, vg.state_dicts(name) if name != "d30" else _var_d30_sds())
-    vocab = vg.configs("d16" if name == "d30" else name)[1].vocab_size
+    if job.model not in cache:
+        cache[job.model] = vg.state_dicts(name)
+    sds = cache[job.model]
+    vocab = vg.configs(name)[1].vocab_size
     sampling = {**vg.SAMPLING["demo"], "top_k": min(vg.SAMPLING["demo"]["top_k"], vocab)}
     run_args = dict(device=str(device), batch=job.batch, cfg_scale=1.5, sampling=sampling, seed=0)
     if job.impl == "official":
@@ -103,24 +108,13 @@ def build(job: Job, device: torch.device, dtype: torch.dtype, srcs: dict, cache:
     return fn, fn.generator
 
 
-def _var_d30_sds() -> tuple[dict, dict]:
-    import var_generate as vg
-
-    from arnodes.engine.checkpoint import build_on_meta
-    from arnodes.engine.models.var import PRESETS, VAR
-    vae_sd, _ = vg.state_dicts("d16")  # the same VQVAE
-    return vae_sd, vg.random_state_dict(build_on_meta(lambda: VAR(PRESETS["var-d30"])), 2)
-
-
 # ---- the memory bound -----------------------------------------------------------------------------
 def forward_passes(job: Job) -> int:
     family, size = job.model.split("-", 1)
     if family == "llamagen":
         return _llamagen_args(size)["block_size"]
     import var_generate as vg
-    from arnodes.engine.models.var import PRESETS
-    cfg = PRESETS["var-d30"] if size == "d30" else vg.configs("fixture" if size == "tiny" else size)[1]
-    return len(cfg.patch_nums)
+    return len(vg.configs("fixture" if size == "tiny" else size)[1].patch_nums)
 
 
 def measure_bandwidth(device: torch.device, nbytes: int) -> float:
@@ -169,15 +163,17 @@ def run(args: argparse.Namespace, save: Callable[[dict], None] = lambda report: 
             skipped.append({**asdict(job), "why": f"time budget {args.budget_s} s spent"})
             continue
         fn, generator = build(job, device, dtype, srcs, cache)
+        # weights only: counted before the first run allocates KV caches (at batch 16 they outweigh the weights)
+        wbytes = int(quantized_bytes(generator)["total"]) if generator is not None else None
         row = {**asdict(job), "dtype": "bfloat16", **time_job(fn, device, args.repeats)}
-        if generator is not None:
-            wbytes = int(quantized_bytes(generator)["total"])
+        if wbytes is not None:
             bound = wbytes * forward_passes(job) / bandwidth
             row.update(weight_bytes=wbytes, forward_passes=forward_passes(job), bound_s=bound,
                        fraction_of_bound=bound / row["seconds"])
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("model", "impl", "batch", "quant", "seconds")}), file=sys.stderr)
         del fn, generator
+        gc.collect()  # a compiled step refers back to its model: only a collection frees the weights and caches
         if device.type == "cuda":
             torch.cuda.empty_cache()
         save(_report(args, device, bandwidth, rows, skipped, started, complete=False))

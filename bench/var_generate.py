@@ -6,7 +6,7 @@ an image in [0, 1]. Ours runs the public path: ``engine.generate.generate`` on a
 canvas, then ``tokenizer.decode_scales``.
 
 Configurations: ``fixture`` (the tiny parity config and its weights, tests/fixtures/reference/var/tiny_a)
-and ``d16`` (the released VAR-d16 + VQVAE architecture at 256 px, seeded random weights).
+and ``d16`` / ``d30`` (the released VAR-d16 / -d30 + VQVAE architectures at 256 px, seeded random weights).
 With ``--reference-src DIR`` (a checkout of FoundationVision/VAR, never committed) the official
 models are built from DIR, given the SAME state dicts, and timed in the same process, alternating
 with ours, with the same threads and settings; the time ratio ours/official is reported.
@@ -36,7 +36,8 @@ from common import cuda_peak_bytes, env_info, maxrss_bytes, run_json_subprocess,
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "reference" / "var" / "tiny_a"
-CONFIGS = ("fixture", "d16")
+CONFIGS = ("fixture", "d16", "d30")
+RELEASED = {"d16": "var-d16", "d30": "var-d30"}  # bench name -> generator preset; all use the released VQVAE
 IMAGE_MATCH_ATOL = 1e-3  # decoder rounding is ~1e-5; one different token moves pixels by far more
 SAMPLING = {"greedy": {"top_k": 1, "top_p": 0.0}, "demo": {"top_k": 900, "top_p": 0.95}}
 
@@ -48,8 +49,8 @@ def configs(name: str):
     from arnodes.engine.models.var import VARConfig
     from arnodes.engine.tokenizers.msvq import PRESETS as VAE_PRESETS
     from arnodes.engine.tokenizers.msvq import MSVQConfig
-    if name == "d16":
-        return VAE_PRESETS["vae_ch160v4096z32"], VAR_PRESETS["var-d16"]
+    if name in RELEASED:
+        return VAE_PRESETS["vae_ch160v4096z32"], VAR_PRESETS[RELEASED[name]]
     if name != "fixture":
         raise SystemExit(f"error: unknown config {name!r}; expected one of {CONFIGS}")
     cfg = json.loads((FIXTURE / "config.json").read_text())
@@ -303,10 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--repeats-large", type=int, default=None,
-                   help="repeats for the d16 config (default: --repeats); it takes seconds per image on a CPU")
-    p.add_argument("--warmup-large", type=int, default=None, help="warm-up calls for d16 (default: --warmup)")
+                   help="repeats for the d16 / d30 configs (default: --repeats); it takes seconds per image on a CPU")
+    p.add_argument("--warmup-large", type=int, default=None, help="warm-up calls for d16 / d30 (default: --warmup)")
     p.add_argument("--dtypes-large", nargs="+", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="our dtypes for d16 (default: --dtypes); bf16 d16 takes minutes per image on a CPU "
+                   help="our dtypes for d16 / d30 (default: --dtypes); bf16 d16 takes minutes per image on a CPU "
                         "without native bf16 matmuls")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--reference-src", type=Path, default=None, help="checkout of FoundationVision/VAR")
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.configs:
             for batch in args.batch:
                 run_args = argparse.Namespace(**vars(args))
-                if name == "d16":
+                if name in RELEASED:
                     run_args.repeats = args.repeats if args.repeats_large is None else args.repeats_large
                     run_args.warmup = args.warmup if args.warmup_large is None else args.warmup_large
                     run_args.dtypes = args.dtypes if args.dtypes_large is None else args.dtypes_large

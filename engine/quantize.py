@@ -170,7 +170,15 @@ def kernel_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def int8_kernel_ok(device: torch.device, dtype: torch.dtype) -> bool:
-    """torch's ``_weight_int8pack_mm`` (CPU and, in recent builds, CUDA), checked by a tiny call."""
+    """torch's ``_weight_int8pack_mm`` on the CPU, checked by a tiny call.
+
+    Not on CUDA: torch's CUDA form is one thread per output element in float32 (no tensor cores,
+    the weights read again for every row). There the layer dequantizes, then matmuls: the form
+    inductor fuses into one weight-streaming kernel in the compiled decode step (the int8 recipe of
+    pytorch-labs/gpt-fast), and cuBLAS serves the many-row calls (VAR scales, prefill)."""
+    if device.type != "cpu":
+        return False
+
     def run():
         x = torch.ones(1, 32, device=device, dtype=dtype)
         w = torch.ones(8, 32, device=device, dtype=torch.int8)

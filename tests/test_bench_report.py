@@ -52,6 +52,9 @@ def test_gpu_script_smoke_runs_the_same_code_paths_on_cpu(tmp_path, monkeypatch)
     assert ours == {(m, q, b) for m in ("llamagen-tiny", "var-tiny") for q in ("none", "int8") for b in (1, 2)}
     for r in data["rows"]:
         assert r["seconds"] > 0 and r["weight_bytes"] > 0 and 0 < r["fraction_of_bound"]
+    weights = {(r["model"], r["quant"], r["batch"]): r["weight_bytes"] for r in data["rows"]}
+    for (model, quant, batch), nbytes in weights.items():  # the bound counts weights, not the batch's KV caches
+        assert nbytes == weights[(model, quant, 1)], (model, quant, batch)
     assert all("src" in s["why"] for s in data["skipped"]) and len(data["skipped"]) == 4  # no official checkout
     assert data["bandwidth_bytes_per_s"] > 0 and data["env"]["device"] == "cpu"
     assert data["complete"]
@@ -77,6 +80,22 @@ def test_gpu_script_smoke_runs_the_same_code_paths_on_cpu(tmp_path, monkeypatch)
     monkeypatch.setattr(report, "load", lambda name: serving if name == "gpu_serving.json" else None)
     block = report.block_serving_gpu()  # what the README shows once a GPU run's JSON is committed
     assert block.count("| image |") == 3 and "refused: needs about" in block and "4 of 4 images identical" in block
+
+
+def test_every_gpu_job_resolves_its_model_without_a_gpu():
+    """The smoke run builds only tiny models: the real sizes' configs are checked here (a d30 job once
+    stopped the whole GPU run with an unknown-config exit)."""
+    import gpu_bench
+    import var_generate
+    jobs = gpu_bench.plan(smoke=False)
+    assert {j.model for j in jobs} == {"llamagen-B", "llamagen-XL", "var-d16", "var-d30"}
+    for job in jobs:
+        family, size = job.model.split("-", 1)
+        if family == "var":
+            assert var_generate.configs(size)[1].depth == int(size[1:])
+            assert gpu_bench.forward_passes(job) == 10  # the released models' 10 scales
+        else:
+            assert gpu_bench.forward_passes(job) == 256  # one per token at 256 px
 
 
 def test_cpu_run_script_names_what_it_needs():

@@ -13,7 +13,7 @@ from torch import nn
 from arnodes.engine.errors import CheckpointError, InvalidInputError, UnknownNameError, UnsupportedError
 from arnodes.engine.quantize import (QUANT_MODES, WeightOnlyInt4Linear, WeightOnlyInt8Embedding,
                                      WeightOnlyInt8Linear, check_supported, dequantize_int4, dequantize_int8,
-                                     int4_kernel_ok, kernel_dtype,
+                                     int4_kernel_ok, int8_kernel_ok, kernel_dtype,
                                      load_quantized_into, pack_int4, parse_quant, quantize_int4, quantize_int8,
                                      quantize_model, quantized_bytes, save_quantized, target_layers, target_linears,
                                      unpack_int4)
@@ -286,3 +286,10 @@ def test_mismatched_files_are_named(tmp_path):
     save_file(sd, str(tmp_path / "plain.safetensors"))
     with pytest.raises(CheckpointError, match="not an arnodes quantized file"):
         load_quantized_into(copy.deepcopy(model), tmp_path / "plain.safetensors")
+
+
+def test_int8_layers_dequantize_on_cuda_instead_of_torchs_naive_kernel():
+    """torch's CUDA _weight_int8pack_mm is a float32 loop per output element; on CUDA the layer takes the
+    dequantize-then-matmul form that the compiled step fuses (decided without touching a GPU)."""
+    assert not int8_kernel_ok(torch.device("cuda"), torch.bfloat16)
+    assert int8_kernel_ok(torch.device("cpu"), torch.bfloat16)
