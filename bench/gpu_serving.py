@@ -230,12 +230,14 @@ def batching(device: str, sizes: list[int], repeats: int, workdir: Path) -> dict
                        "batches_formed": formed})
         print(json.dumps(bursts[-1]), file=sys.stderr)
     solo = WorkflowService(workdir / "solo")  # its own executor: nothing from the batched service's cache
-    identical = sum(np.array_equal(_pixels(p), _pixels(_run(solo, workflow, s))) for s, p in last.items())
+    # cuBLAS / cuDNN may pick other kernels for a batch than for one image: how far apart, not only whether
+    diffs = [int(np.abs(_pixels(p).astype(np.int16) - _pixels(_run(solo, workflow, s))).max()) for s, p in last.items()]
     return {"model": workflow["1"]["inputs"]["model"], "dtype": workflow["1"]["inputs"]["dtype"],
             "path": "WorkflowService.run from one thread per request (no HTTP), generate.json",
             "batch_settings": dataclasses.asdict(default_batcher().settings),
             "one_request_s": round(one, 4), "one_request_all_s": [round(t, 4) for t in alone], "bursts": bursts,
-            "identical_to_solo": {"checked": len(last), "identical": int(identical)}}
+            "identical_to_solo": {"checked": len(last), "identical": sum(d == 0 for d in diffs),
+                                  "max_pixel_diff": max(diffs, default=0)}}
 
 
 def main(argv: list[str] | None = None) -> int:

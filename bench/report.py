@@ -372,7 +372,9 @@ def block_serving_gpu() -> str:
                  f"request {f(b['one_request_s'], 3)} s; "
                  + "; ".join(f"{x['concurrent']} at once {f(x['wall_s'], 3)} s ({f(x['ratio_to_one'])}x one)"
                              for x in b["bursts"])
-                 + f". {same['identical']} of {same['checked']} images identical to the same seed run alone.\n")
+                 + f". {same['identical']} of {same['checked']} images identical to the same seed run alone"
+                 + (f" (largest difference {same['max_pixel_diff']}/255 in a pixel channel)"
+                    if same['identical'] < same['checked'] else "") + ".\n")
     return "\n".join(lines)
 
 

@@ -76,10 +76,13 @@ def test_gpu_script_smoke_runs_the_same_code_paths_on_cpu(tmp_path, monkeypatch)
     assert [b["concurrent"] for b in batching["bursts"]] == [2, 4]
     formed = batching["bursts"][-1]["batches_formed"][0]
     assert sum(formed) == 4 and max(formed) >= 2  # runs at once went together (one batch of 4 on an idle machine)
-    assert batching["identical_to_solo"] == {"checked": 4, "identical": 4}
+    assert batching["identical_to_solo"] == {"checked": 4, "identical": 4, "max_pixel_diff": 0}
     monkeypatch.setattr(report, "load", lambda name: serving if name == "gpu_serving.json" else None)
     block = report.block_serving_gpu()  # what the README shows once a GPU run's JSON is committed
     assert block.count("| image |") == 3 and "refused: needs about" in block and "4 of 4 images identical" in block
+    assert "largest difference" not in block
+    batching["identical_to_solo"] = {"checked": 4, "identical": 3, "max_pixel_diff": 2}  # as a GPU might differ
+    assert "3 of 4 images identical to the same seed run alone (largest difference 2/255" in report.block_serving_gpu()
 
 
 def test_every_gpu_job_resolves_its_model_without_a_gpu():
