@@ -40,10 +40,10 @@ def build(name: str, device: torch.device, dtype: torch.dtype) -> tuple:
         bundle = load_bundle(name, device=device, dtype=dtype)
         return bundle.generator, bundle.defaults, [bundle.classes.resolve(c) for c in EMOJI_CLASSES], bundle.draft_store
     if name == "fixture":
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        tests = Path(__file__).resolve().parents[1] / "tests"
+        sys.path.insert(0, str(tests))
         import parity_llamagen as pl
-        from conftest import REFERENCE_DIR
-        model = pl._load(str(REFERENCE_DIR / "llamagen" / "tiny_a"))[3]
+        model = pl._load(str(tests / "fixtures" / "reference" / "llamagen" / "tiny_a"))[3]
     else:
         torch.manual_seed(0)
         model = LlamaGen(LlamaGenConfig.from_official(GPT_B)).eval()
