@@ -126,10 +126,15 @@ def cpu_model() -> dict[str, Any]:
             "cpu_bf16_units": [f for f in ("amx_bf16", "avx512_bf16") if f in flags]}
 
 
-def write_json(result: dict, out: str | Path | None) -> None:
-    """Print the result as one JSON document on stdout, and write it to ``out`` when given."""
+def write_json(result: dict, out: str | Path | None, echo: bool = True) -> None:
+    """Print the result as one JSON document on stdout (unless ``echo`` is false: a partial result saved
+    while a run goes on), and write it to ``out`` when given, whole or not at all."""
     text = json.dumps(result, indent=2)
-    print(text)
+    if echo:
+        print(text)
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text + "\n")
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(text + "\n")
+        partial.replace(path)  # a run killed mid-write never leaves a half-written file

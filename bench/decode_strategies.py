@@ -16,7 +16,6 @@ model's drafts are rarely right, so it shows the floor of the gain, not what a t
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -80,11 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                                "batch": 1, "dtype": a.dtype, "compile": a.compile,
                                "order": "one warm-up image per strategy, then the strategies interleaved per image"},
                   "rows": rows}
-        if complete:
-            write_json(result, a.out)
-        elif a.out:
-            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(result, a.out, echo=complete)
     for name in a.models:
         model, settings, class_ids, store = build(name, device, dtype)
         params = SamplingParams(top_k=int(settings["top_k"]), top_p=float(settings["top_p"]),

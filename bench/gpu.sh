@@ -17,6 +17,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 py=${PYTHON:-python3}
 if ! "$py" -c "import arnodes" 2>/dev/null; then
   link_dir=$(mktemp -d)
+  trap 'rm -rf "$link_dir"' EXIT
   ln -s "$(dirname "$here")" "$link_dir/arnodes"
   export PYTHONPATH="$link_dir${PYTHONPATH:+:$PYTHONPATH}"
 fi

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import torch
 
-from common import env_info, sync
+from common import env_info, sync, write_json
 
 from arnodes.engine.quantize import quantized_bytes
 
@@ -219,9 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / ("gpu_smoke.json" if args.smoke else "gpu.json")
 
     def save(report: dict) -> None:
-        partial = path.with_suffix(".json.partial")
-        partial.write_text(json.dumps(report, indent=2) + "\n")
-        partial.replace(path)  # never a half-written file
+        write_json(report, path, echo=False)
     save(run(args, save))
     print(path)
     return 0

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import env_info, sync
+from common import env_info, sync, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATE_WORKFLOW = ROOT / "workflows" / "generate.json"
@@ -263,9 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                   "batching": batching(device, [2, 4] if args.smoke else [8, 16], 1 if args.smoke else args.repeats,
                                        Path(tmp))}
     report["seconds"] = round(time.perf_counter() - started, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / ("gpu_serving_smoke.json" if args.smoke else "gpu_serving.json")
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(report, path, echo=False)
     print(path)
     return 0
 
